@@ -1,0 +1,180 @@
+//! `#[repr(C)]` types shared by the eBPF programs and userspace.
+//!
+//! Every type here crosses the kernel/user boundary byte for byte: keep fields
+//! naturally aligned, padding explicit, and layouts identical on both sides.
+#![no_std]
+
+/// Name of every map, so both sides agree without string literals scattered around.
+pub mod maps {
+    pub const ALLOCS: &str = "ALLOCS";
+    pub const SITES: &str = "SITES";
+    pub const STACKS: &str = "STACKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const INFLIGHT: &str = "INFLIGHT";
+    pub const SYSCALLS: &str = "SYSCALLS";
+}
+
+/// What a site holds on to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SiteKind {
+    Heap = 0,
+    Mmap = 1,
+}
+
+/// `stack_id` value when the kernel could not record the stack
+/// (stack map full or hash collision; counted in [`Counter::StackLost`]).
+pub const NO_STACK: u32 = u32::MAX;
+
+/// One call site: the process, the stack, and (for syscalls made from a frameless
+/// libc wrapper) the return address the frame-pointer walk cannot see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey {
+    pub tgid: u32,
+    pub stack_id: u32,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Per-site totals, updated atomically by the probes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteStats {
+    /// Bytes allocated and not yet freed.
+    pub live_bytes: i64,
+    /// Allocations not yet freed.
+    pub live_count: i64,
+    /// Bytes ever allocated at this site while traced.
+    pub total_bytes: u64,
+    /// Allocations ever made at this site while traced.
+    pub total_count: u64,
+}
+
+/// Key of one outstanding heap allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+/// One outstanding heap allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` at allocation (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub site: SiteKey,
+}
+
+/// Which allocator entry point a thread is inside.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFn {
+    /// malloc, valloc, pvalloc: `(size)`.
+    Malloc = 0,
+    /// calloc: `(n, size)`.
+    Calloc = 1,
+    /// realloc: `(ptr, size)`; reallocarray: `(ptr, n, size)`.
+    Realloc = 2,
+    /// memalign, aligned_alloc: `(align, size)`.
+    Memalign = 3,
+    /// posix_memalign: `(void **out, align, size)`, returns 0 on success.
+    PosixMemalign = 4,
+}
+
+/// Per-thread state between an allocator's entry and its return.
+///
+/// `depth` counts nested allocator calls (glibc's realloc calls malloc and free
+/// internally); only the outermost call is accounted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inflight {
+    pub depth: u32,
+    pub func: u32,
+    pub size: u64,
+    /// realloc's old pointer, posix_memalign's out-pointer.
+    pub ptr: u64,
+    /// User stack pointer at the outermost entry: nested calls run below it.
+    pub sp: u64,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: everything that was not accounted.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An allocation could not be recorded: `ALLOCS` was full.
+    AllocsFull = 0,
+    /// A new site could not be recorded: `SITES` was full.
+    SitesFull = 1,
+    /// A stack could not be recorded (stack map full or collision); the site is "unknown stack".
+    StackLost = 2,
+    /// An event could not be sent: the ring buffer was full.
+    EventsLost = 3,
+    /// A syscall's arguments could not be kept between entry and exit.
+    SyscallsFull = 4,
+    /// Heap allocations recorded.
+    Allocs = 5,
+    /// Frees of recorded allocations.
+    Frees = 6,
+}
+
+pub const COUNTER_SLOTS: u32 = 8;
+
+/// Kind tag leading every ring-buffer event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Mmap = 1,
+    Munmap = 2,
+    Mremap = 3,
+}
+
+/// Words copied from the user stack at a syscall, so userspace can find the
+/// return address of a frameless libc wrapper (its frame size is known only
+/// after decoding the wrapper).
+pub const USER_STACK_WORDS: usize = 24;
+
+/// An anonymous mapping was created, removed or moved by the target.
+///
+/// For `Mmap`: `addr`/`len` is the new mapping. For `Munmap`: the range removed.
+/// For `Mremap`: `old_addr`/`old_len` moved to `addr`/`len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MapEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub stack_id: u32,
+    pub _pad: u32,
+    /// User stack pointer at the syscall instruction.
+    pub sp: u64,
+    pub stack_words: [u64; USER_STACK_WORDS],
+}
+
+/// Syscall arguments kept between `sys_enter` and `sys_exit`, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallArgs {
+    pub nr: u64,
+    pub args: [u64; 6],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are plain `#[repr(C)]` integers with explicit padding.
+    unsafe impl aya::Pod for SiteKey {}
+    unsafe impl aya::Pod for SiteStats {}
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocInfo {}
+}

@@ -1,0 +1,192 @@
+//! Allocator probes: malloc and friends at entry (arguments) and return (result),
+//! free at entry. Outstanding allocations and per-site totals live in the kernel.
+//!
+//! Userspace attaches these only to the target processes (perf's pid filter), so
+//! other processes sharing the same libc never hit a breakpoint.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, NO_STACK, SiteKey, SiteKind};
+
+use crate::maps::{ALLOCS, INFLIGHT, STACKS, count, current_tgid_tid, site_add, site_stats};
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[inline(always)]
+fn user_sp(ctx: &ProbeContext) -> u64 {
+    // SAFETY: a uprobe's context is the user register set.
+    unsafe { (*ctx.regs).rsp }
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Malloc, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    enter(&ctx, AllocFn::Calloc, size, 0);
+    0
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Realloc, arg(&ctx, 1), arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    enter(&ctx, AllocFn::Realloc, size, arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::Memalign, arg(&ctx, 1), 0);
+    0
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocFn::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0));
+    0
+}
+
+/// Remembers the outermost allocator call of this thread; nested ones only deepen.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, ptr: u64) {
+    let (_, tid) = current_tgid_tid();
+    let sp = user_sp(ctx);
+    let outer = Inflight { depth: 1, func: func as u32, size, ptr, sp };
+    match INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: per-thread entry; only this thread writes it.
+        Some(state) => unsafe {
+            // A call that never returned (its uretprobe was not armed) leaves depth
+            // behind; a real nested call runs deeper in the stack than the outer one.
+            if (*state).depth == 0 || sp >= (*state).sp {
+                *state = outer;
+            } else {
+                (*state).depth += 1;
+            }
+        },
+        None => {
+            let _ = INFLIGHT.insert(tid, &outer, 0);
+        }
+    }
+}
+
+/// One return program for every allocator entry point: `Inflight::func` says which.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    let Some(state) = INFLIGHT.get_ptr_mut(tid) else {
+        return 0;
+    };
+    // SAFETY: per-thread entry; only this thread writes it.
+    let call = unsafe {
+        if (*state).depth == 0 {
+            return 0;
+        }
+        (*state).depth -= 1;
+        if (*state).depth != 0 {
+            return 0;
+        }
+        *state
+    };
+    let ret: u64 = ctx.ret();
+    if call.func == AllocFn::Realloc as u32 {
+        // realloc(p, 0) frees p and may return NULL; a failed realloc keeps p.
+        if call.ptr != 0 && (ret != 0 || call.size == 0) {
+            release(tgid, call.ptr);
+        }
+        if ret != 0 {
+            record(&ctx, tgid, ret, call.size);
+        }
+    } else if call.func == AllocFn::PosixMemalign as u32 {
+        if ret as u32 == 0 {
+            // SAFETY: reads the target's out-pointer; a fault returns Err.
+            if let Ok(addr) = unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+                record(&ctx, tgid, addr, call.size);
+            }
+        }
+    } else if ret != 0 {
+        record(&ctx, tgid, ret, call.size);
+    }
+    0
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    if addr == 0 {
+        return 0;
+    }
+    let (tgid, tid) = current_tgid_tid();
+    // SAFETY: per-thread entry, read by its own thread.
+    if let Some(state) = unsafe { INFLIGHT.get(tid) } {
+        // Frees inside realloc & co. belong to that call, accounted at its return.
+        if state.depth != 0 && user_sp(&ctx) < state.sp {
+            return 0;
+        }
+    }
+    release(tgid, addr);
+    0
+}
+
+#[inline(always)]
+fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    // An entry already at this address was freed behind our back (a path we do not
+    // probe): settle it before it is overwritten.
+    if ALLOCS.get_ptr(key).is_some() {
+        release(tgid, addr);
+    }
+    // At a uretprobe the user stack starts at the caller's return address.
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            count(Counter::StackLost);
+            NO_STACK
+        }
+    };
+    let site = SiteKey { tgid, stack_id, kind: SiteKind::Heap as u32, _pad: 0 };
+    let Some(stats) = site_stats(&site) else {
+        return;
+    };
+    // SAFETY: the helper reads no memory of ours beyond the call.
+    let info = AllocInfo { size, ts_ns: unsafe { bpf_ktime_get_ns() }, site };
+    if ALLOCS.insert(key, info, 0).is_err() {
+        count(Counter::AllocsFull);
+        return;
+    }
+    site_add(stats, size as i64, 1);
+    count(Counter::Allocs);
+}
+
+#[inline(always)]
+fn release(tgid: u32, addr: u64) {
+    let key = AllocKey { tgid, _pad: 0, addr };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(info) = (unsafe { ALLOCS.get(key) }).copied() else {
+        return; // allocated before attach, or not ours
+    };
+    // Only the thread whose remove succeeds settles the site (double frees race).
+    if ALLOCS.remove(key).is_err() {
+        return;
+    }
+    if let Some(stats) = crate::maps::SITES.get_ptr_mut(info.site) {
+        site_add(stats, -(info.size as i64), -1);
+    }
+    count(Counter::Frees);
+}

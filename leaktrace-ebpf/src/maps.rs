@@ -1,0 +1,99 @@
+//! Maps shared by the probe families, and the small helpers every probe uses on them.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use leaktrace_common::{
+    AllocInfo, AllocKey, COUNTER_SLOTS, Counter, Inflight, SiteKey, SiteStats, SyscallArgs,
+};
+
+/// Outstanding heap allocations. Userspace sets the real size before loading.
+#[map]
+pub static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20, 0);
+
+/// Per-site totals: what userspace reads every tick instead of walking `ALLOCS`.
+#[map]
+pub static SITES: HashMap<SiteKey, SiteStats> = HashMap::with_max_entries(1 << 16, 0);
+
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1 << 14, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Target processes (tgid → 1): the syscall tracepoints see every process.
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Per-thread allocator call state (tid → state). LRU so exited threads age out.
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Per-thread syscall arguments between entry and exit (tid → args).
+#[map]
+pub static SYSCALLS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(1 << 16, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The stats of `site`, created empty on first use.
+#[inline(always)]
+pub fn site_stats(site: &SiteKey) -> Option<*mut SiteStats> {
+    if let Some(stats) = SITES.get_ptr_mut(site) {
+        return Some(stats);
+    }
+    // EEXIST from a racing thread is fine: the lookup below finds its entry.
+    let _ = SITES.insert(site, &SiteStats::default(), BPF_NOEXIST as u64);
+    let stats = SITES.get_ptr_mut(site);
+    if stats.is_none() {
+        count(Counter::SitesFull);
+    }
+    stats
+}
+
+/// Adds one allocation of `bytes` (negative: removes one) to a site's totals.
+#[inline(always)]
+pub fn site_add(stats: *mut SiteStats, bytes: i64, count: i64) {
+    // SAFETY: `stats` points into a map value, alive for the program's run;
+    // the fields are naturally aligned.
+    unsafe {
+        atomic_add(&raw mut (*stats).live_bytes, bytes);
+        atomic_add(&raw mut (*stats).live_count, count);
+        if count > 0 {
+            atomic_add((&raw mut (*stats).total_bytes).cast(), bytes);
+            atomic_add((&raw mut (*stats).total_count).cast(), 1);
+        }
+    }
+}
+
+/// `lock xadd`: threads of the target on other CPUs update the same site.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut i64, value: i64) {
+    // core's atomics lack fetch_add on the BPF target; the intrinsic lowers to BPF_ATOMIC.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<i64, i64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, value,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicI64::from_ptr(dst)
+            .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[inline(always)]
+pub fn current_tgid_tid() -> (u32, u32) {
+    let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}

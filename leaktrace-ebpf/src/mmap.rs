@@ -1,0 +1,85 @@
+//! Anonymous mappings: mmap, munmap, mremap.
+//!
+//! A munmap may cut any part out of one or several mappings, which a hash map
+//! cannot look up by range; these calls are rare, so each successful one goes to
+//! userspace, which keeps the mappings as intervals.
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP, pt_regs},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_buf},
+    programs::{RawTracePointContext, tracing::StackIdContext},
+};
+use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs, USER_STACK_WORDS};
+
+use crate::maps::{EVENTS, INFLIGHT, STACKS, count};
+
+const SYS_MMAP: u64 = 9;
+const SYS_MUNMAP: u64 = 11;
+const SYS_MREMAP: u64 = 25;
+const MAP_ANONYMOUS: u64 = 0x20;
+
+#[inline(always)]
+pub fn wants(nr: u64) -> bool {
+    matches!(nr, SYS_MMAP | SYS_MUNMAP | SYS_MREMAP)
+}
+
+/// Whether to follow this call to its exit.
+#[inline(always)]
+pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
+    // The allocator maps and unmaps its own arenas and large chunks: those bytes are
+    // already counted as heap allocations.
+    // SAFETY: per-thread entry, read by its own thread.
+    if let Some(state) = unsafe { INFLIGHT.get(tid) } {
+        if state.depth != 0 && regs.rsp < state.sp {
+            return false;
+        }
+    }
+    nr != SYS_MMAP || regs.r10 & MAP_ANONYMOUS != 0
+}
+
+#[inline(always)]
+pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64, sp: u64) {
+    let [a0, a1, a2, ..] = call.args;
+    let (kind, addr, len, old_addr, old_len) = match call.nr {
+        SYS_MMAP => (EventKind::Mmap, ret, a1, 0, 0),
+        SYS_MUNMAP => (EventKind::Munmap, a0, a1, 0, 0),
+        _ => (EventKind::Mremap, ret, a2, a0, a1),
+    };
+    let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is our reserved ring-buffer slot.
+    unsafe {
+        (*event).kind = kind as u32;
+        (*event).tgid = tgid;
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).addr = addr;
+        (*event).len = len;
+        (*event).old_addr = old_addr;
+        (*event).old_len = old_len;
+        (*event).sp = sp;
+        (*event).stack_id = NO_STACK;
+        (*event)._pad = 0;
+        (*event).stack_words = [0; USER_STACK_WORDS];
+        if kind != EventKind::Munmap {
+            (*event).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+                Ok(id) => id as u32,
+                Err(_) => {
+                    count(Counter::StackLost);
+                    NO_STACK
+                }
+            };
+            // The frame-pointer walk skips the caller of a frameless libc wrapper;
+            // userspace finds its return address among these words.
+            let words = &mut (*event).stack_words;
+            let bytes = core::slice::from_raw_parts_mut(
+                words.as_mut_ptr().cast::<u8>(),
+                USER_STACK_WORDS * 8,
+            );
+            let _ = bpf_probe_read_user_buf(sp as *const u8, bytes);
+        }
+    }
+    // Userspace drains on a timer: no wakeup per event.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}

@@ -1,0 +1,68 @@
+//! Raw `sys_enter`/`sys_exit` tracepoints: one pair for every syscall family.
+//!
+//! Raw tracepoints need no tracefs and hand us the user registers, which the
+//! families need (arguments at entry, the user stack pointer at exit). Anything
+//! not from a target process leaves after one map lookup.
+use aya_ebpf::{
+    bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use leaktrace_common::{Counter, SyscallArgs};
+
+use crate::{
+    maps::{SYSCALLS, TARGETS, count, current_tgid_tid},
+    mmap,
+};
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = current_tgid_tid();
+    if TARGETS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    let nr: u64 = ctx.arg(1);
+    if !mmap::wants(nr) {
+        return 0;
+    }
+    let Some(regs) = user_regs(&ctx) else {
+        return 0;
+    };
+    if !mmap::keep(nr, &regs, tid) {
+        return 0;
+    }
+    let args = SyscallArgs { nr, args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] };
+    if SYSCALLS.insert(tid, &args, 0).is_err() {
+        count(Counter::SyscallsFull);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = current_tgid_tid();
+    if TARGETS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: the value is copied before the entry is removed.
+    let Some(args) = (unsafe { SYSCALLS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALLS.remove(tid);
+    let ret: i64 = ctx.arg(1);
+    // -4095..-1 are errors; failed calls change nothing.
+    if (-4095..0).contains(&ret) {
+        return 0;
+    }
+    let Some(regs) = user_regs(&ctx) else {
+        return 0;
+    };
+    mmap::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+    0
+}
+
+#[inline(always)]
+fn user_regs(ctx: &RawTracePointContext) -> Option<pt_regs> {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: arg 0 of sys_enter/sys_exit is the task's saved user registers.
+    unsafe { bpf_probe_read_kernel(regs) }.ok()
+}

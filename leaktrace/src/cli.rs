@@ -1,0 +1,145 @@
+//! The command line.
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{
+    probes::{Families, Limits},
+    session::Options,
+};
+
+const ABOUT: &str = "Find memory that is never freed, per call site, in running processes — out of process, with eBPF.";
+
+const LONG_ABOUT: &str = "\
+leaktrace attaches eBPF probes to a running process (--pid) or to a command it \
+starts (-- CMD ARGS…) and accounts, per call site, the heap allocations \
+(malloc, calloc, realloc, reallocarray, posix_memalign, aligned_alloc, memalign, \
+valloc, pvalloc, free) and anonymous mappings (mmap, munmap, mremap) that are \
+still outstanding. The target is not restarted, recompiled or ptraced; its \
+allocator is found through its memory map (glibc, or a static or bundled malloc).
+
+Every --interval it prints the top sites by outstanding bytes; at the end \
+(--duration, Ctrl-C, SIGTERM, or when every target has exited) it prints a \
+final report with symbolized stacks and, with --output, writes it as JSON.
+
+Nothing is left behind: probes are removed by the kernel when leaktrace exits, \
+however it exits. A command started with -- CMD is sent SIGTERM if it still \
+runs when tracing ends; processes given with --pid are never touched.
+
+leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) and a kernel \
+with BTF.";
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+    sudo leaktrace --pid 1234                  trace until Ctrl-C
+    sudo leaktrace --pid 1234 --pid 1240 -d 60s -o leaks.json
+    sudo leaktrace -d 10s -- ./server --port 8080
+    sudo leaktrace --no-heap --pid 1234        anonymous mmap only
+
+EXIT STATUS:
+    0 on a completed trace (leaks found or not), 1 on an error, 2 on bad usage.";
+
+#[derive(Debug, Parser)]
+#[command(name = "leaktrace", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
+pub struct Cli {
+    /// Trace this running process (repeat for several).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Stop after this long (e.g. 30s, 5m, 1h, 500ms); default: until Ctrl-C or the targets exit.
+    #[arg(short, long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print the top sites this often while tracing.
+    #[arg(short, long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// How many sites the tables and the final report show.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Also write the final report as JSON to FILE (format: docs/json.md).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// No periodic tables, only the final report.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Do not trace the heap allocator.
+    #[arg(long)]
+    pub no_heap: bool,
+
+    /// Do not trace anonymous mmap/munmap/mremap.
+    #[arg(long)]
+    pub no_mmap: bool,
+
+    /// Outstanding heap allocations the kernel map can hold; beyond it allocations
+    /// are counted as lost and reported.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_allocs: u32,
+
+    /// Distinct stacks the kernel map can hold.
+    #[arg(long, value_name = "N", default_value_t = 1 << 14)]
+    pub max_stacks: u32,
+
+    /// The command to start and trace from its first allocation.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+impl Cli {
+    pub fn options(self) -> Result<Options, String> {
+        if self.pids.is_empty() && self.command.is_empty() {
+            return Err("nothing to trace: give --pid PID or -- CMD ARGS…".into());
+        }
+        if self.no_heap && self.no_mmap {
+            return Err("--no-heap and --no-mmap together leave nothing to trace".into());
+        }
+        if self.interval.is_zero() {
+            return Err("--interval must be longer than zero".into());
+        }
+        Ok(Options {
+            pids: self.pids,
+            command: self.command,
+            duration: self.duration,
+            interval: self.interval,
+            top: self.top,
+            json: self.output,
+            quiet: self.quiet,
+            families: Families { heap: !self.no_heap, mmap: !self.no_mmap },
+            limits: Limits { max_allocs: self.max_allocs.max(1), max_stacks: self.max_stacks.max(1) },
+        })
+    }
+}
+
+/// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

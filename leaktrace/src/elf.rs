@@ -1,0 +1,129 @@
+//! What leaktrace needs from an ELF file: symbols, their file offsets and code,
+//! and the libraries it asks for.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use object::{
+    Object, ObjectSegment, ObjectSymbol, elf,
+    read::elf::{Dyn as _, ElfFile64, SectionHeader as _},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an x86-64 ELF file: {source}")]
+    Parse { path: PathBuf, source: object::Error },
+}
+
+/// A parsed ELF file, kept as bytes so symbols can be read repeatedly.
+pub struct ElfImage {
+    pub path: PathBuf,
+    data: Vec<u8>,
+}
+
+/// A function found in an ELF file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    pub name: String,
+    /// Virtual address in the file (`st_value`).
+    pub address: u64,
+    /// Where the first instruction lives in the file: what uprobes attach by.
+    pub file_offset: u64,
+}
+
+impl ElfImage {
+    pub fn open(path: &Path) -> Result<Self, ElfError> {
+        let data = fs::read(path).map_err(|source| ElfError::Read { path: path.into(), source })?;
+        let image = Self { path: path.into(), data };
+        image.parse()?;
+        Ok(image)
+    }
+
+    fn parse(&self) -> Result<ElfFile64<'_>, ElfError> {
+        ElfFile64::parse(&*self.data)
+            .map_err(|source| ElfError::Parse { path: self.path.clone(), source })
+    }
+
+    /// A defined function named `name`, from `.dynsym` or else `.symtab`
+    /// (versioned names like `malloc@@GLIBC_2.2.5` match `malloc`).
+    pub fn function(&self, name: &str) -> Option<Function> {
+        let file = self.parse().ok()?;
+        let matches = |sym: &object::read::elf::ElfSymbol64<'_, '_>| {
+            sym.is_definition()
+                && sym.kind() == object::SymbolKind::Text
+                && sym.name().is_ok_and(|n| n.split('@').next() == Some(name))
+        };
+        let sym = file
+            .dynamic_symbols()
+            .find(|s| matches(s))
+            .or_else(|| file.symbols().find(|s| matches(s)))?;
+        let address = sym.address();
+        Some(Function { name: name.into(), address, file_offset: self.file_offset(address)? })
+    }
+
+    /// Maps a virtual address to its offset in the file, through the loadable segments.
+    pub fn file_offset(&self, address: u64) -> Option<u64> {
+        let file = self.parse().ok()?;
+        file.segments().find_map(|seg| {
+            let (offset, size) = seg.file_range();
+            let start = seg.address();
+            (address >= start && address < start + size).then(|| address - start + offset)
+        })
+    }
+
+    /// Up to `len` bytes of the file at `offset`.
+    pub fn bytes_at(&self, offset: u64, len: usize) -> &[u8] {
+        let start = (offset as usize).min(self.data.len());
+        &self.data[start..(start + len).min(self.data.len())]
+    }
+
+    /// `DT_NEEDED` entries, in order.
+    pub fn needed(&self) -> Vec<String> {
+        self.dynamic_strings(elf::DT_NEEDED)
+    }
+
+    /// `DT_RUNPATH` and `DT_RPATH` directories, with `$ORIGIN` expanded.
+    pub fn run_paths(&self) -> Vec<PathBuf> {
+        let origin = self.path.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned();
+        let mut dirs = self.dynamic_strings(elf::DT_RUNPATH);
+        dirs.extend(self.dynamic_strings(elf::DT_RPATH));
+        dirs.iter()
+            .flat_map(|d| d.split(':'))
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d.replace("$ORIGIN", &origin).replace("${ORIGIN}", &origin)))
+            .collect()
+    }
+
+    /// Whether the file has a `.symtab`, i.e. was not stripped.
+    pub fn has_symtab(&self) -> bool {
+        self.parse().is_ok_and(|f| f.symbols().next().is_some())
+    }
+
+    pub fn is_dynamic(&self) -> bool {
+        self.parse().is_ok_and(|f| f.section_by_name(".interp").is_some())
+    }
+
+    fn dynamic_strings(&self, tag: u32) -> Vec<String> {
+        let Ok(file) = self.parse() else { return Vec::new() };
+        let endian = file.endian();
+        let Some(dynamic) = file.elf_section_table().iter().find(|s| s.sh_type(endian) == elf::SHT_DYNAMIC) else {
+            return Vec::new();
+        };
+        let Ok(Some((entries, link))) = dynamic.dynamic(endian, &*self.data) else {
+            return Vec::new();
+        };
+        let Ok(strings) = file.elf_section_table().strings(endian, &*self.data, link) else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter(|d| d.d_tag(endian) as u32 == tag)
+            .filter_map(|d| d.string(endian, strings).ok())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    }
+}
+

@@ -1,0 +1,273 @@
+//! The site model: what each call site holds right now. Fed by the pump, read by
+//! the views (text, JSON); never touches the kernel itself.
+use std::collections::{BTreeMap, HashMap};
+
+use leaktrace_common::{EventKind, MapEvent, SiteKey, SiteStats};
+use serde::Serialize;
+
+use crate::symbolize::Frame;
+
+/// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub type Ns = u64;
+
+pub const PAGE: u64 = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Heap,
+    Mmap,
+}
+
+/// A call site of one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteId {
+    pub tgid: u32,
+    pub kind: Kind,
+    pub stack_id: u32,
+    /// Return address the frame-pointer walk missed (frameless libc wrapper), or 0.
+    pub caller: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub id: SiteId,
+    pub live_bytes: u64,
+    pub live_count: u64,
+    pub total_bytes: u64,
+    pub total_count: u64,
+    /// When the oldest outstanding allocation was made.
+    pub oldest_ns: Option<Ns>,
+    /// Symbolized stack, innermost first; empty until symbolized or when the stack was lost.
+    pub frames: Vec<Frame>,
+}
+
+impl Site {
+    fn new(id: SiteId) -> Self {
+        Self {
+            id,
+            live_bytes: 0,
+            live_count: 0,
+            total_bytes: 0,
+            total_count: 0,
+            oldest_ns: None,
+            frames: Vec::new(),
+        }
+    }
+}
+
+/// What could not be accounted, by cause. Reported with every report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Lost {
+    /// Allocations not recorded because the outstanding-allocations map was full.
+    pub allocs_map_full: u64,
+    /// Allocations not recorded because the sites map was full.
+    pub sites_map_full: u64,
+    /// Allocations whose stack could not be recorded (stack map full or hash collision).
+    pub stacks_lost: u64,
+    /// Events dropped because the ring buffer was full.
+    pub ring_buffer_overruns: u64,
+    /// Syscalls not followed because the per-thread syscall map was full.
+    pub syscalls_map_full: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.allocs_map_full + self.sites_map_full + self.stacks_lost + self.ring_buffer_overruns + self.syscalls_map_full
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    end: u64,
+    site: SiteId,
+    ts: Ns,
+}
+
+/// The anonymous mappings of one process that leaktrace saw created.
+#[derive(Default, Debug)]
+struct Regions {
+    by_start: BTreeMap<u64, Region>,
+}
+
+impl Regions {
+    /// Removes `[start, end)`, splitting mappings it cuts; returns the first removed piece.
+    fn remove(&mut self, start: u64, end: u64) -> Option<Region> {
+        let hit: Vec<(u64, Region)> = self
+            .by_start
+            .range(..end)
+            .rev()
+            .take_while(|(_, r)| r.end > start)
+            .map(|(s, r)| (*s, *r))
+            .collect();
+        for &(s, r) in &hit {
+            self.by_start.remove(&s);
+            if s < start {
+                self.by_start.insert(s, Region { end: start, ..r });
+            }
+            if r.end > end {
+                self.by_start.insert(end, r);
+            }
+        }
+        hit.last().map(|&(_, r)| r)
+    }
+
+    fn insert(&mut self, start: u64, region: Region) {
+        self.remove(start, region.end);
+        self.by_start.insert(start, region);
+    }
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub sites: HashMap<SiteId, Site>,
+    regions: HashMap<u32, Regions>,
+    pub lost: Lost,
+    pub allocs: u64,
+    pub frees: u64,
+}
+
+fn page_up(len: u64) -> u64 {
+    len.div_ceil(PAGE) * PAGE
+}
+
+impl Model {
+    /// Replaces a heap site's totals with the kernel's.
+    pub fn set_heap(&mut self, key: &SiteKey, stats: &SiteStats) {
+        let id = SiteId { tgid: key.tgid, kind: Kind::Heap, stack_id: key.stack_id, caller: 0 };
+        let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+        site.live_bytes = stats.live_bytes.max(0) as u64;
+        site.live_count = stats.live_count.max(0) as u64;
+        site.total_bytes = stats.total_bytes;
+        site.total_count = stats.total_count;
+        if site.live_count == 0 {
+            site.oldest_ns = None;
+        }
+    }
+
+    /// Sets the oldest outstanding allocation of each heap site, from a walk of the
+    /// outstanding allocations.
+    pub fn set_heap_oldest(&mut self, oldest: &HashMap<(u32, u32), Ns>) {
+        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Heap) {
+            site.oldest_ns = oldest.get(&(site.id.tgid, site.id.stack_id)).copied();
+        }
+    }
+
+    /// Applies an anonymous mmap/munmap/mremap of the target. `caller` is the return
+    /// address recovered for the site (see [`SiteId::caller`]).
+    pub fn apply_map_event(&mut self, ev: &MapEvent, caller: u64) {
+        let regions = self.regions.entry(ev.tgid).or_default();
+        let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
+        let created = if ev.kind == EventKind::Mmap as u32 {
+            let id = SiteId { tgid: ev.tgid, kind: Kind::Mmap, stack_id: ev.stack_id, caller };
+            regions.insert(ev.addr, Region { end: end(ev.addr, ev.len), site: id, ts: ev.ts_ns });
+            Some(id)
+        } else if ev.kind == EventKind::Munmap as u32 {
+            regions.remove(ev.addr, end(ev.addr, ev.len));
+            None
+        } else {
+            // mremap moves (and resizes) a mapping we know; others are not ours.
+            let moved = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len));
+            moved.map(|old| {
+                regions.insert(ev.addr, Region { end: end(ev.addr, ev.len), ..old });
+                old.site
+            })
+        };
+        if let Some(id) = created.filter(|_| ev.kind == EventKind::Mmap as u32) {
+            let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+            site.total_bytes += page_up(ev.len);
+            site.total_count += 1;
+        }
+        self.refresh_mmap(ev.tgid);
+    }
+
+    /// Recomputes the mmap sites of `tgid` from its mappings.
+    fn refresh_mmap(&mut self, tgid: u32) {
+        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Mmap && s.id.tgid == tgid) {
+            site.live_bytes = 0;
+            site.live_count = 0;
+            site.oldest_ns = None;
+        }
+        let Some(regions) = self.regions.get(&tgid) else { return };
+        for (&start, region) in &regions.by_start {
+            if let Some(site) = self.sites.get_mut(&region.site) {
+                site.live_bytes += region.end - start;
+                site.live_count += 1;
+                site.oldest_ns = Some(site.oldest_ns.map_or(region.ts, |t| t.min(region.ts)));
+            }
+        }
+    }
+
+    /// Sites with something outstanding, largest first.
+    pub fn ranked(&self) -> Vec<&Site> {
+        let mut sites: Vec<&Site> = self.sites.values().collect();
+        sites.sort_by(|a, b| {
+            b.live_bytes.cmp(&a.live_bytes).then(b.live_count.cmp(&a.live_count)).then(a.id.cmp(&b.id))
+        });
+        sites
+    }
+
+    pub fn live_bytes(&self, kind: Kind) -> u64 {
+        self.sites.values().filter(|s| s.id.kind == kind).map(|s| s.live_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, addr: u64, len: u64, old_addr: u64, old_len: u64) -> MapEvent {
+        MapEvent {
+            kind: kind as u32,
+            tgid: 7,
+            ts_ns: 1,
+            addr,
+            len,
+            old_addr,
+            old_len,
+            stack_id: 3,
+            _pad: 0,
+            sp: 0,
+            stack_words: [0; leaktrace_common::USER_STACK_WORDS],
+        }
+    }
+
+    fn mmap_site(model: &Model) -> &Site {
+        model.sites.values().find(|s| s.id.kind == Kind::Mmap).unwrap()
+    }
+
+    #[test]
+    fn partial_munmap_splits_a_mapping() {
+        let mut m = Model::default();
+        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 10 * PAGE, 0, 0), 0);
+        m.apply_map_event(&event(EventKind::Munmap, 0x10000 + 2 * PAGE, 3 * PAGE, 0, 0), 0);
+        let s = mmap_site(&m);
+        assert_eq!((s.live_bytes, s.live_count), (7 * PAGE, 2));
+        m.apply_map_event(&event(EventKind::Munmap, 0x10000, 2 * PAGE, 0, 0), 0);
+        m.apply_map_event(&event(EventKind::Munmap, 0x10000 + 9 * PAGE, 100, 0, 0), 0);
+        let s = mmap_site(&m);
+        assert_eq!((s.live_bytes, s.live_count, s.total_bytes), (4 * PAGE, 1, 10 * PAGE));
+    }
+
+    #[test]
+    fn mremap_moves_and_resizes() {
+        let mut m = Model::default();
+        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 2 * PAGE, 0, 0), 0);
+        m.apply_map_event(&event(EventKind::Mremap, 0x90000, 5 * PAGE, 0x10000, 2 * PAGE), 0);
+        assert_eq!(mmap_site(&m).live_bytes, 5 * PAGE);
+        // Not ours: ignored.
+        m.apply_map_event(&event(EventKind::Mremap, 0xa0000, PAGE, 0x50000, PAGE), 0);
+        assert_eq!(mmap_site(&m).live_bytes, 5 * PAGE);
+        m.apply_map_event(&event(EventKind::Munmap, 0x90000, 5 * PAGE, 0, 0), 0);
+        assert_eq!((mmap_site(&m).live_bytes, mmap_site(&m).live_count), (0, 0));
+    }
+
+    #[test]
+    fn map_fixed_over_a_mapping_replaces_it() {
+        let mut m = Model::default();
+        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 0), 0);
+        m.apply_map_event(&event(EventKind::Mmap, 0x10000 + PAGE, PAGE, 0, 0), 0);
+        let s = mmap_site(&m);
+        assert_eq!((s.live_bytes, s.live_count), (4 * PAGE, 3));
+    }
+}

@@ -1,0 +1,138 @@
+//! Where to put an entry uprobe so the kernel emulates the probed instruction
+//! instead of single-stepping it out of line (a second trap: ~10 µs per call in a
+//! VM, see docs/performance.md).
+//!
+//! x86 uprobes emulate `push reg`, `nop` and relative `jmp`/`call`/`jcc`. A function
+//! whose first instruction is something else is probed a little later when that
+//! is equivalent: after `endbr64` (a no-op for us), and — for free-like functions,
+//! where a NULL first argument means "nothing to do" — after a leading
+//! `test rdi, rdi; je …`, whose fall-through is the only path that matters.
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+
+/// Offset from the function's start at which to attach its entry probe.
+///
+/// `skip_null_check` allows skipping `test rdi,rdi; je`: only for functions that do
+/// nothing when their first argument is NULL. Registers the probe reads are never
+/// written by the skipped instructions.
+pub fn entry_offset(code: &[u8], address: u64, skip_null_check: bool) -> u64 {
+    let insns: Vec<Instruction> =
+        Decoder::with_ip(64, code, address, DecoderOptions::NONE).into_iter().take(4).collect();
+    let mut candidates = vec![0usize];
+    let mut i = 0;
+    if insns.get(i).is_some_and(|ins| ins.code() == Code::Endbr64) {
+        i += 1;
+        candidates.push(i);
+    }
+    if skip_null_check
+        && insns.get(i).is_some_and(is_test_rdi_rdi)
+        && insns.get(i + 1).is_some_and(|ins| matches!(ins.code(), Code::Je_rel8_64 | Code::Je_rel32_64))
+    {
+        i += 2;
+        candidates.push(i);
+    }
+    let chosen = candidates
+        .iter()
+        .rev()
+        .copied()
+        .find(|&c| insns.get(c).is_some_and(is_emulated))
+        .unwrap_or(0);
+    insns.get(chosen).map_or(0, |ins| ins.ip() - address)
+}
+
+fn is_test_rdi_rdi(ins: &Instruction) -> bool {
+    ins.code() == Code::Test_rm64_r64
+        && ins.op0_kind() == OpKind::Register
+        && ins.op0_register() == Register::RDI
+        && ins.op1_register() == Register::RDI
+}
+
+/// Whether the kernel's x86 uprobe code emulates this instruction.
+pub fn is_emulated(ins: &Instruction) -> bool {
+    match ins.mnemonic() {
+        Mnemonic::Push => ins.op0_kind() == OpKind::Register && ins.op0_register().is_gpr64(),
+        Mnemonic::Nop => ins.len() == 1,
+        _ => {
+            matches!(ins.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call)
+                && ins.op0_kind() == OpKind::NearBranch64
+        }
+    }
+}
+
+/// How far below the return address the stack pointer is at `ip`, for a function
+/// starting at `start` that keeps no frame pointer: the sum of its pushes and
+/// `sub rsp` along the straight-line code before `ip`. `None` when the function
+/// sets up `rbp` as a frame pointer (the frame-pointer walk then already sees
+/// its caller) or does something we cannot follow.
+pub fn frameless_depth(code: &[u8], start: u64, ip: u64) -> Option<u64> {
+    let mut depth: i64 = 0;
+    for ins in Decoder::with_ip(64, code, start, DecoderOptions::NONE) {
+        if ins.ip() >= ip || ins.is_invalid() {
+            break;
+        }
+        match ins.mnemonic() {
+            Mnemonic::Push => depth += 8,
+            Mnemonic::Pop => depth -= 8,
+            Mnemonic::Sub | Mnemonic::Add
+                if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP =>
+            {
+                let imm = ins.immediate(1) as i64;
+                depth += if ins.mnemonic() == Mnemonic::Sub { imm } else { -imm };
+            }
+            Mnemonic::Mov
+                if ins.op0_kind() == OpKind::Register
+                    && ins.op0_register() == Register::RBP
+                    && ins.op1_kind() == OpKind::Register
+                    && ins.op1_register() == Register::RSP =>
+            {
+                return None;
+            }
+            _ if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP => return None,
+            _ => {}
+        }
+    }
+    u64::try_from(depth).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Byte sequences as glibc 2.36 (Debian 12) starts these functions.
+    const FREE: &[u8] = &[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48, 0x8d];
+    const MALLOC: &[u8] = &[0x41, 0x54, 0x55, 0x53, 0x48, 0x89, 0xfb];
+    const MEMALIGN: &[u8] = &[0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07];
+
+    #[test]
+    fn free_is_probed_after_its_null_check() {
+        assert_eq!(entry_offset(FREE, 0x98ef0, true), 9);
+        assert_eq!(entry_offset(FREE, 0x98ef0, false), 0);
+    }
+
+    #[test]
+    fn emulated_first_instruction_stays_at_entry() {
+        assert_eq!(entry_offset(MALLOC, 0x1000, false), 0);
+        assert_eq!(entry_offset(MEMALIGN, 0x1000, false), 0);
+    }
+
+    #[test]
+    fn endbr64_is_skipped_when_the_next_instruction_is_emulated() {
+        let code = [0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5];
+        assert_eq!(entry_offset(&code, 0x1000, false), 4);
+    }
+
+    #[test]
+    fn frame_depth_of_syscall_wrappers() {
+        // glibc mmap: mov r10d,ecx; test r9d,0xfff; jne; mov eax,9; syscall
+        let mmap = [
+            0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0x00, 0x00, 0x75, 0x14, 0xb8, 0x09,
+            0x00, 0x00, 0x00, 0x0f, 0x05,
+        ];
+        assert_eq!(frameless_depth(&mmap, 0, mmap.len() as u64), Some(0));
+        // sub rsp,0x58; mov [rsp+0x40],r8; syscall
+        let mremap = [0x48, 0x83, 0xec, 0x58, 0x4c, 0x89, 0x44, 0x24, 0x40, 0x0f, 0x05];
+        assert_eq!(frameless_depth(&mremap, 0, mremap.len() as u64), Some(0x58));
+        // push rbp; mov rbp,rsp: a frame-pointer function
+        let framed = [0x55, 0x48, 0x89, 0xe5, 0x0f, 0x05];
+        assert_eq!(frameless_depth(&framed, 0, framed.len() as u64), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! Loading the eBPF object and attaching its programs to the targets.
+//!
+//! Every attachment is a file descriptor owned by this process: however
+//! leaktrace ends (even SIGKILL) the kernel closes them and removes the probes.
+use std::num::NonZeroU32;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        ProbeKind, RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use leaktrace_common::{AllocInfo, AllocKey, COUNTER_SLOTS, SiteKey, SiteStats, maps};
+
+use crate::{allocator::Allocator, target::Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("cannot load {program}: {source}")]
+    Program { program: &'static str, source: Box<aya::programs::ProgramError> },
+    #[error("cannot attach to {function} in {path} for PID {pid}: {source}")]
+    Attach { function: String, path: String, pid: u32, source: Box<aya::programs::ProgramError> },
+    #[error("cannot attach the {0} tracepoint: {1}")]
+    Tracepoint(&'static str, #[source] Box<aya::programs::ProgramError>),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, #[source] Box<aya::maps::MapError>),
+}
+
+/// Sizes of the kernel maps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_allocs: u32,
+    pub max_stacks: u32,
+}
+
+/// What to trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Families {
+    pub heap: bool,
+    pub mmap: bool,
+}
+
+/// The loaded eBPF object and its attachments.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Programs already loaded into the kernel.
+    loaded: Vec<&'static str>,
+}
+
+/// The compiled eBPF object, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+
+impl Probes {
+    pub fn load(limits: Limits, families: Families) -> Result<Self, ProbeError> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(maps::ALLOCS, limits.max_allocs)
+            .map_max_entries(maps::STACKS, limits.max_stacks)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let mut probes = Self { ebpf, loaded: Vec::new() };
+        if families.mmap {
+            for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+                let prog: &mut RawTracePoint = probes.program(program)?;
+                prog.attach(tracepoint).map_err(|e| ProbeError::Tracepoint(tracepoint, Box::new(e)))?;
+            }
+        }
+        Ok(probes)
+    }
+
+    fn program<T>(&mut self, name: &'static str) -> Result<&mut T, ProbeError>
+    where
+        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        T: LoadProgram,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("eBPF object lacks program {name}"));
+        let program: &mut T =
+            program.try_into().map_err(|e| ProbeError::Program { program: name, source: Box::new(e) })?;
+        if !self.loaded.contains(&name) {
+            program.load_program().map_err(|e| ProbeError::Program { program: name, source: Box::new(e) })?;
+            self.loaded.push(name);
+        }
+        Ok(program)
+    }
+
+    /// Attaches the allocator probes to `target` only (perf's pid filter: other
+    /// processes using the same library never hit a breakpoint).
+    pub fn attach_allocator(&mut self, target: &Target, allocator: &Allocator) -> Result<(), ProbeError> {
+        let pid = NonZeroU32::new(target.pid).expect("PID 0 is never a target");
+        for point in &allocator.points {
+            let attach_err = |e| ProbeError::Attach {
+                function: point.function.clone(),
+                path: allocator.path.display().to_string(),
+                pid: target.pid,
+                source: Box::new(e),
+            };
+            let entry: &mut UProbe = self.program(point.program)?;
+            entry
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(point.file_offset + point.shift),
+                    &allocator.path,
+                    UProbeScope::OneProcess(pid),
+                )
+                .map_err(attach_err)?;
+            if point.returns {
+                let ret: &mut UProbe = self.program("alloc_return")?;
+                debug_assert!(matches!(ret.kind(), ProbeKind::Return));
+                ret.attach(
+                    UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                    &allocator.path,
+                    UProbeScope::OneProcess(pid),
+                )
+                .map_err(attach_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the syscall tracepoints see `pid`.
+    pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let mut targets: HashMap<&mut MapData, u32, u32> = self.map_mut(maps::TARGETS)?;
+        targets.insert(pid, 1, 0).map_err(|e| ProbeError::Map(maps::TARGETS, Box::new(e)))
+    }
+
+    pub fn sites(&self) -> Result<HashMap<&MapData, SiteKey, SiteStats>, ProbeError> {
+        self.map(maps::SITES)
+    }
+
+    pub fn allocs(&self) -> Result<HashMap<&MapData, AllocKey, AllocInfo>, ProbeError> {
+        self.map(maps::ALLOCS)
+    }
+
+    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
+        self.map(maps::STACKS)
+    }
+
+    /// Each counter summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; COUNTER_SLOTS as usize], ProbeError> {
+        let array: PerCpuArray<&MapData, u64> = self.map(maps::COUNTERS)?;
+        let mut out = [0u64; COUNTER_SLOTS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = array.get(&(i as u32), 0).map_err(|e| ProbeError::Map(maps::COUNTERS, Box::new(e)))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The event ring buffer; taken once, by the pump.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(maps::EVENTS).expect("eBPF object lacks EVENTS");
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map(maps::EVENTS, Box::new(e)))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
+    }
+}
+
+/// The program types leaktrace loads, behind one `load` call.
+pub trait LoadProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl LoadProgram for UProbe {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadProgram for RawTracePoint {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}

@@ -1,0 +1,88 @@
+//! Snapshots of `/proc/PID/maps`: which file backs an address, at which offset.
+//! Kept per target so stacks still symbolize after the target exits.
+use std::{fs, path::PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub executable: bool,
+    /// Path as the target sees it; `None` for anonymous memory.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ProcMaps {
+    mappings: Vec<Mapping>,
+}
+
+impl ProcMaps {
+    pub fn read(pid: u32) -> std::io::Result<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        Ok(Self::parse(&text))
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mappings = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(6, ' ');
+                let range = fields.next()?;
+                let perms = fields.next()?;
+                let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let _dev = fields.next()?;
+                let _inode = fields.next()?;
+                let path = fields.next().map(str::trim_start).filter(|p| p.starts_with('/'));
+                let (start, end) = range.split_once('-')?;
+                Some(Mapping {
+                    start: u64::from_str_radix(start, 16).ok()?,
+                    end: u64::from_str_radix(end, 16).ok()?,
+                    offset,
+                    executable: perms.as_bytes().get(2) == Some(&b'x'),
+                    path: path.map(|p| PathBuf::from(p.trim_end_matches(" (deleted)"))),
+                })
+            })
+            .collect();
+        Self { mappings }
+    }
+
+    /// The mapping holding `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
+        self.mappings.iter().find(|m| addr >= m.start && addr < m.end)
+    }
+
+    /// A mapped file whose name is `name` (a `DT_NEEDED` entry).
+    pub fn find_file(&self, name: &str) -> Option<PathBuf> {
+        self.mappings
+            .iter()
+            .filter_map(|m| m.path.as_ref())
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mappings.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_anonymous_mappings() {
+        let maps = ProcMaps::parse(
+            "55d0c0000000-55d0c0001000 r--p 00000000 fe:01 123 /usr/bin/demo\n\
+             55d0c0001000-55d0c0002000 r-xp 00001000 fe:01 123 /usr/bin/demo\n\
+             7f0000000000-7f0000021000 rw-p 00000000 00:00 0 \n\
+             7f1000000000-7f1000001000 r-xp 00002000 fe:01 9 /lib/libc.so.6 (deleted)\n",
+        );
+        let m = maps.lookup(0x55d0c0001234).unwrap();
+        assert!(m.executable);
+        assert_eq!(m.offset, 0x1000);
+        assert_eq!(maps.lookup(0x7f0000000010).unwrap().path, None);
+        assert_eq!(maps.find_file("libc.so.6"), Some(PathBuf::from("/lib/libc.so.6")));
+        assert!(maps.lookup(0x10).is_none());
+    }
+}

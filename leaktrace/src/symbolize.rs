@@ -1,0 +1,189 @@
+//! Turning return addresses into frames: module + offset via the target's memory
+//! map, then function, file, line and inlined frames via blazesym.
+//!
+//! Results are cached per (module, file offset), so ASLR and PIE do not matter and
+//! every target sharing libc shares its symbols.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use blazesym::symbolize::{
+    CodeInfo, Input, Symbolized, Symbolizer as Blaze,
+    source::{Elf, Source},
+};
+use serde::Serialize;
+
+use crate::{elf::ElfImage, placement, procmaps::ProcMaps, target::in_root};
+
+/// One stack frame, innermost first in a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The file the code lives in; `None` when no mapping covers the address.
+    pub module: Option<String>,
+    /// Offset in `module` (the absolute address when there is no module).
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    /// The function was inlined into the next frame.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+impl Frame {
+    /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
+    pub fn short(&self) -> String {
+        let place = match (&self.file, self.line) {
+            (Some(file), Some(line)) => {
+                let name = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned());
+                format!(" ({}:{line})", name.unwrap_or_else(|| file.clone()))
+            }
+            _ => String::new(),
+        };
+        match &self.function {
+            Some(f) => format!("{f}{place}"),
+            None => self.location(),
+        }
+    }
+
+    pub fn location(&self) -> String {
+        match &self.module {
+            Some(m) => {
+                let name = Path::new(m).file_name().map_or(m.clone(), |n| n.to_string_lossy().into_owned());
+                format!("{name}+{:#x}", self.address)
+            }
+            None => format!("{:#x}", self.address),
+        }
+    }
+}
+
+/// A file that code was mapped from, as leaktrace can open it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Module {
+    /// Path as the target sees it (shown to the user).
+    shown: PathBuf,
+    /// Path we open (through /proc/PID/root for other mount namespaces).
+    open: PathBuf,
+}
+
+pub struct Symbolizer {
+    blaze: Blaze,
+    cache: HashMap<(PathBuf, u64), Vec<Frame>>,
+    depths: HashMap<(PathBuf, u64), Option<u64>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        let blaze = Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self { blaze, cache: HashMap::new(), depths: HashMap::new() }
+    }
+
+    /// Frames for a stack of return addresses of process `pid`, innermost first.
+    pub fn stack(&mut self, pid: u32, maps: &ProcMaps, return_addrs: &[u64]) -> Vec<Frame> {
+        return_addrs.iter().flat_map(|&addr| self.frames(pid, maps, addr)).collect()
+    }
+
+    /// The frames (one, or more with inlining) at one return address.
+    fn frames(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Vec<Frame> {
+        let Some((module, offset)) = resolve(pid, maps, addr) else {
+            return vec![Frame {
+                function: None,
+                file: None,
+                line: None,
+                module: None,
+                address: addr,
+                inlined: false,
+            }];
+        };
+        let key = (module.shown.clone(), offset);
+        if let Some(frames) = self.cache.get(&key) {
+            return frames.clone();
+        }
+        let frames = self.lookup(&module, offset);
+        self.cache.insert(key, frames.clone());
+        frames
+    }
+
+    fn lookup(&self, module: &Module, offset: u64) -> Vec<Frame> {
+        let shown = module.shown.to_string_lossy().into_owned();
+        let bare = Frame {
+            function: None,
+            file: None,
+            line: None,
+            module: Some(shown.clone()),
+            address: offset,
+            inlined: false,
+        };
+        let src = Source::Elf(Elf::new(&module.open));
+        // A return address points after the call: look up the call itself.
+        let input = Input::FileOffset(offset.saturating_sub(1));
+        let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, input) else {
+            return vec![bare];
+        };
+        let with_code = |name: &str, code: Option<&CodeInfo<'_>>, inlined: bool| {
+            let (file, line) = code.map_or((None, None), |c| (Some(code_path(c)), c.line));
+            Frame { function: Some(name.to_string()), file, line, inlined, ..bare.clone() }
+        };
+        // blazesym lists inlined calls outermost first; frames go innermost first.
+        let mut frames: Vec<Frame> =
+            sym.inlined.iter().rev().map(|f| with_code(&f.name, f.code_info.as_ref(), true)).collect();
+        frames.push(with_code(&sym.name, sym.code_info.as_deref(), false));
+        frames
+    }
+
+    /// For an address inside a function that keeps no frame pointer (a libc
+    /// syscall wrapper): how far the stack pointer is below its return address.
+    /// `None` when the function keeps a frame pointer or cannot be read.
+    pub fn frameless_depth(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Option<u64> {
+        let (module, offset) = resolve(pid, maps, addr)?;
+        let key = (module.shown.clone(), offset);
+        if let Some(depth) = self.depths.get(&key) {
+            return *depth;
+        }
+        let depth = self.read_depth(&module, offset);
+        self.depths.insert(key, depth);
+        depth
+    }
+
+    fn read_depth(&self, module: &Module, offset: u64) -> Option<u64> {
+        let src = Source::Elf(Elf::new(&module.open));
+        let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, Input::FileOffset(offset))
+        else {
+            return None;
+        };
+        let start = offset.checked_sub(sym.offset as u64)?;
+        let image = ElfImage::open(&module.open).ok()?;
+        let code = image.bytes_at(start, (offset - start) as usize);
+        placement::frameless_depth(code, start, offset)
+    }
+}
+
+fn code_path(code: &CodeInfo<'_>) -> String {
+    match &code.dir {
+        Some(dir) => dir.join(&*code.file).to_string_lossy().into_owned(),
+        None => Path::new(&*code.file).to_string_lossy().into_owned(),
+    }
+}
+
+fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
+    let mapping = maps.lookup(addr)?;
+    let path = mapping.path.as_ref()?;
+    let module = Module { shown: path.clone(), open: in_root(pid, path) };
+    Some((module, addr - mapping.start + mapping.offset))
+}

@@ -1,0 +1,182 @@
+//! The processes being traced: checking a PID, starting a command held before
+//! `execve`, reading what /proc says about them.
+use std::{
+    ffi::OsString,
+    fs,
+    io::{Read, Write},
+    os::{fd::OwnedFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+};
+
+use crate::{allocator, elf::ElfImage, procmaps::ProcMaps};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with PID {0}")]
+    NoSuchPid(u32),
+    #[error("PID {0} is a kernel thread: it has no user memory to trace")]
+    KernelThread(u32),
+    #[error("PID {0} is leaktrace itself")]
+    Myself(u32),
+    #[error("cannot inspect PID {pid}: {source}")]
+    Proc { pid: u32, source: std::io::Error },
+    #[error("{0}: command not found")]
+    CommandNotFound(String),
+    #[error("cannot start {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+}
+
+/// One traced process.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    /// The executable as the target sees it (`/proc/PID/exe`).
+    pub exe: PathBuf,
+    /// Process start time (clock ticks after boot): tells a PID reused after exit.
+    start_time: u64,
+}
+
+impl Target {
+    /// An existing process.
+    pub fn existing(pid: u32) -> Result<Self, TargetError> {
+        if pid == std::process::id() {
+            return Err(TargetError::Myself(pid));
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(TargetError::NoSuchPid(pid));
+        }
+        let stat = read_stat(pid).ok_or(TargetError::NoSuchPid(pid))?;
+        let exe = match fs::read_link(proc_dir.join("exe")) {
+            Ok(exe) => exe,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(if stat.state == 'Z' {
+                    TargetError::NoSuchPid(pid)
+                } else {
+                    TargetError::KernelThread(pid)
+                });
+            }
+            Err(source) => return Err(TargetError::Proc { pid, source }),
+        };
+        Ok(Self { pid, comm: stat.comm, exe, start_time: stat.start_time })
+    }
+
+    /// The executable, opened through the target's root (other mount namespaces).
+    pub fn exe_path(&self) -> PathBuf {
+        in_root(self.pid, &self.exe)
+    }
+
+    /// Whether the process still runs (not exited, not a zombie, PID not reused).
+    pub fn alive(&self) -> bool {
+        read_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X' && s.start_time == self.start_time)
+    }
+
+    /// The target's allocator, found through the libraries it has mapped.
+    pub fn allocator(&self) -> Result<allocator::Allocator, allocator::AllocatorError> {
+        let maps = ProcMaps::read(self.pid).unwrap_or_default();
+        let pid = self.pid;
+        let mapped = move |name: &str, requester: &ElfImage| {
+            maps.find_file(name)
+                .map(|p| in_root(pid, &p))
+                .or_else(|| allocator::search_library(name, requester))
+        };
+        let preload: Vec<PathBuf> = read_env(self.pid, "LD_PRELOAD")
+            .map(|v| v.split([':', ' ']).filter(|s| !s.is_empty()).map(|s| in_root(self.pid, Path::new(s))).collect())
+            .unwrap_or_default();
+        allocator::find(&self.exe_path(), &preload, &mapped)
+    }
+}
+
+/// A command started by leaktrace, held before `execve` until the probes are in.
+pub struct Launched {
+    pub child: Child,
+    release: OwnedFd,
+    pub exe: PathBuf,
+}
+
+impl Launched {
+    pub fn spawn(argv: &[OsString]) -> Result<Self, TargetError> {
+        let name = argv[0].to_string_lossy().into_owned();
+        let exe = find_in_path(&argv[0]).ok_or_else(|| TargetError::CommandNotFound(name.clone()))?;
+        let (hold, release) = std::io::pipe().map_err(|source| TargetError::Spawn { cmd: name.clone(), source })?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg0(&argv[0]).args(&argv[1..]);
+        let mut hold = Some(hold);
+        // SAFETY: the closure only reads a pipe (async-signal-safe) before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut byte = [0u8; 1];
+                if let Some(mut hold) = hold.take() {
+                    let _ = hold.read(&mut byte);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| TargetError::Spawn { cmd: name, source })?;
+        Ok(Self { child, release: release.into(), exe })
+    }
+
+    /// The target as seen before `execve`: its pid, with the command's name and executable.
+    pub fn target(&self) -> Target {
+        let pid = self.child.id();
+        let stat = read_stat(pid);
+        Target {
+            pid,
+            comm: self.exe.file_name().map(|n| n.to_string_lossy().chars().take(15).collect()).unwrap_or_default(),
+            exe: self.exe.clone(),
+            start_time: stat.map_or(0, |s| s.start_time),
+        }
+    }
+
+    /// Lets the command run (it execs now).
+    pub fn release(self) -> Child {
+        let mut pipe = std::io::PipeWriter::from(self.release);
+        let _ = pipe.write_all(b"x");
+        self.child
+    }
+}
+
+fn find_in_path(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
+    let cmd = Path::new(cmd);
+    if cmd.components().count() > 1 {
+        return cmd.is_file().then(|| cmd.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
+/// `path` as seen by process `pid`, reachable from our mount namespace.
+pub fn in_root(pid: u32, path: &Path) -> PathBuf {
+    let rooted = Path::new("/proc").join(pid.to_string()).join("root").join(path.strip_prefix("/").unwrap_or(path));
+    if rooted.exists() { rooted } else { path.to_path_buf() }
+}
+
+struct Stat {
+    comm: String,
+    state: char,
+    start_time: u64,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    Some(Stat {
+        comm,
+        state: rest.first()?.chars().next()?,
+        // Field 22 of stat; `rest` starts at field 3.
+        start_time: rest.get(19)?.parse().ok()?,
+    })
+}
+
+fn read_env(pid: u32, key: &str) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|kv| {
+        let kv = String::from_utf8_lossy(kv);
+        kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string)
+    })
+}
