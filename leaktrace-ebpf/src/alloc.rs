@@ -10,7 +10,9 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
-use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, NO_STACK, SiteKey, SiteKind};
+use leaktrace_common::{
+    AllocFn, AllocInfo, AllocKey, Counter, Inflight, NO_STACK, SiteKey, SiteKind,
+};
 
 use crate::maps::{ALLOCS, INFLIGHT, STACKS, count, current_tgid_tid, site_add, site_stats};
 
@@ -68,7 +70,13 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, ptr: u64) {
     let (_, tid) = current_tgid_tid();
     let sp = user_sp(ctx);
-    let outer = Inflight { depth: 1, func: func as u32, size, ptr, sp };
+    let outer = Inflight {
+        depth: 1,
+        func: func as u32,
+        size,
+        ptr,
+        sp,
+    };
     match INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: per-thread entry; only this thread writes it.
         Some(state) => unsafe {
@@ -81,7 +89,7 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, ptr: u64) {
             }
         },
         None => {
-            let _ = INFLIGHT.insert(tid, &outer, 0);
+            let _ = INFLIGHT.insert(tid, outer, 0);
         }
     }
 }
@@ -133,20 +141,29 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();
-    // SAFETY: per-thread entry, read by its own thread.
-    if let Some(state) = unsafe { INFLIGHT.get(tid) } {
-        // Frees inside realloc & co. belong to that call, accounted at its return.
-        if state.depth != 0 && user_sp(&ctx) < state.sp {
-            return 0;
-        }
+    // Frees inside realloc & co. belong to that call, accounted at its return.
+    if inside_allocator(tid, user_sp(&ctx)) {
+        return 0;
     }
     release(tgid, addr);
     0
 }
 
+/// Whether thread `tid`, with stack pointer `sp`, is inside an allocator call
+/// (nested calls run below the outermost call's stack pointer).
+#[inline(always)]
+pub fn inside_allocator(tid: u32, sp: u64) -> bool {
+    // SAFETY: per-thread entry, read by its own thread.
+    unsafe { INFLIGHT.get(tid) }.is_some_and(|state| state.depth != 0 && sp < state.sp)
+}
+
 #[inline(always)]
 fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
-    let key = AllocKey { tgid, _pad: 0, addr };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
     // An entry already at this address was freed behind our back (a path we do not
     // probe): settle it before it is overwritten.
     if ALLOCS.get_ptr(key).is_some() {
@@ -160,12 +177,21 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
             NO_STACK
         }
     };
-    let site = SiteKey { tgid, stack_id, kind: SiteKind::Heap as u32, _pad: 0 };
+    let site = SiteKey {
+        tgid,
+        stack_id,
+        kind: SiteKind::Heap as u32,
+        _pad: 0,
+    };
     let Some(stats) = site_stats(&site) else {
         return;
     };
     // SAFETY: the helper reads no memory of ours beyond the call.
-    let info = AllocInfo { size, ts_ns: unsafe { bpf_ktime_get_ns() }, site };
+    let info = AllocInfo {
+        size,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        site,
+    };
     if ALLOCS.insert(key, info, 0).is_err() {
         count(Counter::AllocsFull);
         return;
@@ -176,7 +202,11 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
 
 #[inline(always)]
 fn release(tgid: u32, addr: u64) {
-    let key = AllocKey { tgid, _pad: 0, addr };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(info) = (unsafe { ALLOCS.get(key) }).copied() else {
         return; // allocated before attach, or not ours

@@ -52,7 +52,7 @@ pub fn site_stats(site: &SiteKey) -> Option<*mut SiteStats> {
         return Some(stats);
     }
     // EEXIST from a racing thread is fine: the lookup below finds its entry.
-    let _ = SITES.insert(site, &SiteStats::default(), BPF_NOEXIST as u64);
+    let _ = SITES.insert(site, SiteStats::default(), BPF_NOEXIST as u64);
     let stats = SITES.get_ptr_mut(site);
     if stats.is_none() {
         count(Counter::SitesFull);

@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs, USER_STACK_WORDS};
 
-use crate::maps::{EVENTS, INFLIGHT, STACKS, count};
+use crate::{
+    alloc,
+    maps::{EVENTS, STACKS, count},
+};
 
 const SYS_MMAP: u64 = 9;
 const SYS_MUNMAP: u64 = 11;
@@ -27,11 +30,8 @@ pub fn wants(nr: u64) -> bool {
 pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
     // The allocator maps and unmaps its own arenas and large chunks: those bytes are
     // already counted as heap allocations.
-    // SAFETY: per-thread entry, read by its own thread.
-    if let Some(state) = unsafe { INFLIGHT.get(tid) } {
-        if state.depth != 0 && regs.rsp < state.sp {
-            return false;
-        }
+    if alloc::inside_allocator(tid, regs.rsp) {
+        return false;
     }
     nr != SYS_MMAP || regs.r10 & MAP_ANONYMOUS != 0
 }

@@ -30,8 +30,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if !mmap::keep(nr, &regs, tid) {
         return 0;
     }
-    let args = SyscallArgs { nr, args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] };
-    if SYSCALLS.insert(tid, &args, 0).is_err() {
+    let args = SyscallArgs {
+        nr,
+        args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+    };
+    if SYSCALLS.insert(tid, args, 0).is_err() {
         count(Counter::SyscallsFull);
     }
     0

@@ -75,16 +75,19 @@ pub fn find(
     let exe_stripped = image.as_ref().is_some_and(|i| !i.has_symtab());
     while let Some(current) = image.take().or_else(|| {
         while let Some(path) = queue.pop_front() {
-            if seen.insert(path.clone()) {
-                if let Ok(img) = ElfImage::open(&path) {
-                    return Some(img);
-                }
+            if seen.insert(path.clone())
+                && let Ok(img) = ElfImage::open(&path)
+            {
+                return Some(img);
             }
         }
         None
     }) {
         if current.function("malloc").is_some() {
-            return Ok(Allocator { points: probe_points(&current), path: current.path.clone() });
+            return Ok(Allocator {
+                points: probe_points(&current),
+                path: current.path.clone(),
+            });
         }
         for name in current.needed() {
             if let Some(path) = find_library(&name, &current) {
@@ -99,13 +102,21 @@ pub fn find(
     } else {
         ""
     };
-    Err(AllocatorError::NotFound { exe: exe.into(), hint })
+    Err(AllocatorError::NotFound {
+        exe: exe.into(),
+        hint,
+    })
 }
 
 fn probe_points(image: &ElfImage) -> Vec<ProbePoint> {
     let mut points: Vec<ProbePoint> = Vec::new();
     for &(name, program) in ENTRY_POINTS {
-        let Some(Function { file_offset, address, .. }) = image.function(name) else {
+        let Some(Function {
+            file_offset,
+            address,
+            ..
+        }) = image.function(name)
+        else {
             continue;
         };
         // Aliases (glibc's memalign is aligned_alloc) share one probe.
@@ -162,6 +173,9 @@ mod tests {
         let alloc = find(exe, &[], &search_library).expect("allocator");
         assert!(alloc.path.to_string_lossy().contains("libc"), "{alloc:?}");
         let names: Vec<_> = alloc.points.iter().map(|p| p.function.as_str()).collect();
-        assert!(names.contains(&"malloc") && names.contains(&"free"), "{names:?}");
+        assert!(
+            names.contains(&"malloc") && names.contains(&"free"),
+            "{names:?}"
+        );
     }
 }

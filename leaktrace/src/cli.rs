@@ -107,8 +107,14 @@ impl Cli {
             top: self.top,
             json: self.output,
             quiet: self.quiet,
-            families: Families { heap: !self.no_heap, mmap: !self.no_mmap },
-            limits: Limits { max_allocs: self.max_allocs.max(1), max_stacks: self.max_stacks.max(1) },
+            families: Families {
+                heap: !self.no_heap,
+                mmap: !self.no_mmap,
+            },
+            limits: Limits {
+                max_allocs: self.max_allocs.max(1),
+                max_stacks: self.max_stacks.max(1),
+            },
         })
     }
 }
@@ -116,9 +122,13 @@ impl Cli {
 /// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
     let scale = match unit {
         "" | "s" => 1.0,
         "ms" => 1e-3,

@@ -13,9 +13,15 @@ use object::{
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not an x86-64 ELF file: {source}")]
-    Parse { path: PathBuf, source: object::Error },
+    Parse {
+        path: PathBuf,
+        source: object::Error,
+    },
 }
 
 /// A parsed ELF file, kept as bytes so symbols can be read repeatedly.
@@ -36,15 +42,23 @@ pub struct Function {
 
 impl ElfImage {
     pub fn open(path: &Path) -> Result<Self, ElfError> {
-        let data = fs::read(path).map_err(|source| ElfError::Read { path: path.into(), source })?;
-        let image = Self { path: path.into(), data };
+        let data = fs::read(path).map_err(|source| ElfError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let image = Self {
+            path: path.into(),
+            data,
+        };
         image.parse()?;
         Ok(image)
     }
 
     fn parse(&self) -> Result<ElfFile64<'_>, ElfError> {
-        ElfFile64::parse(&*self.data)
-            .map_err(|source| ElfError::Parse { path: self.path.clone(), source })
+        ElfFile64::parse(&*self.data).map_err(|source| ElfError::Parse {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// A defined function named `name`, from `.dynsym` or else `.symtab`
@@ -61,7 +75,11 @@ impl ElfImage {
             .find(|s| matches(s))
             .or_else(|| file.symbols().find(|s| matches(s)))?;
         let address = sym.address();
-        Some(Function { name: name.into(), address, file_offset: self.file_offset(address)? })
+        Some(Function {
+            name: name.into(),
+            address,
+            file_offset: self.file_offset(address)?,
+        })
     }
 
     /// Maps a virtual address to its offset in the file, through the loadable segments.
@@ -87,7 +105,12 @@ impl ElfImage {
 
     /// `DT_RUNPATH` and `DT_RPATH` directories, with `$ORIGIN` expanded.
     pub fn run_paths(&self) -> Vec<PathBuf> {
-        let origin = self.path.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned();
+        let origin = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_string_lossy()
+            .into_owned();
         let mut dirs = self.dynamic_strings(elf::DT_RUNPATH);
         dirs.extend(self.dynamic_strings(elf::DT_RPATH));
         dirs.iter()
@@ -103,13 +126,20 @@ impl ElfImage {
     }
 
     pub fn is_dynamic(&self) -> bool {
-        self.parse().is_ok_and(|f| f.section_by_name(".interp").is_some())
+        self.parse()
+            .is_ok_and(|f| f.section_by_name(".interp").is_some())
     }
 
     fn dynamic_strings(&self, tag: u32) -> Vec<String> {
-        let Ok(file) = self.parse() else { return Vec::new() };
+        let Ok(file) = self.parse() else {
+            return Vec::new();
+        };
         let endian = file.endian();
-        let Some(dynamic) = file.elf_section_table().iter().find(|s| s.sh_type(endian) == elf::SHT_DYNAMIC) else {
+        let Some(dynamic) = file
+            .elf_section_table()
+            .iter()
+            .find(|s| s.sh_type(endian) == elf::SHT_DYNAMIC)
+        else {
             return Vec::new();
         };
         let Ok(Some((entries, link))) = dynamic.dynamic(endian, &*self.data) else {
@@ -126,4 +156,3 @@ impl ElfImage {
             .collect()
     }
 }
-

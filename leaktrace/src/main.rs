@@ -40,7 +40,9 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: session::Options) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(session::run(opts.clone()))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.final_text(opts.top).as_bytes())?;

@@ -73,7 +73,11 @@ pub struct Lost {
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.allocs_map_full + self.sites_map_full + self.stacks_lost + self.ring_buffer_overruns + self.syscalls_map_full
+        self.allocs_map_full
+            + self.sites_map_full
+            + self.stacks_lost
+            + self.ring_buffer_overruns
+            + self.syscalls_map_full
     }
 }
 
@@ -134,7 +138,12 @@ fn page_up(len: u64) -> u64 {
 impl Model {
     /// Replaces a heap site's totals with the kernel's.
     pub fn set_heap(&mut self, key: &SiteKey, stats: &SiteStats) {
-        let id = SiteId { tgid: key.tgid, kind: Kind::Heap, stack_id: key.stack_id, caller: 0 };
+        let id = SiteId {
+            tgid: key.tgid,
+            kind: Kind::Heap,
+            stack_id: key.stack_id,
+            caller: 0,
+        };
         let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
         site.live_bytes = stats.live_bytes.max(0) as u64;
         site.live_count = stats.live_count.max(0) as u64;
@@ -159,8 +168,20 @@ impl Model {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
         let created = if ev.kind == EventKind::Mmap as u32 {
-            let id = SiteId { tgid: ev.tgid, kind: Kind::Mmap, stack_id: ev.stack_id, caller };
-            regions.insert(ev.addr, Region { end: end(ev.addr, ev.len), site: id, ts: ev.ts_ns });
+            let id = SiteId {
+                tgid: ev.tgid,
+                kind: Kind::Mmap,
+                stack_id: ev.stack_id,
+                caller,
+            };
+            regions.insert(
+                ev.addr,
+                Region {
+                    end: end(ev.addr, ev.len),
+                    site: id,
+                    ts: ev.ts_ns,
+                },
+            );
             Some(id)
         } else if ev.kind == EventKind::Munmap as u32 {
             regions.remove(ev.addr, end(ev.addr, ev.len));
@@ -169,7 +190,13 @@ impl Model {
             // mremap moves (and resizes) a mapping we know; others are not ours.
             let moved = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len));
             moved.map(|old| {
-                regions.insert(ev.addr, Region { end: end(ev.addr, ev.len), ..old });
+                regions.insert(
+                    ev.addr,
+                    Region {
+                        end: end(ev.addr, ev.len),
+                        ..old
+                    },
+                );
                 old.site
             })
         };
@@ -183,12 +210,18 @@ impl Model {
 
     /// Recomputes the mmap sites of `tgid` from its mappings.
     fn refresh_mmap(&mut self, tgid: u32) {
-        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Mmap && s.id.tgid == tgid) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind == Kind::Mmap && s.id.tgid == tgid)
+        {
             site.live_bytes = 0;
             site.live_count = 0;
             site.oldest_ns = None;
         }
-        let Some(regions) = self.regions.get(&tgid) else { return };
+        let Some(regions) = self.regions.get(&tgid) else {
+            return;
+        };
         for (&start, region) in &regions.by_start {
             if let Some(site) = self.sites.get_mut(&region.site) {
                 site.live_bytes += region.end - start;
@@ -202,13 +235,20 @@ impl Model {
     pub fn ranked(&self) -> Vec<&Site> {
         let mut sites: Vec<&Site> = self.sites.values().collect();
         sites.sort_by(|a, b| {
-            b.live_bytes.cmp(&a.live_bytes).then(b.live_count.cmp(&a.live_count)).then(a.id.cmp(&b.id))
+            b.live_bytes
+                .cmp(&a.live_bytes)
+                .then(b.live_count.cmp(&a.live_count))
+                .then(a.id.cmp(&b.id))
         });
         sites
     }
 
     pub fn live_bytes(&self, kind: Kind) -> u64 {
-        self.sites.values().filter(|s| s.id.kind == kind).map(|s| s.live_bytes).sum()
+        self.sites
+            .values()
+            .filter(|s| s.id.kind == kind)
+            .map(|s| s.live_bytes)
+            .sum()
     }
 }
 
@@ -233,27 +273,40 @@ mod tests {
     }
 
     fn mmap_site(model: &Model) -> &Site {
-        model.sites.values().find(|s| s.id.kind == Kind::Mmap).unwrap()
+        model
+            .sites
+            .values()
+            .find(|s| s.id.kind == Kind::Mmap)
+            .unwrap()
     }
 
     #[test]
     fn partial_munmap_splits_a_mapping() {
         let mut m = Model::default();
         m.apply_map_event(&event(EventKind::Mmap, 0x10000, 10 * PAGE, 0, 0), 0);
-        m.apply_map_event(&event(EventKind::Munmap, 0x10000 + 2 * PAGE, 3 * PAGE, 0, 0), 0);
+        m.apply_map_event(
+            &event(EventKind::Munmap, 0x10000 + 2 * PAGE, 3 * PAGE, 0, 0),
+            0,
+        );
         let s = mmap_site(&m);
         assert_eq!((s.live_bytes, s.live_count), (7 * PAGE, 2));
         m.apply_map_event(&event(EventKind::Munmap, 0x10000, 2 * PAGE, 0, 0), 0);
         m.apply_map_event(&event(EventKind::Munmap, 0x10000 + 9 * PAGE, 100, 0, 0), 0);
         let s = mmap_site(&m);
-        assert_eq!((s.live_bytes, s.live_count, s.total_bytes), (4 * PAGE, 1, 10 * PAGE));
+        assert_eq!(
+            (s.live_bytes, s.live_count, s.total_bytes),
+            (4 * PAGE, 1, 10 * PAGE)
+        );
     }
 
     #[test]
     fn mremap_moves_and_resizes() {
         let mut m = Model::default();
         m.apply_map_event(&event(EventKind::Mmap, 0x10000, 2 * PAGE, 0, 0), 0);
-        m.apply_map_event(&event(EventKind::Mremap, 0x90000, 5 * PAGE, 0x10000, 2 * PAGE), 0);
+        m.apply_map_event(
+            &event(EventKind::Mremap, 0x90000, 5 * PAGE, 0x10000, 2 * PAGE),
+            0,
+        );
         assert_eq!(mmap_site(&m).live_bytes, 5 * PAGE);
         // Not ours: ignored.
         m.apply_map_event(&event(EventKind::Mremap, 0xa0000, PAGE, 0x50000, PAGE), 0);

@@ -7,7 +7,9 @@
 //! is equivalent: after `endbr64` (a no-op for us), and — for free-like functions,
 //! where a NULL first argument means "nothing to do" — after a leading
 //! `test rdi, rdi; je …`, whose fall-through is the only path that matters.
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register,
+};
 
 /// Offset from the function's start at which to attach its entry probe.
 ///
@@ -15,8 +17,10 @@ use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic
 /// nothing when their first argument is NULL. Registers the probe reads are never
 /// written by the skipped instructions.
 pub fn entry_offset(code: &[u8], address: u64, skip_null_check: bool) -> u64 {
-    let insns: Vec<Instruction> =
-        Decoder::with_ip(64, code, address, DecoderOptions::NONE).into_iter().take(4).collect();
+    let insns: Vec<Instruction> = Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .take(4)
+        .collect();
     let mut candidates = vec![0usize];
     let mut i = 0;
     if insns.get(i).is_some_and(|ins| ins.code() == Code::Endbr64) {
@@ -25,7 +29,9 @@ pub fn entry_offset(code: &[u8], address: u64, skip_null_check: bool) -> u64 {
     }
     if skip_null_check
         && insns.get(i).is_some_and(is_test_rdi_rdi)
-        && insns.get(i + 1).is_some_and(|ins| matches!(ins.code(), Code::Je_rel8_64 | Code::Je_rel32_64))
+        && insns
+            .get(i + 1)
+            .is_some_and(|ins| matches!(ins.code(), Code::Je_rel8_64 | Code::Je_rel32_64))
     {
         i += 2;
         candidates.push(i);
@@ -52,8 +58,12 @@ pub fn is_emulated(ins: &Instruction) -> bool {
         Mnemonic::Push => ins.op0_kind() == OpKind::Register && ins.op0_register().is_gpr64(),
         Mnemonic::Nop => ins.len() == 1,
         _ => {
-            matches!(ins.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call)
-                && ins.op0_kind() == OpKind::NearBranch64
+            matches!(
+                ins.flow_control(),
+                FlowControl::UnconditionalBranch
+                    | FlowControl::ConditionalBranch
+                    | FlowControl::Call
+            ) && ins.op0_kind() == OpKind::NearBranch64
         }
     }
 }
@@ -76,7 +86,11 @@ pub fn frameless_depth(code: &[u8], start: u64, ip: u64) -> Option<u64> {
                 if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP =>
             {
                 let imm = ins.immediate(1) as i64;
-                depth += if ins.mnemonic() == Mnemonic::Sub { imm } else { -imm };
+                depth += if ins.mnemonic() == Mnemonic::Sub {
+                    imm
+                } else {
+                    -imm
+                };
             }
             Mnemonic::Mov
                 if ins.op0_kind() == OpKind::Register
@@ -86,7 +100,9 @@ pub fn frameless_depth(code: &[u8], start: u64, ip: u64) -> Option<u64> {
             {
                 return None;
             }
-            _ if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP => return None,
+            _ if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP => {
+                return None;
+            }
             _ => {}
         }
     }
@@ -98,7 +114,9 @@ mod tests {
     use super::*;
 
     // Byte sequences as glibc 2.36 (Debian 12) starts these functions.
-    const FREE: &[u8] = &[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48, 0x8d];
+    const FREE: &[u8] = &[
+        0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48, 0x8d,
+    ];
     const MALLOC: &[u8] = &[0x41, 0x54, 0x55, 0x53, 0x48, 0x89, 0xfb];
     const MEMALIGN: &[u8] = &[0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07];
 
@@ -129,7 +147,9 @@ mod tests {
         ];
         assert_eq!(frameless_depth(&mmap, 0, mmap.len() as u64), Some(0));
         // sub rsp,0x58; mov [rsp+0x40],r8; syscall
-        let mremap = [0x48, 0x83, 0xec, 0x58, 0x4c, 0x89, 0x44, 0x24, 0x40, 0x0f, 0x05];
+        let mremap = [
+            0x48, 0x83, 0xec, 0x58, 0x4c, 0x89, 0x44, 0x24, 0x40, 0x0f, 0x05,
+        ];
         assert_eq!(frameless_depth(&mremap, 0, mremap.len() as u64), Some(0x58));
         // push rbp; mov rbp,rsp: a frame-pointer function
         let framed = [0x55, 0x48, 0x89, 0xe5, 0x0f, 0x05];

@@ -7,7 +7,9 @@ pub enum PreflightError {
         "leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs: run it with sudo"
     )]
     NotPrivileged,
-    #[error("this kernel has no BPF support (/sys/fs/bpf or the bpf syscall is missing): leaktrace needs Linux 5.8 or newer")]
+    #[error(
+        "this kernel has no BPF support (/sys/fs/bpf or the bpf syscall is missing): leaktrace needs Linux 5.8 or newer"
+    )]
     NoBpf,
     #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): leaktrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
@@ -41,5 +43,7 @@ fn privileged() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    [CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF].iter().all(|c| effective & (1 << c) != 0)
+    [CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF]
+        .iter()
+        .all(|c| effective & (1 << c) != 0)
 }

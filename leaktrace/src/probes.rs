@@ -21,9 +21,17 @@ pub enum ProbeError {
     #[error("cannot load the eBPF programs: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("cannot load {program}: {source}")]
-    Program { program: &'static str, source: Box<aya::programs::ProgramError> },
+    Program {
+        program: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("cannot attach to {function} in {path} for PID {pid}: {source}")]
-    Attach { function: String, path: String, pid: u32, source: Box<aya::programs::ProgramError> },
+    Attach {
+        function: String,
+        path: String,
+        pid: u32,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("cannot attach the {0} tracepoint: {1}")]
     Tracepoint(&'static str, #[source] Box<aya::programs::ProgramError>),
     #[error("eBPF map {0}: {1}")]
@@ -61,11 +69,15 @@ impl Probes {
             .map_max_entries(maps::STACKS, limits.max_stacks)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        let mut probes = Self { ebpf, loaded: Vec::new() };
+        let mut probes = Self {
+            ebpf,
+            loaded: Vec::new(),
+        };
         if families.mmap {
             for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
                 let prog: &mut RawTracePoint = probes.program(program)?;
-                prog.attach(tracepoint).map_err(|e| ProbeError::Tracepoint(tracepoint, Box::new(e)))?;
+                prog.attach(tracepoint)
+                    .map_err(|e| ProbeError::Tracepoint(tracepoint, Box::new(e)))?;
             }
         }
         Ok(probes)
@@ -73,17 +85,23 @@ impl Probes {
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T, ProbeError>
     where
-        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
         T: LoadProgram,
     {
         let program = self
             .ebpf
             .program_mut(name)
             .unwrap_or_else(|| panic!("eBPF object lacks program {name}"));
-        let program: &mut T =
-            program.try_into().map_err(|e| ProbeError::Program { program: name, source: Box::new(e) })?;
+        let program: &mut T = program.try_into().map_err(|e| ProbeError::Program {
+            program: name,
+            source: Box::new(e),
+        })?;
         if !self.loaded.contains(&name) {
-            program.load_program().map_err(|e| ProbeError::Program { program: name, source: Box::new(e) })?;
+            program.load_program().map_err(|e| ProbeError::Program {
+                program: name,
+                source: Box::new(e),
+            })?;
             self.loaded.push(name);
         }
         Ok(program)
@@ -91,7 +109,11 @@ impl Probes {
 
     /// Attaches the allocator probes to `target` only (perf's pid filter: other
     /// processes using the same library never hit a breakpoint).
-    pub fn attach_allocator(&mut self, target: &Target, allocator: &Allocator) -> Result<(), ProbeError> {
+    pub fn attach_allocator(
+        &mut self,
+        target: &Target,
+        allocator: &Allocator,
+    ) -> Result<(), ProbeError> {
         let pid = NonZeroU32::new(target.pid).expect("PID 0 is never a target");
         for point in &allocator.points {
             let attach_err = |e| ProbeError::Attach {
@@ -125,7 +147,9 @@ impl Probes {
     /// Lets the syscall tracepoints see `pid`.
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
         let mut targets: HashMap<&mut MapData, u32, u32> = self.map_mut(maps::TARGETS)?;
-        targets.insert(pid, 1, 0).map_err(|e| ProbeError::Map(maps::TARGETS, Box::new(e)))
+        targets
+            .insert(pid, 1, 0)
+            .map_err(|e| ProbeError::Map(maps::TARGETS, Box::new(e)))
     }
 
     pub fn sites(&self) -> Result<HashMap<&MapData, SiteKey, SiteStats>, ProbeError> {
@@ -145,7 +169,9 @@ impl Probes {
         let array: PerCpuArray<&MapData, u64> = self.map(maps::COUNTERS)?;
         let mut out = [0u64; COUNTER_SLOTS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let values = array.get(&(i as u32), 0).map_err(|e| ProbeError::Map(maps::COUNTERS, Box::new(e)))?;
+            let values = array
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::Map(maps::COUNTERS, Box::new(e)))?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -153,7 +179,10 @@ impl Probes {
 
     /// The event ring buffer; taken once, by the pump.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(maps::EVENTS).expect("eBPF object lacks EVENTS");
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .expect("eBPF object lacks EVENTS");
         RingBuf::try_from(map).map_err(|e| ProbeError::Map(maps::EVENTS, Box::new(e)))
     }
 
@@ -161,7 +190,10 @@ impl Probes {
     where
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map(name).unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        let map = self
+            .ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
         T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
     }
 
@@ -169,7 +201,10 @@ impl Probes {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
         T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
     }
 }

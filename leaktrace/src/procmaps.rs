@@ -33,7 +33,10 @@ impl ProcMaps {
                 let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
                 let _dev = fields.next()?;
                 let _inode = fields.next()?;
-                let path = fields.next().map(str::trim_start).filter(|p| p.starts_with('/'));
+                let path = fields
+                    .next()
+                    .map(str::trim_start)
+                    .filter(|p| p.starts_with('/'));
                 let (start, end) = range.split_once('-')?;
                 Some(Mapping {
                     start: u64::from_str_radix(start, 16).ok()?,
@@ -49,7 +52,9 @@ impl ProcMaps {
 
     /// The mapping holding `addr`.
     pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
-        self.mappings.iter().find(|m| addr >= m.start && addr < m.end)
+        self.mappings
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
     }
 
     /// A mapped file whose name is `name` (a `DT_NEEDED` entry).
@@ -82,7 +87,10 @@ mod tests {
         assert!(m.executable);
         assert_eq!(m.offset, 0x1000);
         assert_eq!(maps.lookup(0x7f0000000010).unwrap().path, None);
-        assert_eq!(maps.find_file("libc.so.6"), Some(PathBuf::from("/lib/libc.so.6")));
+        assert_eq!(
+            maps.find_file("libc.so.6"),
+            Some(PathBuf::from("/lib/libc.so.6"))
+        );
         assert!(maps.lookup(0x10).is_none());
     }
 }

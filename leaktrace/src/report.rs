@@ -100,10 +100,18 @@ impl Report {
             human_bytes(self.totals.mmap_bytes),
             self.lost_line()
         );
-        let _ = writeln!(out, "{:<5} {:>11} {:>9} {:>8}  {:<7} SITE", "KIND", "BYTES", "COUNT", "OLDEST", "PID");
+        let _ = writeln!(
+            out,
+            "{:<5} {:>11} {:>9} {:>8}  {:<7} SITE",
+            "KIND", "BYTES", "COUNT", "OLDEST", "PID"
+        );
         for s in self.leaking().take(top) {
             let stack: Vec<String> = s.frames.iter().take(3).map(Frame::short).collect();
-            let stack = if stack.is_empty() { "[stack not recorded]".to_string() } else { stack.join(" ← ") };
+            let stack = if stack.is_empty() {
+                "[stack not recorded]".to_string()
+            } else {
+                stack.join(" ← ")
+            };
             let _ = writeln!(
                 out,
                 "{:<5} {:>11} {:>9} {:>8}  {:<7} {}",
@@ -155,18 +163,29 @@ impl Report {
                 s.outstanding_count,
                 if s.outstanding_count == 1 { "" } else { "s" },
                 s.pid,
-                s.oldest_age_s.map_or("-".into(), |a| format!("{a:.1}s ago")),
+                s.oldest_age_s
+                    .map_or("-".into(), |a| format!("{a:.1}s ago")),
                 human_bytes(s.total_bytes),
             );
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
             }
             for f in &s.frames {
-                let _ = writeln!(out, "    {}{}  [{}]", if f.inlined { "(inlined) " } else { "" }, f.short(), f.location());
+                let _ = writeln!(
+                    out,
+                    "    {}{}  [{}]",
+                    if f.inlined { "(inlined) " } else { "" },
+                    f.short(),
+                    f.location()
+                );
             }
         }
         if leaking.len() > top {
-            let _ = writeln!(out, "\n… {} more sites (raise --top, or see --output)", leaking.len() - top);
+            let _ = writeln!(
+                out,
+                "\n… {} more sites (raise --top, or see --output)",
+                leaking.len() - top
+            );
         }
         out
     }
@@ -177,7 +196,10 @@ impl Report {
             return "nothing lost".into();
         }
         let parts: Vec<String> = [
-            (l.allocs_map_full, "allocations (map full: raise --max-allocs)"),
+            (
+                l.allocs_map_full,
+                "allocations (map full: raise --max-allocs)",
+            ),
             (l.sites_map_full, "allocations (sites map full)"),
             (l.stacks_lost, "stacks (stack map full: raise --max-stacks)"),
             (l.ring_buffer_overruns, "events (ring buffer overrun)"),
@@ -210,7 +232,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::{
     collections::HashMap,
     ffi::OsString,
     path::PathBuf,
-    process::Child,
     time::{Duration, Instant},
 };
 
@@ -22,7 +21,7 @@ use crate::{
     procmaps::ProcMaps,
     report::{Report, TargetInfo},
     symbolize::Symbolizer,
-    target::{Launched, Target},
+    target::{Child, Launched, Target},
 };
 
 /// Everything a session needs to know, from the command line.
@@ -66,14 +65,26 @@ pub async fn run(opts: Options) -> Result<Report> {
             None
         };
         probes.add_target(pid)?;
-        info!("tracing PID {pid} ({}): allocator {:?}", target.comm, allocator.as_ref().map(|a| &a.path));
-        traced.push(Traced { target, allocator, child: None, exited: false });
+        info!(
+            "tracing PID {pid} ({}): allocator {:?}",
+            target.comm, allocator
+        );
+        traced.push(Traced {
+            target,
+            allocator,
+            child: None,
+            exited: false,
+        });
     }
     if !opts.command.is_empty() {
         let launched = Launched::spawn(&opts.command)?;
         let target = launched.target();
         let allocator = if opts.families.heap {
-            let alloc = allocator::find(&launched.exe, &preload_from_env(), &allocator::search_library)?;
+            let alloc = allocator::find(
+                &launched.exe,
+                &preload_from_env(),
+                &allocator::search_library,
+            )?;
             probes.attach_allocator(&target, &alloc)?;
             Some(alloc)
         } else {
@@ -82,7 +93,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
         let child = launched.release();
-        traced.push(Traced { target, allocator, child: Some(child), exited: false });
+        traced.push(Traced {
+            target,
+            allocator,
+            child: Some(child),
+            exited: false,
+        });
     }
     let mut pump = Pump {
         probes,
@@ -100,13 +116,21 @@ pub async fn run(opts: Options) -> Result<Report> {
 
 fn preload_from_env() -> Vec<PathBuf> {
     std::env::var("LD_PRELOAD")
-        .map(|v| v.split([':', ' ']).filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+        .map(|v| {
+            v.split([':', ' '])
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, comparable with `bpf_ktime_get_ns`.
 pub fn now_ns() -> Ns {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -137,7 +161,8 @@ impl Pump {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
-        let mut table = tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
+        let mut table =
+            tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
         let deadline = opts.duration.map(|d| Instant::now() + d);
         self.refresh_maps();
         let stop = loop {
@@ -184,11 +209,7 @@ impl Pump {
         let report = self.report();
         for t in &mut self.traced {
             if let Some(child) = &mut t.child {
-                if matches!(child.try_wait(), Ok(None)) {
-                    // SAFETY: plain kill(2) on our own child.
-                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                    let _ = child.wait();
-                }
+                child.terminate();
             }
         }
         report
@@ -236,9 +257,13 @@ impl Pump {
         let Some(ip) = self.stack(event.stack_id).first().copied() else {
             return 0;
         };
-        let Some(maps) = self.maps.get(&event.tgid) else { return 0 };
+        let Some(maps) = self.maps.get(&event.tgid) else {
+            return 0;
+        };
         match self.symbolizer.frameless_depth(event.tgid, maps, ip) {
-            Some(depth) if ((depth / 8) as usize) < USER_STACK_WORDS => event.stack_words[(depth / 8) as usize],
+            Some(depth) if ((depth / 8) as usize) < USER_STACK_WORDS => {
+                event.stack_words[(depth / 8) as usize]
+            }
             _ => 0,
         }
     }
@@ -282,7 +307,9 @@ impl Pump {
         let allocs = self.probes.allocs()?;
         for entry in allocs.iter() {
             let Ok((_, info)) = entry else { continue }; // freed while walking
-            let slot = oldest.entry((info.site.tgid, info.site.stack_id)).or_insert(info.ts_ns);
+            let slot = oldest
+                .entry((info.site.tgid, info.site.stack_id))
+                .or_insert(info.ts_ns);
             *slot = (*slot).min(info.ts_ns);
         }
         self.model.set_heap_oldest(&oldest);
@@ -290,30 +317,42 @@ impl Pump {
     }
 
     fn refresh_maps(&mut self) {
-        let live: Vec<u32> = self.traced.iter().filter(|t| !t.exited).map(|t| t.target.pid).collect();
+        let live: Vec<u32> = self
+            .traced
+            .iter()
+            .filter(|t| !t.exited)
+            .map(|t| t.target.pid)
+            .collect();
         for pid in live {
             self.refresh_maps_of(pid);
         }
     }
 
     fn refresh_maps_of(&mut self, pid: u32) {
-        if let Ok(maps) = ProcMaps::read(pid) {
-            if !maps.is_empty() {
-                self.maps.insert(pid, maps);
-            }
+        if let Ok(maps) = ProcMaps::read(pid)
+            && !maps.is_empty()
+        {
+            self.maps.insert(pid, maps);
         }
     }
 
     /// Symbolizes sites seen for the first time.
     fn symbolize(&mut self) {
-        let pending: Vec<SiteId> =
-            self.model.sites.values().filter(|s| s.frames.is_empty() && s.id.stack_id != NO_STACK).map(|s| s.id).collect();
+        let pending: Vec<SiteId> = self
+            .model
+            .sites
+            .values()
+            .filter(|s| s.frames.is_empty() && s.id.stack_id != NO_STACK)
+            .map(|s| s.id)
+            .collect();
         for id in pending {
             let mut addrs = self.stack(id.stack_id).to_vec();
             if id.kind == Kind::Mmap && id.caller != 0 && !addrs.is_empty() {
                 addrs.insert(1, id.caller);
             }
-            let Some(maps) = self.maps.get(&id.tgid) else { continue };
+            let Some(maps) = self.maps.get(&id.tgid) else {
+                continue;
+            };
             let frames = self.symbolizer.stack(id.tgid, maps, &addrs);
             if let Some(site) = self.model.sites.get_mut(&id) {
                 site.frames = frames;
@@ -328,7 +367,7 @@ impl Pump {
                 continue;
             }
             t.exited = match &mut t.child {
-                Some(child) => !matches!(child.try_wait(), Ok(None)),
+                Some(child) => child.exited(),
                 None => !t.target.alive(),
             };
             if t.exited {

@@ -41,7 +41,9 @@ impl Frame {
     pub fn short(&self) -> String {
         let place = match (&self.file, self.line) {
             (Some(file), Some(line)) => {
-                let name = Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
                 format!(" ({}:{line})", name.unwrap_or_else(|| file.clone()))
             }
             _ => String::new(),
@@ -55,7 +57,9 @@ impl Frame {
     pub fn location(&self) -> String {
         match &self.module {
             Some(m) => {
-                let name = Path::new(m).file_name().map_or(m.clone(), |n| n.to_string_lossy().into_owned());
+                let name = Path::new(m)
+                    .file_name()
+                    .map_or(m.clone(), |n| n.to_string_lossy().into_owned());
                 format!("{name}+{:#x}", self.address)
             }
             None => format!("{:#x}", self.address),
@@ -91,12 +95,19 @@ impl Symbolizer {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        Self { blaze, cache: HashMap::new(), depths: HashMap::new() }
+        Self {
+            blaze,
+            cache: HashMap::new(),
+            depths: HashMap::new(),
+        }
     }
 
     /// Frames for a stack of return addresses of process `pid`, innermost first.
     pub fn stack(&mut self, pid: u32, maps: &ProcMaps, return_addrs: &[u64]) -> Vec<Frame> {
-        return_addrs.iter().flat_map(|&addr| self.frames(pid, maps, addr)).collect()
+        return_addrs
+            .iter()
+            .flat_map(|&addr| self.frames(pid, maps, addr))
+            .collect()
     }
 
     /// The frames (one, or more with inlining) at one return address.
@@ -138,11 +149,21 @@ impl Symbolizer {
         };
         let with_code = |name: &str, code: Option<&CodeInfo<'_>>, inlined: bool| {
             let (file, line) = code.map_or((None, None), |c| (Some(code_path(c)), c.line));
-            Frame { function: Some(name.to_string()), file, line, inlined, ..bare.clone() }
+            Frame {
+                function: Some(name.to_string()),
+                file,
+                line,
+                inlined,
+                ..bare.clone()
+            }
         };
         // blazesym lists inlined calls outermost first; frames go innermost first.
-        let mut frames: Vec<Frame> =
-            sym.inlined.iter().rev().map(|f| with_code(&f.name, f.code_info.as_ref(), true)).collect();
+        let mut frames: Vec<Frame> = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|f| with_code(&f.name, f.code_info.as_ref(), true))
+            .collect();
         frames.push(with_code(&sym.name, sym.code_info.as_deref(), false));
         frames
     }
@@ -184,6 +205,9 @@ fn code_path(code: &CodeInfo<'_>) -> String {
 fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
     let mapping = maps.lookup(addr)?;
     let path = mapping.path.as_ref()?;
-    let module = Module { shown: path.clone(), open: in_root(pid, path) };
+    let module = Module {
+        shown: path.clone(),
+        open: in_root(pid, path),
+    };
     Some((module, addr - mapping.start + mapping.offset))
 }

@@ -1,12 +1,14 @@
 //! The processes being traced: checking a PID, starting a command held before
 //! `execve`, reading what /proc says about them.
 use std::{
-    ffi::OsString,
+    ffi::{CString, OsString},
     fs,
-    io::{Read, Write},
-    os::{fd::OwnedFd, unix::process::CommandExt},
+    io::Write,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
-    process::{Child, Command},
 };
 
 use crate::{allocator, elf::ElfImage, procmaps::ProcMaps};
@@ -50,7 +52,7 @@ impl Target {
         }
         let stat = read_stat(pid).ok_or(TargetError::NoSuchPid(pid))?;
         let exe = match fs::read_link(proc_dir.join("exe")) {
-            Ok(exe) => exe,
+            Ok(exe) => PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(if stat.state == 'Z' {
                     TargetError::NoSuchPid(pid)
@@ -60,7 +62,12 @@ impl Target {
             }
             Err(source) => return Err(TargetError::Proc { pid, source }),
         };
-        Ok(Self { pid, comm: stat.comm, exe, start_time: stat.start_time })
+        Ok(Self {
+            pid,
+            comm: stat.comm,
+            exe,
+            start_time: stat.start_time,
+        })
     }
 
     /// The executable, opened through the target's root (other mount namespaces).
@@ -70,7 +77,8 @@ impl Target {
 
     /// Whether the process still runs (not exited, not a zombie, PID not reused).
     pub fn alive(&self) -> bool {
-        read_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X' && s.start_time == self.start_time)
+        read_stat(self.pid)
+            .is_some_and(|s| s.state != 'Z' && s.state != 'X' && s.start_time == self.start_time)
     }
 
     /// The target's allocator, found through the libraries it has mapped.
@@ -83,15 +91,22 @@ impl Target {
                 .or_else(|| allocator::search_library(name, requester))
         };
         let preload: Vec<PathBuf> = read_env(self.pid, "LD_PRELOAD")
-            .map(|v| v.split([':', ' ']).filter(|s| !s.is_empty()).map(|s| in_root(self.pid, Path::new(s))).collect())
+            .map(|v| {
+                v.split([':', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| in_root(self.pid, Path::new(s)))
+                    .collect()
+            })
             .unwrap_or_default();
         allocator::find(&self.exe_path(), &preload, &mapped)
     }
 }
 
 /// A command started by leaktrace, held before `execve` until the probes are in.
+///
+/// Forked by hand: std's `Command::spawn` waits for the exec, which we must delay.
 pub struct Launched {
-    pub child: Child,
+    pub pid: u32,
     release: OwnedFd,
     pub exe: PathBuf,
 }
@@ -99,34 +114,57 @@ pub struct Launched {
 impl Launched {
     pub fn spawn(argv: &[OsString]) -> Result<Self, TargetError> {
         let name = argv[0].to_string_lossy().into_owned();
-        let exe = find_in_path(&argv[0]).ok_or_else(|| TargetError::CommandNotFound(name.clone()))?;
-        let (hold, release) = std::io::pipe().map_err(|source| TargetError::Spawn { cmd: name.clone(), source })?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg0(&argv[0]).args(&argv[1..]);
-        let mut hold = Some(hold);
-        // SAFETY: the closure only reads a pipe (async-signal-safe) before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut byte = [0u8; 1];
-                if let Some(mut hold) = hold.take() {
-                    let _ = hold.read(&mut byte);
-                }
-                Ok(())
-            });
+        let exe =
+            find_in_path(&argv[0]).ok_or_else(|| TargetError::CommandNotFound(name.clone()))?;
+        let spawn_err = |source| TargetError::Spawn {
+            cmd: name.clone(),
+            source,
+        };
+        let c_exe = CString::new(exe.as_os_str().as_bytes()).map_err(|e| spawn_err(e.into()))?;
+        let c_args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| spawn_err(e.into()))?;
+        let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+        c_argv.push(std::ptr::null());
+        let (hold, release) = std::io::pipe().map_err(spawn_err)?;
+        // SAFETY: between fork and exec the child only calls async-signal-safe
+        // functions (read, close, execv, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(spawn_err(std::io::Error::last_os_error()));
         }
-        let child = cmd.spawn().map_err(|source| TargetError::Spawn { cmd: name, source })?;
-        Ok(Self { child, release: release.into(), exe })
+        if pid == 0 {
+            unsafe {
+                let fd = hold.as_raw_fd();
+                libc::close(release.as_raw_fd());
+                let mut byte = 0u8;
+                libc::read(fd, (&raw mut byte).cast(), 1);
+                libc::close(fd);
+                libc::execv(c_exe.as_ptr(), c_argv.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        drop(hold);
+        Ok(Self {
+            pid: pid as u32,
+            release: release.into(),
+            exe,
+        })
     }
 
     /// The target as seen before `execve`: its pid, with the command's name and executable.
     pub fn target(&self) -> Target {
-        let pid = self.child.id();
-        let stat = read_stat(pid);
         Target {
-            pid,
-            comm: self.exe.file_name().map(|n| n.to_string_lossy().chars().take(15).collect()).unwrap_or_default(),
+            pid: self.pid,
+            comm: self
+                .exe
+                .file_name()
+                .map(|n| n.to_string_lossy().chars().take(15).collect())
+                .unwrap_or_default(),
             exe: self.exe.clone(),
-            start_time: stat.map_or(0, |s| s.start_time),
+            start_time: read_stat(self.pid).map_or(0, |s| s.start_time),
         }
     }
 
@@ -134,7 +172,44 @@ impl Launched {
     pub fn release(self) -> Child {
         let mut pipe = std::io::PipeWriter::from(self.release);
         let _ = pipe.write_all(b"x");
-        self.child
+        Child {
+            pid: self.pid,
+            status: None,
+        }
+    }
+}
+
+/// A command leaktrace started: reaped by us.
+pub struct Child {
+    pub pid: u32,
+    status: Option<i32>,
+}
+
+impl Child {
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        if self.status.is_none() {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a valid out-pointer.
+            let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+            if r == self.pid as i32 || r < 0 {
+                self.status = Some(status);
+            }
+        }
+        self.status.is_some()
+    }
+
+    /// SIGTERM, then waits for it.
+    pub fn terminate(&mut self) {
+        if !self.exited() {
+            // SAFETY: kill and waitpid on our own, not yet reaped, child.
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGTERM);
+                let mut status = 0;
+                libc::waitpid(self.pid as i32, &mut status, 0);
+            }
+            self.status = Some(0);
+        }
     }
 }
 
@@ -144,13 +219,22 @@ fn find_in_path(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
         return cmd.is_file().then(|| cmd.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 /// `path` as seen by process `pid`, reachable from our mount namespace.
 pub fn in_root(pid: u32, path: &Path) -> PathBuf {
-    let rooted = Path::new("/proc").join(pid.to_string()).join("root").join(path.strip_prefix("/").unwrap_or(path));
-    if rooted.exists() { rooted } else { path.to_path_buf() }
+    let rooted = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(path.strip_prefix("/").unwrap_or(path));
+    if rooted.exists() {
+        rooted
+    } else {
+        path.to_path_buf()
+    }
 }
 
 struct Stat {
@@ -177,6 +261,8 @@ fn read_env(pid: u32, key: &str) -> Option<String> {
     let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|&b| b == 0).find_map(|kv| {
         let kv = String::from_utf8_lossy(kv);
-        kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string)
+        kv.strip_prefix(key)
+            .and_then(|v| v.strip_prefix('='))
+            .map(str::to_string)
     })
 }

@@ -1,1 +1,174 @@
-pub fn main(){}
+//! Project tasks: `cargo xtask setup | build | demo | test`.
+//!
+//! Every task installs what it needs first, so one command works on a fresh machine.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "leaktrace's build, setup and test tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages leaktrace needs (idempotent).
+    Setup,
+    /// Setup, then build the release binary (target/release/leaktrace).
+    Build,
+    /// Build, then trace the bundled leaky demo and print its report.
+    Demo,
+    /// Build, then run every test (unit and integration, as root).
+    Test,
+}
+
+const BPF_LINKER: &str = "0.13.0";
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool"), ("gcc", "gcc")];
+
+fn main() -> Result<()> {
+    match Args::parse().task {
+        Task::Setup => setup(),
+        Task::Build => build(),
+        Task::Demo => demo(),
+        Task::Test => test(),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    // The eBPF crate builds core from source on nightly.
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    install_bpf_linker()?;
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker must use the LLVM of the nightly rustc (LLVM 22): Debian has none,
+/// so it is built against the libLLVM that ships inside the nightly toolchain.
+fn install_bpf_linker() -> Result<()> {
+    if output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.contains(BPF_LINKER)) {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("no nightly toolchain")?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .context("the nightly toolchain ships no libLLVM.so")?;
+    let prefix = root().join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+        ))
+}
+
+fn build() -> Result<()> {
+    setup()?;
+    run(Command::new("cargo")
+        .args(["build", "--release", "--package", "leaktrace"])
+        .current_dir(root()))
+}
+
+fn demo() -> Result<()> {
+    build()?;
+    let root = root();
+    let demo = root.join("target/demo");
+    run(Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&demo)
+        .arg(root.join("tests/targets/demo.c")))?;
+    run(Command::new(root.join("target/release/leaktrace"))
+        .args(["--interval", "2s", "--output"])
+        .arg(root.join("target/demo-report.json"))
+        .arg("--")
+        .arg(&demo)
+        .arg("6"))?;
+    eprintln!("xtask: JSON report in target/demo-report.json");
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    build()?;
+    // One test at a time: the probe-cleanup test reads the kernel's global program list.
+    run(Command::new("cargo")
+        .args(["test", "--release", "--workspace", "--", "--test-threads=1"])
+        .current_dir(root()))
+}
