@@ -26,6 +26,15 @@ enum Task {
     Demo,
     /// Build, then run every test (unit and integration, as root).
     Test,
+    /// Build, then measure ns added per malloc/free pair, traced vs untraced, side by side.
+    Bench {
+        /// malloc/free pairs per run.
+        #[arg(long, default_value_t = 200_000)]
+        pairs: u64,
+        /// Runs of each variant (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 const BPF_LINKER: &str = "0.13.0";
@@ -37,6 +46,7 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Demo => demo(),
         Task::Test => test(),
+        Task::Bench { pairs, runs } => bench(pairs, runs),
     }
 }
 
@@ -147,14 +157,21 @@ fn build() -> Result<()> {
         .current_dir(root()))
 }
 
+/// Compiles tests/targets/NAME.c to target/NAME.
+fn compile_target(name: &str) -> Result<PathBuf> {
+    let root = root();
+    let out = root.join("target").join(name);
+    run(Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(root.join(format!("tests/targets/{name}.c"))))?;
+    Ok(out)
+}
+
 fn demo() -> Result<()> {
     build()?;
     let root = root();
-    let demo = root.join("target/demo");
-    run(Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&demo)
-        .arg(root.join("tests/targets/demo.c")))?;
+    let demo = compile_target("demo")?;
     run(Command::new(root.join("target/release/leaktrace"))
         .args(["--interval", "2s", "--output"])
         .arg(root.join("target/demo-report.json"))
@@ -169,6 +186,50 @@ fn test() -> Result<()> {
     build()?;
     // One test at a time: the probe-cleanup test reads the kernel's global program list.
     run(Command::new("cargo")
-        .args(["test", "--release", "--workspace", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "leaktrace",
+            "--",
+            "--test-threads=1",
+        ])
         .current_dir(root()))
+}
+
+fn bench(pairs: u64, runs: usize) -> Result<()> {
+    build()?;
+    let load = compile_target("bench")?;
+    let leaktrace = root().join("target/release/leaktrace");
+    let measure = |traced: bool| -> Result<f64> {
+        let mut cmd = if traced {
+            let mut c = Command::new(&leaktrace);
+            c.args(["-q", "--"]).arg(&load);
+            c
+        } else {
+            Command::new(&load)
+        };
+        let out = cmd.arg(pairs.to_string()).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("ns_per_pair "))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no ns_per_pair in output: {text}"))
+    };
+    // Alternate the variants so machine noise hits both alike.
+    let (mut plain, mut traced) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        plain.push(measure(false)?);
+        traced.push(measure(true)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p, t) = (median(&mut plain), median(&mut traced));
+    println!("malloc(64)/free pairs: {pairs} per run, {runs} runs each, medians");
+    println!("untraced: {p:.1} ns/pair");
+    println!("traced:   {t:.1} ns/pair");
+    println!("added:    {:.1} ns/pair ({:.0}x untraced)", t - p, t / p);
+    Ok(())
 }
