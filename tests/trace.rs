@@ -241,3 +241,20 @@ fn sigkill_leaves_no_probe_and_the_target_runs_on() {
     // The target goes on to allocate (through the formerly probed malloc) and exit cleanly.
     assert!(t.wait().unwrap().success());
 }
+
+#[test]
+fn not_root_is_a_one_line_error() {
+    let out = run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_leaktrace"))
+        .args(["--pid", "1"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
