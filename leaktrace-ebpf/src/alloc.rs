@@ -165,10 +165,8 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
         addr,
     };
     // An entry already at this address was freed behind our back (a path we do not
-    // probe): settle it before it is overwritten.
-    if ALLOCS.get_ptr(key).is_some() {
-        release(tgid, addr);
-    }
+    // probe): settle it before it is overwritten. Costs one lookup when there is none.
+    release(tgid, addr);
     // At a uretprobe the user stack starts at the caller's return address.
     let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => id as u32,

@@ -137,6 +137,14 @@ fn probe_points(image: &ElfImage) -> Vec<ProbePoint> {
     points
 }
 
+/// The libraries named in an `LD_PRELOAD` value (colon- or space-separated).
+pub fn preload_paths(value: &str) -> impl Iterator<Item = &Path> {
+    value
+        .split([':', ' '])
+        .filter(|s| !s.is_empty())
+        .map(Path::new)
+}
+
 /// Library search for a program not started yet: `LD_LIBRARY_PATH`, the
 /// requesting file's run paths, then the system directories.
 pub fn search_library(name: &str, requester: &ElfImage) -> Option<PathBuf> {

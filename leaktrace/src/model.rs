@@ -162,12 +162,26 @@ impl Model {
         }
     }
 
-    /// Applies an anonymous mmap/munmap/mremap of the target. `caller` is the return
-    /// address recovered for the site (see [`SiteId::caller`]).
-    pub fn apply_map_event(&mut self, ev: &MapEvent, caller: u64) {
+    /// Applies anonymous mmap/munmap/mremap events, each with the return address
+    /// recovered for its site (see [`SiteId::caller`]); the sites of each process
+    /// touched are recomputed once per batch.
+    pub fn apply_map_events(&mut self, events: &[(MapEvent, u64)]) {
+        let mut touched: Vec<u32> = Vec::new();
+        for (ev, caller) in events {
+            self.apply_map_event(ev, *caller);
+            if !touched.contains(&ev.tgid) {
+                touched.push(ev.tgid);
+            }
+        }
+        for tgid in touched {
+            self.refresh_mmap(tgid);
+        }
+    }
+
+    fn apply_map_event(&mut self, ev: &MapEvent, caller: u64) {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
-        let created = if ev.kind == EventKind::Mmap as u32 {
+        if ev.kind == EventKind::Mmap as u32 {
             let id = SiteId {
                 tgid: ev.tgid,
                 kind: Kind::Mmap,
@@ -182,30 +196,21 @@ impl Model {
                     ts: ev.ts_ns,
                 },
             );
-            Some(id)
-        } else if ev.kind == EventKind::Munmap as u32 {
-            regions.remove(ev.addr, end(ev.addr, ev.len));
-            None
-        } else {
-            // mremap moves (and resizes) a mapping we know; others are not ours.
-            let moved = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len));
-            moved.map(|old| {
-                regions.insert(
-                    ev.addr,
-                    Region {
-                        end: end(ev.addr, ev.len),
-                        ..old
-                    },
-                );
-                old.site
-            })
-        };
-        if let Some(id) = created.filter(|_| ev.kind == EventKind::Mmap as u32) {
             let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
             site.total_bytes += page_up(ev.len);
             site.total_count += 1;
+        } else if ev.kind == EventKind::Munmap as u32 {
+            regions.remove(ev.addr, end(ev.addr, ev.len));
+        } else if let Some(old) = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len)) {
+            // mremap moves (and resizes) a mapping we know; others are not ours.
+            regions.insert(
+                ev.addr,
+                Region {
+                    end: end(ev.addr, ev.len),
+                    ..old
+                },
+            );
         }
-        self.refresh_mmap(ev.tgid);
     }
 
     /// Recomputes the mmap sites of `tgid` from its mappings.
@@ -272,6 +277,10 @@ mod tests {
         }
     }
 
+    fn apply(model: &mut Model, ev: MapEvent, caller: u64) {
+        model.apply_map_events(&[(ev, caller)]);
+    }
+
     fn mmap_site(model: &Model) -> &Site {
         model
             .sites
@@ -283,15 +292,20 @@ mod tests {
     #[test]
     fn partial_munmap_splits_a_mapping() {
         let mut m = Model::default();
-        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 10 * PAGE, 0, 0), 0);
-        m.apply_map_event(
-            &event(EventKind::Munmap, 0x10000 + 2 * PAGE, 3 * PAGE, 0, 0),
+        apply(&mut m, event(EventKind::Mmap, 0x10000, 10 * PAGE, 0, 0), 0);
+        apply(
+            &mut m,
+            event(EventKind::Munmap, 0x10000 + 2 * PAGE, 3 * PAGE, 0, 0),
             0,
         );
         let s = mmap_site(&m);
         assert_eq!((s.live_bytes, s.live_count), (7 * PAGE, 2));
-        m.apply_map_event(&event(EventKind::Munmap, 0x10000, 2 * PAGE, 0, 0), 0);
-        m.apply_map_event(&event(EventKind::Munmap, 0x10000 + 9 * PAGE, 100, 0, 0), 0);
+        apply(&mut m, event(EventKind::Munmap, 0x10000, 2 * PAGE, 0, 0), 0);
+        apply(
+            &mut m,
+            event(EventKind::Munmap, 0x10000 + 9 * PAGE, 100, 0, 0),
+            0,
+        );
         let s = mmap_site(&m);
         assert_eq!(
             (s.live_bytes, s.live_count, s.total_bytes),
@@ -302,24 +316,33 @@ mod tests {
     #[test]
     fn mremap_moves_and_resizes() {
         let mut m = Model::default();
-        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 2 * PAGE, 0, 0), 0);
-        m.apply_map_event(
-            &event(EventKind::Mremap, 0x90000, 5 * PAGE, 0x10000, 2 * PAGE),
+        apply(&mut m, event(EventKind::Mmap, 0x10000, 2 * PAGE, 0, 0), 0);
+        apply(
+            &mut m,
+            event(EventKind::Mremap, 0x90000, 5 * PAGE, 0x10000, 2 * PAGE),
             0,
         );
         assert_eq!(mmap_site(&m).live_bytes, 5 * PAGE);
         // Not ours: ignored.
-        m.apply_map_event(&event(EventKind::Mremap, 0xa0000, PAGE, 0x50000, PAGE), 0);
+        apply(
+            &mut m,
+            event(EventKind::Mremap, 0xa0000, PAGE, 0x50000, PAGE),
+            0,
+        );
         assert_eq!(mmap_site(&m).live_bytes, 5 * PAGE);
-        m.apply_map_event(&event(EventKind::Munmap, 0x90000, 5 * PAGE, 0, 0), 0);
+        apply(&mut m, event(EventKind::Munmap, 0x90000, 5 * PAGE, 0, 0), 0);
         assert_eq!((mmap_site(&m).live_bytes, mmap_site(&m).live_count), (0, 0));
     }
 
     #[test]
     fn map_fixed_over_a_mapping_replaces_it() {
         let mut m = Model::default();
-        m.apply_map_event(&event(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 0), 0);
-        m.apply_map_event(&event(EventKind::Mmap, 0x10000 + PAGE, PAGE, 0, 0), 0);
+        apply(&mut m, event(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 0), 0);
+        apply(
+            &mut m,
+            event(EventKind::Mmap, 0x10000 + PAGE, PAGE, 0, 0),
+            0,
+        );
         let s = mmap_site(&m);
         assert_eq!((s.live_bytes, s.live_count), (4 * PAGE, 3));
     }

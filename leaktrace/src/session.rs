@@ -116,12 +116,7 @@ pub async fn run(opts: Options) -> Result<Report> {
 
 fn preload_from_env() -> Vec<PathBuf> {
     std::env::var("LD_PRELOAD")
-        .map(|v| {
-            v.split([':', ' '])
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        })
+        .map(|v| allocator::preload_paths(&v).map(PathBuf::from).collect())
         .unwrap_or_default()
 }
 
@@ -164,16 +159,11 @@ impl Pump {
         let mut table =
             tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
         let deadline = opts.duration.map(|d| Instant::now() + d);
-        self.refresh_maps();
         let stop = loop {
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
                 _ = sigterm.recv() => break Stop::Signal("terminated"),
-                _ = drain.tick() => {
-                    // Kept fresh so even short-lived targets symbolize after they exit.
-                    self.refresh_maps();
-                    self.drain_events();
-                }
+                _ = drain.tick() => self.drain_events(),
                 _ = refresh.tick() => {
                     self.refresh()?;
                     if self.check_exits() {
@@ -230,7 +220,10 @@ impl Pump {
         Report::build(&self.model, targets, self.started, now_ns())
     }
 
+    /// Applies the ring buffer's events. Also refreshes the targets' memory maps,
+    /// so even short-lived targets symbolize after they exit.
     fn drain_events(&mut self) {
+        self.refresh_maps();
         let mut batch = Vec::new();
         while let Some(item) = self.events.next() {
             if item.len() < size_of::<MapEvent>() {
@@ -240,10 +233,11 @@ impl Pump {
             // SAFETY: the eBPF side writes whole MapEvents; read unaligned from the ring.
             batch.push(unsafe { std::ptr::read_unaligned::<MapEvent>(item.as_ptr().cast()) });
         }
-        for event in batch {
-            let caller = self.wrapper_caller(&event);
-            self.model.apply_map_event(&event, caller);
-        }
+        let located: Vec<(MapEvent, u64)> = batch
+            .into_iter()
+            .map(|event| (event, self.wrapper_caller(&event)))
+            .collect();
+        self.model.apply_map_events(&located);
     }
 
     /// The return address a syscall's frame-pointer stack misses when the syscall
@@ -253,7 +247,6 @@ impl Pump {
         if event.stack_id == NO_STACK || event.kind == leaktrace_common::EventKind::Munmap as u32 {
             return 0;
         }
-        self.refresh_maps_of(event.tgid);
         let Some(ip) = self.stack(event.stack_id).first().copied() else {
             return 0;
         };

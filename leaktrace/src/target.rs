@@ -92,9 +92,8 @@ impl Target {
         };
         let preload: Vec<PathBuf> = read_env(self.pid, "LD_PRELOAD")
             .map(|v| {
-                v.split([':', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(|s| in_root(self.pid, Path::new(s)))
+                allocator::preload_paths(&v)
+                    .map(|p| in_root(self.pid, p))
                     .collect()
             })
             .unwrap_or_default();
