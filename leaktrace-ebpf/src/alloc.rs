@@ -115,21 +115,24 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
     if call.func == AllocFn::Realloc as u32 {
         // realloc(p, 0) frees p and may return NULL; a failed realloc keeps p.
+        // The resized block keeps p's birth time: a buffer grown forever is as old
+        // as its first allocation, which is what the leak verdict needs to see.
+        let mut born = None;
         if call.ptr != 0 && (ret != 0 || call.size == 0) {
-            release(tgid, call.ptr);
+            born = release(tgid, call.ptr);
         }
         if ret != 0 {
-            record(&ctx, tgid, ret, call.size);
+            record(&ctx, tgid, ret, call.size, born);
         }
     } else if call.func == AllocFn::PosixMemalign as u32 {
         if ret as u32 == 0 {
             // SAFETY: reads the target's out-pointer; a fault returns Err.
             if let Ok(addr) = unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
-                record(&ctx, tgid, addr, call.size);
+                record(&ctx, tgid, addr, call.size, None);
             }
         }
     } else if ret != 0 {
-        record(&ctx, tgid, ret, call.size);
+        record(&ctx, tgid, ret, call.size, None);
     }
     0
 }
@@ -145,7 +148,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if inside_allocator(tid, user_sp(&ctx)) {
         return 0;
     }
-    release(tgid, addr);
+    let _ = release(tgid, addr);
     0
 }
 
@@ -158,7 +161,13 @@ pub fn inside_allocator(tid: u32, sp: u64) -> bool {
 }
 
 #[inline(always)]
-fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: u64) {
+fn record<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    tgid: u32,
+    addr: u64,
+    size: u64,
+    born: Option<u64>,
+) {
     let key = AllocKey {
         tgid,
         _pad: 0,
@@ -166,7 +175,7 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
     };
     // An entry already at this address was freed behind our back (a path we do not
     // probe): settle it before it is overwritten. Costs one lookup when there is none.
-    release(tgid, addr);
+    let _ = release(tgid, addr);
     // At a uretprobe the user stack starts at the caller's return address.
     let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => id as u32,
@@ -184,10 +193,10 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
     let Some(stats) = site_stats(&site) else {
         return;
     };
-    // SAFETY: the helper reads no memory of ours beyond the call.
     let info = AllocInfo {
         size,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: the helper reads no memory of ours.
+        ts_ns: born.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() }),
         site,
     };
     if ALLOCS.insert(key, info, 0).is_err() {
@@ -198,23 +207,22 @@ fn record<C: EbpfContext + StackIdContext>(ctx: &C, tgid: u32, addr: u64, size: 
     count(Counter::Allocs);
 }
 
+/// Settles the allocation at `addr`, if it is ours; returns when it was made.
 #[inline(always)]
-fn release(tgid: u32, addr: u64) {
+fn release(tgid: u32, addr: u64) -> Option<u64> {
     let key = AllocKey {
         tgid,
         _pad: 0,
         addr,
     };
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(info) = (unsafe { ALLOCS.get(key) }).copied() else {
-        return; // allocated before attach, or not ours
-    };
+    // Allocated before attach, or not ours: None.
+    let info = (unsafe { ALLOCS.get(key) }).copied()?;
     // Only the thread whose remove succeeds settles the site (double frees race).
-    if ALLOCS.remove(key).is_err() {
-        return;
-    }
+    ALLOCS.remove(key).ok()?;
     if let Some(stats) = crate::maps::SITES.get_ptr_mut(info.site) {
         site_add(stats, -(info.size as i64), -1);
     }
     count(Counter::Frees);
+    Some(info.ts_ns)
 }

@@ -66,6 +66,11 @@ pub struct Cli {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Leave out of reports allocations younger than this (e.g. 10s), like bcc
+    /// memleak's -o; verdicts still see everything.
+    #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_duration)]
+    pub min_age: Duration,
+
     /// Do not trace the heap allocator.
     #[arg(long)]
     pub no_heap: bool,
@@ -107,6 +112,7 @@ impl Cli {
             top: self.top,
             json: self.output,
             quiet: self.quiet,
+            min_age: self.min_age,
             families: Families {
                 heap: !self.no_heap,
                 mmap: !self.no_mmap,

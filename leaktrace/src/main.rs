@@ -3,15 +3,18 @@
 mod allocator;
 mod cli;
 mod elf;
+mod limits;
 mod model;
 mod placement;
 mod preflight;
 mod probes;
 mod procmaps;
 mod report;
+mod series;
 mod session;
 mod symbolize;
 mod target;
+mod verdict;
 
 use std::{io::Write, process::ExitCode};
 

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use leaktrace_common::{EventKind, MapEvent, SiteKey, SiteStats};
 use serde::Serialize;
 
-use crate::symbolize::Frame;
+use crate::{
+    series::{Point, Series},
+    symbolize::Frame,
+};
 
 /// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 pub type Ns = u64;
@@ -38,6 +41,11 @@ pub struct Site {
     pub total_count: u64,
     /// When the oldest outstanding allocation was made.
     pub oldest_ns: Option<Ns>,
+    /// Outstanding bytes and count older than `--min-age` (see [`Model::min_age`]).
+    pub aged_bytes: u64,
+    pub aged_count: u64,
+    /// Outstanding bytes and count over time, for the verdict.
+    pub series: Series,
     /// Symbolized stack, innermost first; empty until symbolized or when the stack was lost.
     pub frames: Vec<Frame>,
 }
@@ -51,6 +59,9 @@ impl Site {
             total_bytes: 0,
             total_count: 0,
             oldest_ns: None,
+            aged_bytes: 0,
+            aged_count: 0,
+            series: Series::default(),
             frames: Vec::new(),
         }
     }
@@ -122,9 +133,19 @@ impl Regions {
     }
 }
 
+/// Per heap site (tgid, stack id), from a walk of the outstanding allocations.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapAges {
+    pub oldest_ns: Ns,
+    pub aged_bytes: u64,
+    pub aged_count: u64,
+}
+
 #[derive(Default)]
 pub struct Model {
     pub sites: HashMap<SiteId, Site>,
+    /// Allocations younger than this are left out of what reports show (`--min-age`).
+    pub min_age: Ns,
     regions: HashMap<u32, Regions>,
     pub lost: Lost,
     pub allocs: u64,
@@ -136,6 +157,13 @@ fn page_up(len: u64) -> u64 {
 }
 
 impl Model {
+    pub fn new(min_age: Ns) -> Self {
+        Self {
+            min_age,
+            ..Self::default()
+        }
+    }
+
     /// Replaces a heap site's totals with the kernel's.
     pub fn set_heap(&mut self, key: &SiteKey, stats: &SiteStats) {
         let id = SiteId {
@@ -154,11 +182,42 @@ impl Model {
         }
     }
 
-    /// Sets the oldest outstanding allocation of each heap site, from a walk of the
-    /// outstanding allocations.
-    pub fn set_heap_oldest(&mut self, oldest: &HashMap<(u32, u32), Ns>) {
+    /// Sets the oldest outstanding allocation of each heap site and what is older
+    /// than `--min-age`, from a walk of the outstanding allocations.
+    pub fn set_heap_ages(&mut self, ages: &HashMap<(u32, u32), HeapAges>) {
         for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Heap) {
-            site.oldest_ns = oldest.get(&(site.id.tgid, site.id.stack_id)).copied();
+            let a = ages.get(&(site.id.tgid, site.id.stack_id));
+            site.oldest_ns = a.map(|a| a.oldest_ns);
+            site.aged_bytes = a.map_or(0, |a| a.aged_bytes);
+            site.aged_count = a.map_or(0, |a| a.aged_count);
+        }
+    }
+
+    /// Sets what each mmap site holds that is older than `--min-age` at `now`.
+    pub fn set_mmap_ages(&mut self, now: Ns) {
+        let cutoff = now.saturating_sub(self.min_age);
+        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Mmap) {
+            site.aged_bytes = 0;
+            site.aged_count = 0;
+        }
+        for (&start, region) in self.regions.values().flat_map(|r| &r.by_start) {
+            if region.ts <= cutoff
+                && let Some(site) = self.sites.get_mut(&region.site)
+            {
+                site.aged_bytes += region.end - start;
+                site.aged_count += 1;
+            }
+        }
+    }
+
+    /// Adds a point to every site's series; `t` is seconds since tracing began.
+    pub fn sample(&mut self, t: f64) {
+        for site in self.sites.values_mut() {
+            site.series.push(Point {
+                t,
+                bytes: site.live_bytes as f32,
+                count: site.live_count as f32,
+            });
         }
     }
 
@@ -234,18 +293,6 @@ impl Model {
                 site.oldest_ns = Some(site.oldest_ns.map_or(region.ts, |t| t.min(region.ts)));
             }
         }
-    }
-
-    /// Sites with something outstanding, largest first.
-    pub fn ranked(&self) -> Vec<&Site> {
-        let mut sites: Vec<&Site> = self.sites.values().collect();
-        sites.sort_by(|a, b| {
-            b.live_bytes
-                .cmp(&a.live_bytes)
-                .then(b.live_count.cmp(&a.live_count))
-                .then(a.id.cmp(&b.id))
-        });
-        sites
     }
 
     pub fn live_bytes(&self, kind: Kind) -> u64 {

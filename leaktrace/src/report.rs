@@ -5,11 +5,13 @@ use std::{fmt::Write as _, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
-    model::{Kind, Lost, Model, Ns},
+    limits::MemoryLimit,
+    model::{Kind, Lost, Model, Ns, Site},
     symbolize::Frame,
+    verdict::{self, Assessment, Evidence, Verdict},
 };
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -29,6 +31,8 @@ pub struct TargetInfo {
     /// The allocator file probed, if heap tracing was on for this target.
     pub allocator: Option<PathBuf>,
     pub exited: bool,
+    /// The cgroup memory limit closest to being hit, if any.
+    pub memory_limit: Option<MemoryLimit>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -48,28 +52,34 @@ pub struct SiteReport {
     pub total_bytes: u64,
     pub total_count: u64,
     pub oldest_age_s: Option<f64>,
-    pub verdict: &'static str,
+    pub verdict: Verdict,
+    pub confidence: f64,
+    pub growth_bytes_per_s: f64,
+    pub growth_count_per_s: f64,
+    /// Seconds until the target's limit is reached if this site keeps growing
+    /// at its rate (memory: the cgroup's limit), for leaking and growing sites.
+    pub time_to_limit_s: Option<f64>,
     pub frames: Vec<Frame>,
 }
 
 impl Report {
-    /// A snapshot of `model` at `now`; `started` is when tracing began.
+    /// A snapshot of `model` at `now`; `started` is when tracing began. Sites
+    /// come surest leak first, then by growth, then by size.
     pub fn build(model: &Model, targets: Vec<TargetInfo>, started: Ns, now: Ns) -> Self {
-        let sites = model
-            .ranked()
-            .into_iter()
-            .map(|s| SiteReport {
-                kind: s.id.kind,
-                pid: s.id.tgid,
-                outstanding_bytes: s.live_bytes,
-                outstanding_count: s.live_count,
-                total_bytes: s.total_bytes,
-                total_count: s.total_count,
-                oldest_age_s: s.oldest_ns.map(|t| seconds(now.saturating_sub(t))),
-                verdict: "unknown",
-                frames: s.frames.clone(),
-            })
+        let mut sites: Vec<SiteReport> = model
+            .sites
+            .values()
+            .map(|s| site_report(s, model.min_age, &targets, now))
             .collect();
+        sites.sort_by(|a, b| {
+            a.verdict
+                .cmp(&b.verdict)
+                .then(b.confidence.total_cmp(&a.confidence))
+                .then(b.growth_bytes_per_s.total_cmp(&a.growth_bytes_per_s))
+                .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+                .then(b.outstanding_count.cmp(&a.outstanding_count))
+                .then(a.pid.cmp(&b.pid))
+        });
         Self {
             version: FORMAT_VERSION,
             targets,
@@ -85,7 +95,7 @@ impl Report {
         }
     }
 
-    fn leaking(&self) -> impl Iterator<Item = &SiteReport> {
+    fn outstanding(&self) -> impl Iterator<Item = &SiteReport> {
         self.sites.iter().filter(|s| s.outstanding_count > 0)
     }
 
@@ -102,10 +112,10 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<5} {:>11} {:>9} {:>8}  {:<7} SITE",
-            "KIND", "BYTES", "COUNT", "OLDEST", "PID"
+            "{:<9} {:<5} {:>11} {:>9} {:>11} {:>8}  {:<7} SITE",
+            "VERDICT", "KIND", "BYTES", "COUNT", "GROWTH/s", "OLDEST", "PID"
         );
-        for s in self.leaking().take(top) {
+        for s in self.outstanding().take(top) {
             let stack: Vec<String> = s.frames.iter().take(3).map(Frame::short).collect();
             let stack = if stack.is_empty() {
                 "[stack not recorded]".to_string()
@@ -114,10 +124,12 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<5} {:>11} {:>9} {:>8}  {:<7} {}",
+                "{:<9} {:<5} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
+                s.verdict.name(),
                 kind_name(s.kind),
                 human_bytes(s.outstanding_bytes),
                 s.outstanding_count,
+                growth(s.growth_bytes_per_s),
                 s.oldest_age_s.map_or("-".into(), |a| format!("{a:.1}s")),
                 s.pid,
                 stack
@@ -139,6 +151,15 @@ impl Report {
                 t.exe.display(),
                 if t.exited { " — exited" } else { "" }
             );
+            if let Some(l) = &t.memory_limit {
+                let _ = writeln!(
+                    out,
+                    "    memory limit {} (cgroup {}), {} in use",
+                    human_bytes(l.limit_bytes),
+                    l.cgroup,
+                    human_bytes(l.used_bytes)
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -149,24 +170,35 @@ impl Report {
             self.totals.frees,
         );
         let _ = writeln!(out, "  {}", self.lost_line());
-        let leaking: Vec<&SiteReport> = self.leaking().collect();
+        let _ = writeln!(out, "  verdicts: {}", self.verdict_line());
+        let leaking: Vec<&SiteReport> = self.outstanding().collect();
         if leaking.is_empty() {
             let _ = writeln!(out, "\nNo outstanding allocations.");
         }
         for (i, s) in leaking.iter().take(top).enumerate() {
             let _ = writeln!(
                 out,
-                "\n#{} {} {} in {} allocation{} (pid {}, oldest {}, {} allocated in all)",
+                "\n#{} {} (confidence {:.2}) · {} {} in {} allocation{} · growth {}/s · pid {} · oldest {} · {} allocated in all",
                 i + 1,
+                s.verdict.name().to_uppercase(),
+                s.confidence,
                 kind_name(s.kind),
                 human_bytes(s.outstanding_bytes),
                 s.outstanding_count,
                 if s.outstanding_count == 1 { "" } else { "s" },
+                growth(s.growth_bytes_per_s),
                 s.pid,
                 s.oldest_age_s
                     .map_or("-".into(), |a| format!("{a:.1}s ago")),
                 human_bytes(s.total_bytes),
             );
+            if let Some(secs) = s.time_to_limit_s {
+                let _ = writeln!(
+                    out,
+                    "    memory limit in {} at this rate",
+                    human_duration(secs)
+                );
+            }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
             }
@@ -188,6 +220,27 @@ impl Report {
             );
         }
         out
+    }
+
+    /// "2 leak, 1 growing, 3 stable, 5 transient" over sites holding something.
+    fn verdict_line(&self) -> String {
+        let all = [
+            Verdict::Leak,
+            Verdict::Growing,
+            Verdict::Stable,
+            Verdict::Transient,
+        ];
+        let parts: Vec<String> = all
+            .iter()
+            .map(|v| (v, self.sites.iter().filter(|s| s.verdict == *v).count()))
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| format!("{n} {}", v.name()))
+            .collect();
+        if parts.is_empty() {
+            "no sites".into()
+        } else {
+            parts.join(", ")
+        }
     }
 
     fn lost_line(&self) -> String {
@@ -213,10 +266,77 @@ impl Report {
     }
 }
 
+fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteReport {
+    let oldest_age_s = s.oldest_ns.map(|t| seconds(now.saturating_sub(t)));
+    let a: Assessment = verdict::assess(
+        &s.series.points(),
+        Evidence {
+            live_count: s.live_count,
+            oldest_age_s,
+            by_count: false,
+        },
+    );
+    let (outstanding_bytes, outstanding_count) = if min_age > 0 {
+        (s.aged_bytes, s.aged_count)
+    } else {
+        (s.live_bytes, s.live_count)
+    };
+    let limit = targets
+        .iter()
+        .find(|t| t.pid == s.id.tgid)
+        .and_then(|t| t.memory_limit.as_ref());
+    let time_to_limit_s = match (a.verdict, limit) {
+        (Verdict::Leak | Verdict::Growing, Some(l)) if a.growth_bytes_per_s > 0.0 => {
+            Some((l.headroom() as f64 / a.growth_bytes_per_s).round())
+        }
+        _ => None,
+    };
+    SiteReport {
+        kind: s.id.kind,
+        pid: s.id.tgid,
+        outstanding_bytes,
+        outstanding_count,
+        total_bytes: s.total_bytes,
+        total_count: s.total_count,
+        oldest_age_s,
+        verdict: a.verdict,
+        confidence: (a.confidence * 100.0).round() / 100.0,
+        growth_bytes_per_s: a.growth_bytes_per_s.round(),
+        growth_count_per_s: (a.growth_count_per_s * 1000.0).round() / 1000.0,
+        time_to_limit_s,
+        frames: s.frames.clone(),
+    }
+}
+
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Heap => "heap",
         Kind::Mmap => "mmap",
+    }
+}
+
+/// Bytes per second with a sign: "+1.5 KiB", "-200 B", "0 B".
+fn growth(bytes_per_s: f64) -> String {
+    let sign = if bytes_per_s > 0.0 {
+        "+"
+    } else if bytes_per_s < 0.0 {
+        "-"
+    } else {
+        ""
+    };
+    format!("{sign}{}", human_bytes(bytes_per_s.abs().round() as u64))
+}
+
+/// "~45 s", "~40 min", "~2.5 h", "~3.2 days".
+pub fn human_duration(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("~{secs:.0} s")
+    } else if secs < 90.0 * 60.0 {
+        format!("~{:.0} min", secs / 60.0)
+    } else if secs < 48.0 * 3600.0 {
+        format!("~{:.1} h", secs / 3600.0)
+    } else {
+        format!("~{:.1} days", secs / 86400.0)
     }
 }
 
@@ -248,5 +368,15 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn durations_and_growth_read_naturally() {
+        assert_eq!(human_duration(40.0), "~40 s");
+        assert_eq!(human_duration(2400.0), "~40 min");
+        assert_eq!(human_duration(9000.0), "~2.5 h");
+        assert_eq!(growth(1536.0), "+1.5 KiB");
+        assert_eq!(growth(-200.0), "-200 B");
+        assert_eq!(growth(0.0), "0 B");
     }
 }

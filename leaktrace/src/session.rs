@@ -15,7 +15,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     allocator::{self, Allocator},
-    model::{Kind, Model, Ns, SiteId},
+    limits::MemoryLimit,
+    model::{HeapAges, Kind, Model, Ns, SiteId},
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::ProcMaps,
@@ -34,6 +35,8 @@ pub struct Options {
     pub top: usize,
     pub json: Option<PathBuf>,
     pub quiet: bool,
+    /// Leave allocations younger than this out of reports.
+    pub min_age: Duration,
     pub families: Families,
     pub limits: Limits,
 }
@@ -103,7 +106,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let mut pump = Pump {
         probes,
         events,
-        model: Model::default(),
+        model: Model::new(opts.min_age.as_nanos() as Ns),
         symbolizer: Symbolizer::new(),
         maps: HashMap::new(),
         stacks: HashMap::new(),
@@ -166,6 +169,7 @@ impl Pump {
                 _ = drain.tick() => self.drain_events(),
                 _ = refresh.tick() => {
                     self.refresh()?;
+                    self.sample();
                     if self.check_exits() {
                         break Stop::TargetsExited;
                     }
@@ -188,9 +192,16 @@ impl Pump {
         }
         self.drain_events();
         self.refresh()?;
+        self.sample();
         self.update_ages()?;
         self.symbolize();
         Ok(())
+    }
+
+    /// One point of every site's series, for the verdicts.
+    fn sample(&mut self) {
+        let t = now_ns().saturating_sub(self.started) as f64 / 1e9;
+        self.model.sample(t);
     }
 
     /// Stops commands leaktrace started itself if they still run; PIDs given with
@@ -215,6 +226,11 @@ impl Pump {
                 exe: t.target.exe.clone(),
                 allocator: t.allocator.as_ref().map(|a| a.path.clone()),
                 exited: t.exited,
+                memory_limit: if t.exited {
+                    None
+                } else {
+                    MemoryLimit::of(t.target.pid)
+                },
             })
             .collect();
         Report::build(&self.model, targets, self.started, now_ns())
@@ -294,18 +310,30 @@ impl Pump {
         Ok(())
     }
 
-    /// Oldest outstanding allocation per heap site: one walk of the allocations map.
+    /// Oldest outstanding allocation per site, and what is older than --min-age:
+    /// one walk of the heap allocations map, and the mmap regions.
     fn update_ages(&mut self) -> Result<()> {
-        let mut oldest: HashMap<(u32, u32), Ns> = HashMap::new();
+        let now = now_ns();
+        let cutoff = now.saturating_sub(self.model.min_age);
+        let mut ages: HashMap<(u32, u32), HeapAges> = HashMap::new();
         let allocs = self.probes.allocs()?;
         for entry in allocs.iter() {
             let Ok((_, info)) = entry else { continue }; // freed while walking
-            let slot = oldest
+            let a = ages
                 .entry((info.site.tgid, info.site.stack_id))
-                .or_insert(info.ts_ns);
-            *slot = (*slot).min(info.ts_ns);
+                .or_insert(HeapAges {
+                    oldest_ns: info.ts_ns,
+                    aged_bytes: 0,
+                    aged_count: 0,
+                });
+            a.oldest_ns = a.oldest_ns.min(info.ts_ns);
+            if info.ts_ns <= cutoff {
+                a.aged_bytes += info.size;
+                a.aged_count += 1;
+            }
         }
-        self.model.set_heap_oldest(&oldest);
+        self.model.set_heap_ages(&ages);
+        self.model.set_mmap_ages(now);
         Ok(())
     }
 

@@ -173,11 +173,11 @@ fn demo() -> Result<()> {
     let root = root();
     let demo = compile_target("demo")?;
     run(Command::new(root.join("target/release/leaktrace"))
-        .args(["--interval", "2s", "--output"])
+        .args(["--interval", "4s", "--output"])
         .arg(root.join("target/demo-report.json"))
         .arg("--")
         .arg(&demo)
-        .arg("6"))?;
+        .arg("12"))?;
     eprintln!("xtask: JSON report in target/demo-report.json");
     Ok(())
 }

@@ -1,0 +1,118 @@
+//! A bounded time series of one site's outstanding bytes and count: one point
+//! per sample until full, then pairs of points merge (their means) and later
+//! samples are averaged by the same stride, so a long run keeps evenly spaced,
+//! coarser points in constant memory.
+
+/// One point: seconds since tracing began, mean outstanding bytes and count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub t: f64,
+    pub bytes: f32,
+    pub count: f32,
+}
+
+impl Point {
+    fn mean(self, other: Point, weight_other: f32) -> Point {
+        let w = weight_other / (1.0 + weight_other);
+        Point {
+            t: self.t + (other.t - self.t) * w as f64,
+            bytes: self.bytes + (other.bytes - self.bytes) * w,
+            count: self.count + (other.count - self.count) * w,
+        }
+    }
+}
+
+/// Points kept per site: 64 × 12 bytes, whatever the length of the run.
+pub const CAPACITY: usize = 64;
+
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    points: Vec<Point>,
+    /// Samples per point.
+    stride: u32,
+    /// The point being filled and how many samples it holds.
+    pending: Option<(Point, u32)>,
+}
+
+impl Series {
+    pub fn push(&mut self, sample: Point) {
+        let stride = self.stride.max(1);
+        let (point, n) = match self.pending.take() {
+            Some((p, n)) => (p.mean(sample, 1.0 / n as f32), n + 1),
+            None => (sample, 1),
+        };
+        if n < stride {
+            self.pending = Some((point, n));
+            return;
+        }
+        if self.points.len() == CAPACITY {
+            // The point just completed covers `stride` samples: it becomes the
+            // start of the first point of the doubled stride.
+            self.points = self
+                .points
+                .chunks(2)
+                .map(|pair| match pair {
+                    [a, b] => a.mean(*b, 1.0),
+                    [a] => *a,
+                    _ => unreachable!(),
+                })
+                .collect();
+            self.stride = stride * 2;
+            self.pending = Some((point, n));
+            return;
+        }
+        self.points.push(point);
+    }
+
+    /// The points, oldest first, with the partly filled one last.
+    pub fn points(&self) -> Vec<Point> {
+        let mut points = self.points.clone();
+        points.extend(self.pending.map(|(p, _)| p));
+        points
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64) -> Point {
+        Point {
+            t,
+            bytes: t as f32 * 10.0,
+            count: t as f32,
+        }
+    }
+
+    #[test]
+    fn keeps_every_sample_until_full() {
+        let mut s = Series::default();
+        for i in 0..CAPACITY {
+            s.push(sample(i as f64));
+        }
+        assert_eq!(s.points().len(), CAPACITY);
+        assert_eq!(s.points()[5], sample(5.0));
+    }
+
+    #[test]
+    fn stays_bounded_and_evenly_spaced() {
+        let mut s = Series::default();
+        for i in 0..10_000 {
+            s.push(sample(i as f64));
+        }
+        let points = s.points();
+        assert!(points.len() <= CAPACITY + 1, "{}", points.len());
+        assert!(points.len() >= CAPACITY / 2);
+        // A linear input stays linear through the merges: means of means.
+        for p in &points {
+            assert!(
+                (p.bytes - p.t as f32 * 10.0).abs() < 1e-3 * p.bytes.max(1.0),
+                "{p:?}"
+            );
+        }
+        let steps: Vec<f64> = points.windows(2).map(|w| w[1].t - w[0].t).collect();
+        let full = &steps[..steps.len() - 1];
+        assert!(full.iter().all(|d| (d - full[0]).abs() < 1e-3), "{steps:?}");
+        assert!(points.last().unwrap().t > 9_000.0);
+    }
+}
