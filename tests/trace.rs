@@ -374,3 +374,194 @@ fn verdicts_tell_leaks_from_caches_pools_and_delayed_frees() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("memory limit in ~"), "{text}");
 }
+
+/// `go` from the toolchain `cargo xtask setup` installs.
+fn go() -> Command {
+    let go = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/toolchains/go1.27.3/bin/go");
+    assert!(
+        go.exists(),
+        "{} missing: run cargo xtask setup",
+        go.display()
+    );
+    let mut cmd = Command::new(go);
+    cmd.env("GOTOOLCHAIN", "local");
+    cmd
+}
+
+fn pprof(args: &[&str], profile: &Path) -> String {
+    let out = go()
+        .arg("tool")
+        .arg("pprof")
+        .args(args)
+        .arg(profile)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn decode(path: &Path) -> leaktrace::pprof::proto::Profile {
+    use prost::Message;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("profile written"))
+        .read_to_end(&mut bytes)
+        .expect("gzip");
+    leaktrace::pprof::proto::Profile::decode(&*bytes).expect("profile.proto")
+}
+
+#[test]
+fn exports_read_in_go_tool_pprof_flamegraphs_and_folded_stacks() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str| dir.join(name);
+    let out = run(leaktrace()
+        .arg("-q")
+        .args(["-o".as_ref(), file("heap.pb.gz").as_os_str()])
+        .args(["-o".as_ref(), file("heap.svg").as_os_str()])
+        .args(["-o".as_ref(), file("heap.folded").as_os_str()])
+        .args(["-o".as_ref(), file("heap.json").as_os_str()])
+        .arg("--")
+        .arg(target("heap")));
+    assert!(out.status.success());
+    let r = report(&file("heap.json"));
+    let profile = file("heap.pb.gz");
+
+    // The real go tool pprof: exact bytes per function, file:line in traces.
+    let top = pprof(&["-top", "-unit=B", "-sample_index=inuse_space"], &profile);
+    for (function, bytes) in [
+        ("leak_malloc", 10_000),
+        ("leak_calloc", 5_000),
+        ("leak_realloc", 8_192),
+        ("leak_posix_memalign", 6_144),
+    ] {
+        assert!(
+            top.lines()
+                .any(|l| l.ends_with(function) && l.trim_start().starts_with(&format!("{bytes}B"))),
+            "{function} {bytes}B not in:\n{top}"
+        );
+    }
+    let traces = pprof(&["-traces", "-lines"], &profile);
+    assert!(
+        traces.contains("leak_malloc ") && traces.contains("heap.c:"),
+        "{traces}"
+    );
+    let objects = pprof(&["-top", "-sample_index=inuse_objects"], &profile);
+    assert!(objects.contains("leak_malloc"), "{objects}");
+
+    // Round trip: every id and string index resolves; Go's heap-profile shape.
+    let p = decode(&profile);
+    assert_eq!(leaktrace::pprof::check(&p), Vec::<String>::new());
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let types: Vec<(&str, &str)> = p
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, leaktrace::pprof::SAMPLE_TYPES);
+    assert_eq!(s(p.default_sample_type), "inuse_space");
+    assert_eq!(
+        s(p.mapping[0].filename),
+        r["targets"][0]["exe"].as_str().unwrap()
+    );
+    assert!(
+        !s(p.mapping[0].build_id).is_empty(),
+        "gcc writes a build id"
+    );
+
+    // SVG: well-formed, names the leaking function.
+    let svg = std::fs::read_to_string(file("heap.svg")).unwrap();
+    let xml = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    roxmltree::Document::parse_with_options(&svg, xml).expect("well-formed SVG");
+    assert!(svg.contains("leak_malloc"));
+
+    // Folded stacks sum to the outstanding bytes.
+    let folded = std::fs::read_to_string(file("heap.folded")).unwrap();
+    let sum: u64 = folded
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    let totals = &r["totals"];
+    assert_eq!(
+        sum,
+        totals["heap_bytes"].as_u64().unwrap() + totals["mmap_bytes"].as_u64().unwrap()
+    );
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.ends_with(";main;leak_malloc 10000")),
+        "{folded}"
+    );
+}
+
+#[test]
+fn snapshots_show_growth_and_sigterm_still_writes_the_profile() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapshots");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("leaks.pb.gz");
+    let mut tracer = leaktrace()
+        .args(["-q", "--snapshot-every", "1s", "-o"])
+        .arg(&profile)
+        .arg("--")
+        .arg(target("scenario"))
+        .arg("60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(3600));
+    let kill = Command::new("kill")
+        .args(["-TERM", &tracer.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(
+        tracer.wait().unwrap().success(),
+        "SIGTERM ends a trace normally"
+    );
+    for n in 1..=3 {
+        let snap = dir.join(format!("leaks.{n:04}.pb.gz"));
+        assert_eq!(
+            leaktrace::pprof::check(&decode(&snap)),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(
+        leaktrace::pprof::check(&decode(&profile)),
+        Vec::<String>::new()
+    );
+    // Growth between snapshots: 2 s of leak_forever at 40 KiB/s.
+    let diff = pprof(
+        &[
+            "-top",
+            "-unit=B",
+            "-base",
+            dir.join("leaks.0001.pb.gz").to_str().unwrap(),
+        ],
+        &dir.join("leaks.0003.pb.gz"),
+    );
+    let grown: u64 = diff
+        .lines()
+        .find(|l| l.ends_with(" leak_forever"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.trim_end_matches('B').parse().ok())
+        .unwrap_or_else(|| panic!("no leak_forever growth in:\n{diff}"));
+    assert!(
+        (61_440..=102_400).contains(&grown),
+        "{grown} B in 2 s:\n{diff}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

@@ -4,6 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::{
+    output::{Format, Output},
     probes::{Families, Limits},
     session::Options,
 };
@@ -18,9 +19,12 @@ valloc, pvalloc, free) and anonymous mappings (mmap, munmap, mremap) that are \
 still outstanding. The target is not restarted, recompiled or ptraced; its \
 allocator is found through its memory map (glibc, or a static or bundled malloc).
 
-Every --interval it prints the top sites by outstanding bytes; at the end \
+Every --interval it prints the top sites, surest leaks first; at the end \
 (--duration, Ctrl-C, SIGTERM, or when every target has exited) it prints a \
-final report with symbolized stacks and, with --output, writes it as JSON.
+final report with symbolized stacks, a verdict per site (leak, growing, stable, \
+transient), its growth rate and the time until the memory limit at that rate. \
+With --output it also writes the report as JSON, as a pprof profile (for go tool \
+pprof, Pyroscope, Parca), as a flamegraph SVG, or as folded stacks.
 
 Nothing is left behind: probes are removed by the kernel when leaktrace exits, \
 however it exits. A command started with -- CMD is sent SIGTERM if it still \
@@ -35,6 +39,10 @@ EXAMPLES:
     sudo leaktrace --pid 1234 --pid 1240 -d 60s -o leaks.json
     sudo leaktrace -d 10s -- ./server --port 8080
     sudo leaktrace --no-heap --pid 1234        anonymous mmap only
+    sudo leaktrace --pid 1234 -o leaks.pb.gz -o flame.svg
+    go tool pprof -top leaks.pb.gz             read the profile (inuse_space by default)
+    sudo leaktrace --pid 1234 -o leaks.pb.gz --snapshot-every 60s
+    go tool pprof -base leaks.0001.pb.gz leaks.0005.pb.gz   growth between snapshots
 
 EXIT STATUS:
     0 on a completed trace (leaks found or not), 1 on an error, 2 on bad usage.";
@@ -58,9 +66,20 @@ pub struct Cli {
     #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
-    /// Also write the final report as JSON to FILE (format: docs/json.md).
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    /// Also write the final report to FILE, in the format its name ends in:
+    /// .json (docs/json.md), .pb.gz or .pprof (gzipped pprof, docs/pprof.md),
+    /// .svg (flamegraph) or .folded (folded stacks). Repeat for several.
+    #[arg(short, long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+
+    /// The format of every --output, whatever its name.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Also write each --output every TIME as numbered snapshots
+    /// (leaks.0001.pb.gz, leaks.0002.pb.gz, …), e.g. for `go tool pprof -base`.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub snapshot_every: Option<Duration>,
 
     /// No periodic tables, only the final report.
     #[arg(short, long)]
@@ -104,13 +123,25 @@ impl Cli {
         if self.interval.is_zero() {
             return Err("--interval must be longer than zero".into());
         }
+        if self.snapshot_every.is_some_and(|d| d.is_zero()) {
+            return Err("--snapshot-every must be longer than zero".into());
+        }
+        if self.snapshot_every.is_some() && self.outputs.is_empty() {
+            return Err("--snapshot-every needs an --output to number".into());
+        }
+        let outputs = self
+            .outputs
+            .into_iter()
+            .map(|p| Output::new(p, self.format))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Options {
             pids: self.pids,
             command: self.command,
             duration: self.duration,
             interval: self.interval,
             top: self.top,
-            json: self.output,
+            outputs,
+            snapshot_every: self.snapshot_every,
             quiet: self.quiet,
             min_age: self.min_age,
             families: Families {

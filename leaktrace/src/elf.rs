@@ -61,6 +61,12 @@ impl ElfImage {
         })
     }
 
+    /// The GNU build ID as lowercase hex, if the file has one.
+    pub fn build_id(&self) -> Option<String> {
+        let id = self.parse().ok()?.build_id().ok()??;
+        Some(id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// A defined function named `name`, from `.dynsym` or else `.symtab`
     /// (versioned names like `malloc@@GLIBC_2.2.5` match `malloc`).
     pub fn function(&self, name: &str) -> Option<Function> {

@@ -22,6 +22,15 @@ pub enum Kind {
     Mmap,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Heap => "heap",
+            Kind::Mmap => "mmap",
+        }
+    }
+}
+
 /// A call site of one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteId {

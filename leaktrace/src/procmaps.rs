@@ -66,6 +66,13 @@ impl ProcMaps {
             .cloned()
     }
 
+    /// Executable mappings of files: where code lives.
+    pub fn code(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings
+            .iter()
+            .filter(|m| m.executable && m.path.is_some())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.mappings.is_empty()
     }

@@ -21,6 +21,30 @@ pub struct Report {
     pub lost: Lost,
     pub totals: Totals,
     pub sites: Vec<SiteReport>,
+    /// Where each target's code files were mapped, for exports that place
+    /// addresses (pprof). Not part of the JSON.
+    #[serde(skip)]
+    pub modules: Vec<ModuleMap>,
+}
+
+/// One executable mapping of a file in a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleMap {
+    pub pid: u32,
+    pub start: u64,
+    pub limit: u64,
+    pub offset: u64,
+    pub path: String,
+    pub build_id: Option<String>,
+}
+
+impl ModuleMap {
+    /// The address in the target of `file_offset` in this file, if mapped here.
+    pub fn address_of(&self, file_offset: u64) -> Option<u64> {
+        let len = self.limit - self.start;
+        (file_offset >= self.offset && file_offset - self.offset < len)
+            .then(|| self.start + (file_offset - self.offset))
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,7 +89,13 @@ pub struct SiteReport {
 impl Report {
     /// A snapshot of `model` at `now`; `started` is when tracing began. Sites
     /// come surest leak first, then by growth, then by size.
-    pub fn build(model: &Model, targets: Vec<TargetInfo>, started: Ns, now: Ns) -> Self {
+    pub fn build(
+        model: &Model,
+        targets: Vec<TargetInfo>,
+        modules: Vec<ModuleMap>,
+        started: Ns,
+        now: Ns,
+    ) -> Self {
         let mut sites: Vec<SiteReport> = model
             .sites
             .values()
@@ -92,6 +122,7 @@ impl Report {
                 frees: model.frees,
             },
             sites,
+            modules,
         }
     }
 
@@ -126,7 +157,7 @@ impl Report {
                 out,
                 "{:<9} {:<5} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
                 s.verdict.name(),
-                kind_name(s.kind),
+                s.kind.name(),
                 human_bytes(s.outstanding_bytes),
                 s.outstanding_count,
                 growth(s.growth_bytes_per_s),
@@ -182,7 +213,7 @@ impl Report {
                 i + 1,
                 s.verdict.name().to_uppercase(),
                 s.confidence,
-                kind_name(s.kind),
+                s.kind.name(),
                 human_bytes(s.outstanding_bytes),
                 s.outstanding_count,
                 if s.outstanding_count == 1 { "" } else { "s" },
@@ -305,13 +336,6 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
         growth_count_per_s: (a.growth_count_per_s * 1000.0).round() / 1000.0,
         time_to_limit_s,
         frames: s.frames.clone(),
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Heap => "heap",
-        Kind::Mmap => "mmap",
     }
 }
 

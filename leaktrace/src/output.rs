@@ -1,0 +1,140 @@
+//! Writing reports to files: JSON, pprof, SVG flamegraph or folded stacks, picked
+//! by extension (or --format); always through a temporary file and a rename, so
+//! a reader or a kill never leaves half a file.
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+
+use crate::{flamegraph, pprof, report::Report};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The JSON report (docs/json.md).
+    Json,
+    /// Gzipped pprof profile.proto (docs/pprof.md).
+    Pprof,
+    /// Interactive flamegraph of outstanding bytes.
+    Svg,
+    /// Folded stacks of outstanding bytes (flamegraph.pl, inferno, speedscope).
+    Folded,
+}
+
+/// Suffixes that name a format, longest first.
+const SUFFIXES: [(&str, Format); 6] = [
+    (".pb.gz", Format::Pprof),
+    (".pprof", Format::Pprof),
+    (".json", Format::Json),
+    (".svg", Format::Svg),
+    (".folded", Format::Folded),
+    (".txt", Format::Folded),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+impl Output {
+    /// The output for `path`: its format from `forced` or else its extension.
+    pub fn new(path: PathBuf, forced: Option<Format>) -> Result<Self, String> {
+        let format = match forced {
+            Some(f) => f,
+            None => suffix(&path).map(|(_, f)| f).ok_or_else(|| {
+                format!(
+                    "cannot tell the format of {} from its name: end it in .json, .pb.gz, \
+                     .svg or .folded, or give --format",
+                    path.display()
+                )
+            })?,
+        };
+        Ok(Self { path, format })
+    }
+
+    pub fn write(&self, report: &Report) -> Result<()> {
+        self.write_to(&self.path, report)
+    }
+
+    /// Writes snapshot number `n` next to the output: `leaks.pb.gz` becomes
+    /// `leaks.0001.pb.gz`; returns its path.
+    pub fn write_snapshot(&self, report: &Report, n: u32) -> Result<PathBuf> {
+        let path = numbered(&self.path, n);
+        self.write_to(&path, report)?;
+        Ok(path)
+    }
+
+    fn write_to(&self, path: &Path, report: &Report) -> Result<()> {
+        let bytes = match self.format {
+            Format::Json => serde_json::to_vec_pretty(report)?,
+            Format::Pprof => pprof::encode(report, wall_clock_ns())?,
+            Format::Svg => flamegraph::svg(report)?,
+            Format::Folded => flamegraph::folded(report).into_bytes(),
+        };
+        write_atomically(path, &bytes).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn suffix(path: &Path) -> Option<(&'static str, Format)> {
+    let name = path.file_name()?.to_str()?;
+    SUFFIXES.into_iter().find(|(s, _)| name.ends_with(s))
+}
+
+/// `dir/leaks.pb.gz` → `dir/leaks.0007.pb.gz`; a name without a known suffix
+/// gets the number at its end.
+pub fn numbered(path: &Path, n: u32) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = suffix(path).map_or("", |(s, _)| s);
+    let stem = &name[..name.len() - ext.len()];
+    path.with_file_name(format!("{stem}.{n:04}{ext}"))
+}
+
+fn wall_clock_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Writes through a temporary file and a rename: a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_follow_the_extension_unless_forced() {
+        let of = |p: &str| Output::new(PathBuf::from(p), None).map(|o| o.format);
+        assert_eq!(of("leaks.pb.gz"), Ok(Format::Pprof));
+        assert_eq!(of("/tmp/x.json"), Ok(Format::Json));
+        assert_eq!(of("flame.svg"), Ok(Format::Svg));
+        assert_eq!(of("stacks.folded"), Ok(Format::Folded));
+        assert!(of("leaks.bin").is_err());
+        let forced = Output::new(PathBuf::from("leaks.bin"), Some(Format::Pprof));
+        assert_eq!(forced.unwrap().format, Format::Pprof);
+    }
+
+    #[test]
+    fn snapshots_are_numbered_before_the_extension() {
+        let p = |s: &str, n| numbered(Path::new(s), n);
+        assert_eq!(
+            p("out/leaks.pb.gz", 1),
+            PathBuf::from("out/leaks.0001.pb.gz")
+        );
+        assert_eq!(p("a.b.json", 12), PathBuf::from("a.b.0012.json"));
+        assert_eq!(p("profile", 3), PathBuf::from("profile.0003"));
+    }
+}

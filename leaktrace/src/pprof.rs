@@ -1,0 +1,435 @@
+//! The report as a pprof profile (gzipped `profile.proto`), shaped like Go's heap
+//! profile so `go tool pprof`, Pyroscope, Parca and Speedscope show it as one:
+//! sample types `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`
+//! (the default). Format notes: docs/pprof.md.
+pub mod proto;
+
+use std::{collections::HashMap, io::Write};
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message;
+
+use crate::{
+    report::{ModuleMap, Report, SiteReport},
+    symbolize::Frame,
+};
+
+use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+
+/// (type, unit) of each value of a sample, in Go's heap-profile order.
+pub const SAMPLE_TYPES: [(&str, &str); 4] = [
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+];
+const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
+
+/// The gzipped profile of `report`.
+pub fn encode(report: &Report, wall_time_ns: i64) -> std::io::Result<Vec<u8>> {
+    let bytes = build(report, wall_time_ns).encode_to_vec();
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&bytes)?;
+    gz.finish()
+}
+
+pub fn build(report: &Report, wall_time_ns: i64) -> Profile {
+    let mut b = Builder::default();
+    b.string(""); // index 0 is always the empty string
+    b.profile.sample_type = SAMPLE_TYPES
+        .iter()
+        .map(|(t, u)| b.value_type(t, u))
+        .collect();
+    b.profile.period_type = Some(b.value_type("space", "bytes"));
+    // Go puts its sampling rate here; leaktrace counts every allocation.
+    b.profile.period = 1;
+    b.profile.default_sample_type = b.string(DEFAULT_SAMPLE_TYPE);
+    b.profile.time_nanos = wall_time_ns;
+    b.profile.duration_nanos = (report.duration_s * 1e9) as i64;
+    let comments = comments(report);
+    b.profile.comment = comments.iter().map(|c| b.string(c)).collect();
+    // Tools take the first mapping for the main binary: the targets' executables.
+    for t in &report.targets {
+        let exe = t.exe.to_string_lossy();
+        if let Some(i) = report
+            .modules
+            .iter()
+            .position(|m| m.pid == t.pid && m.path == exe)
+        {
+            b.mapping(&report.modules[i], i);
+        }
+    }
+    for site in &report.sites {
+        b.sample(report, site);
+    }
+    b.profile
+}
+
+fn comments(report: &Report) -> Vec<String> {
+    let mut out = vec![format!(
+        "leaktrace {}: outstanding allocations per call site after {:.1}s",
+        env!("CARGO_PKG_VERSION"),
+        report.duration_s
+    )];
+    let lost = report.lost.total();
+    if lost > 0 {
+        out.push(format!(
+            "{lost} events were lost: totals are low bounds (see the text report)"
+        ));
+    }
+    out
+}
+
+#[derive(Default)]
+struct Builder {
+    profile: Profile,
+    strings: HashMap<String, i64>,
+    functions: HashMap<(String, String), u64>,
+    /// (pid, module, file offset) → location id.
+    locations: HashMap<(u32, Option<String>, u64), u64>,
+    /// Index in `Report::modules` → mapping id.
+    mappings: HashMap<usize, u64>,
+}
+
+impl Builder {
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.profile.string_table.len() as i64;
+        self.profile.string_table.push(s.to_string());
+        self.strings.insert(s.to_string(), i);
+        i
+    }
+
+    fn value_type(&mut self, ty: &str, unit: &str) -> ValueType {
+        ValueType {
+            r#type: self.string(ty),
+            unit: self.string(unit),
+        }
+    }
+
+    fn label(&mut self, key: &str, value: &str) -> Label {
+        Label {
+            key: self.string(key),
+            str: self.string(value),
+            ..Label::default()
+        }
+    }
+
+    fn sample(&mut self, report: &Report, site: &SiteReport) {
+        let mut location_id = Vec::new();
+        // A location is one address: inlined frames (innermost first) and the
+        // frame they were inlined into share it, and become its lines.
+        let mut pending: Vec<&Frame> = Vec::new();
+        for frame in &site.frames {
+            pending.push(frame);
+            if !frame.inlined {
+                location_id.push(self.location(report, site.pid, &pending));
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            location_id.push(self.location(report, site.pid, &pending));
+        }
+        if site.frames.is_empty() {
+            location_id.push(self.unknown_location());
+        }
+        let comm = report
+            .targets
+            .iter()
+            .find(|t| t.pid == site.pid)
+            .map_or(String::new(), |t| t.comm.clone());
+        let label = vec![
+            self.label("kind", site.kind.name()),
+            self.label("pid", &site.pid.to_string()),
+            self.label("comm", &comm),
+            self.label("verdict", site.verdict.name()),
+        ];
+        self.profile.sample.push(Sample {
+            location_id,
+            value: vec![
+                site.total_count as i64,
+                site.total_bytes as i64,
+                site.outstanding_count as i64,
+                site.outstanding_bytes as i64,
+            ],
+            label,
+        });
+    }
+
+    fn location(&mut self, report: &Report, pid: u32, frames: &[&Frame]) -> u64 {
+        let last = frames[frames.len() - 1];
+        let key = (pid, last.module.clone(), last.address);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let (mapping_id, address) = self.place(report, pid, last);
+        let line = frames
+            .iter()
+            .map(|f| Line {
+                function_id: self.function(f),
+                line: f.line.map_or(0, i64::from),
+                column: 0,
+            })
+            .collect();
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            mapping_id,
+            address,
+            line,
+            is_folded: false,
+        });
+        self.locations.insert(key, id);
+        id
+    }
+
+    /// The mapping and process address of a frame; its file offset when the
+    /// module is not in the target's maps any more.
+    fn place(&mut self, report: &Report, pid: u32, frame: &Frame) -> (u64, u64) {
+        let Some(module) = &frame.module else {
+            return (0, frame.address);
+        };
+        let found = report.modules.iter().enumerate().find_map(|(i, m)| {
+            (m.pid == pid && &m.path == module)
+                .then(|| m.address_of(frame.address).map(|a| (i, a)))
+                .flatten()
+        });
+        match found {
+            Some((i, address)) => (self.mapping(&report.modules[i], i), address),
+            None => (0, frame.address),
+        }
+    }
+
+    fn mapping(&mut self, m: &ModuleMap, index: usize) -> u64 {
+        if let Some(&id) = self.mappings.get(&index) {
+            return id;
+        }
+        let id = self.profile.mapping.len() as u64 + 1;
+        let mapping = Mapping {
+            id,
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.offset,
+            filename: self.string(&m.path),
+            build_id: self.string(m.build_id.as_deref().unwrap_or("")),
+            // Symbolized here: tools must not try to symbolize again.
+            has_functions: true,
+            has_filenames: true,
+            has_line_numbers: true,
+            has_inline_frames: true,
+        };
+        self.profile.mapping.push(mapping);
+        self.mappings.insert(index, id);
+        id
+    }
+
+    fn function(&mut self, frame: &Frame) -> u64 {
+        let name = frame.function.clone().unwrap_or_else(|| frame.location());
+        let file = frame.file.clone().unwrap_or_default();
+        let key = (name, file);
+        if let Some(&id) = self.functions.get(&key) {
+            return id;
+        }
+        let id = self.profile.function.len() as u64 + 1;
+        let name = self.string(&key.0);
+        let function = Function {
+            id,
+            name,
+            system_name: name,
+            filename: self.string(&key.1),
+            start_line: 0,
+        };
+        self.profile.function.push(function);
+        self.functions.insert(key, id);
+        id
+    }
+
+    /// One shared location for samples whose stack was not recorded.
+    fn unknown_location(&mut self) -> u64 {
+        let frame = Frame {
+            function: Some("[stack not recorded]".into()),
+            file: None,
+            line: None,
+            module: None,
+            address: 0,
+            inlined: false,
+        };
+        let key = (0, None, 0);
+        if let Some(&id) = self.locations.get(&key) {
+            return id;
+        }
+        let line = vec![Line {
+            function_id: self.function(&frame),
+            line: 0,
+            column: 0,
+        }];
+        let id = self.profile.location.len() as u64 + 1;
+        self.profile.location.push(Location {
+            id,
+            line,
+            ..Location::default()
+        });
+        self.locations.insert(key, id);
+        id
+    }
+}
+
+/// Dangling references in a profile, as messages (empty when consistent): what
+/// the pprof tools would reject or misread.
+pub fn check(p: &Profile) -> Vec<String> {
+    let mut errors = Vec::new();
+    let strings = p.string_table.len() as i64;
+    if p.string_table.first().map(String::as_str) != Some("") {
+        errors.push("string 0 is not empty".to_string());
+    }
+    let mut string_ok = |what: &str, i: i64| {
+        if !(0..strings).contains(&i) {
+            errors.push(format!("{what}: string {i} out of range"));
+        }
+    };
+    for vt in p.sample_type.iter().chain(&p.period_type) {
+        string_ok("value type", vt.r#type);
+        string_ok("value type unit", vt.unit);
+    }
+    for m in &p.mapping {
+        string_ok("mapping filename", m.filename);
+        string_ok("mapping build id", m.build_id);
+    }
+    for f in &p.function {
+        string_ok("function name", f.name);
+        string_ok("function system name", f.system_name);
+        string_ok("function filename", f.filename);
+    }
+    for s in &p.sample {
+        for l in &s.label {
+            string_ok("label key", l.key);
+            string_ok("label value", l.str);
+        }
+    }
+    string_ok("default sample type", p.default_sample_type);
+    let ids_ok = |ids: Vec<u64>| ids.iter().enumerate().all(|(i, &id)| id == i as u64 + 1);
+    if !ids_ok(p.mapping.iter().map(|m| m.id).collect()) {
+        errors.push("mapping ids are not 1..n".into());
+    }
+    if !ids_ok(p.location.iter().map(|l| l.id).collect()) {
+        errors.push("location ids are not 1..n".into());
+    }
+    if !ids_ok(p.function.iter().map(|f| f.id).collect()) {
+        errors.push("function ids are not 1..n".into());
+    }
+    for l in &p.location {
+        if l.mapping_id > p.mapping.len() as u64 {
+            errors.push(format!("location {}: no mapping {}", l.id, l.mapping_id));
+        }
+        for line in &l.line {
+            if line.function_id == 0 || line.function_id > p.function.len() as u64 {
+                errors.push(format!(
+                    "location {}: no function {}",
+                    l.id, line.function_id
+                ));
+            }
+        }
+    }
+    for s in &p.sample {
+        if s.value.len() != p.sample_type.len() {
+            errors.push("a sample's values do not match the sample types".into());
+        }
+        for &id in &s.location_id {
+            if id == 0 || id > p.location.len() as u64 {
+                errors.push(format!("sample: no location {id}"));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::Kind, report::Totals, verdict::Verdict};
+
+    fn frame(function: &str, address: u64, inlined: bool) -> Frame {
+        Frame {
+            function: Some(function.into()),
+            file: Some("/src/app.c".into()),
+            line: Some(7),
+            module: Some("/bin/app".into()),
+            address,
+            inlined,
+        }
+    }
+
+    fn report(frames: Vec<Frame>) -> Report {
+        let site = SiteReport {
+            kind: Kind::Heap,
+            pid: 42,
+            outstanding_bytes: 100,
+            outstanding_count: 2,
+            total_bytes: 300,
+            total_count: 5,
+            oldest_age_s: Some(1.0),
+            verdict: Verdict::Leak,
+            confidence: 0.9,
+            growth_bytes_per_s: 10.0,
+            growth_count_per_s: 0.1,
+            time_to_limit_s: None,
+            frames,
+        };
+        Report {
+            version: 2,
+            targets: Vec::new(),
+            duration_s: 1.0,
+            lost: Default::default(),
+            totals: Totals::default(),
+            sites: vec![site.clone(), SiteReport { pid: 43, ..site }],
+            modules: vec![ModuleMap {
+                pid: 42,
+                start: 0x5000_0000,
+                limit: 0x5000_2000,
+                offset: 0x1000,
+                path: "/bin/app".into(),
+                build_id: Some("abcd".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn inlined_frames_share_one_location_innermost_first() {
+        let r = report(vec![
+            frame("inner", 0x1234, true),
+            frame("outer", 0x1234, false),
+            frame("main", 0x1300, false),
+        ]);
+        let p = build(&r, 0);
+        assert_eq!(check(&p), Vec::<String>::new());
+        let sample = &p.sample[0];
+        assert_eq!(sample.value, vec![5, 300, 2, 100]);
+        assert_eq!(sample.location_id.len(), 2);
+        let loc = &p.location[sample.location_id[0] as usize - 1];
+        let names: Vec<&str> = loc
+            .line
+            .iter()
+            .map(|l| {
+                let f = &p.function[l.function_id as usize - 1];
+                p.string_table[f.name as usize].as_str()
+            })
+            .collect();
+        assert_eq!(names, ["inner", "outer"]);
+        // Placed in the process: start + (file offset - mapping offset).
+        assert_eq!(loc.address, 0x5000_0234);
+        assert_eq!(loc.mapping_id, 1);
+        // pid 43 has no mapping: the file offset stands, without a mapping.
+        let other = &p.location[p.sample[1].location_id[0] as usize - 1];
+        assert_eq!((other.mapping_id, other.address), (0, 0x1234));
+    }
+
+    #[test]
+    fn a_lost_stack_still_gets_a_location() {
+        let p = build(&report(Vec::new()), 0);
+        assert_eq!(check(&p), Vec::<String>::new());
+        assert_eq!(p.sample[0].location_id, p.sample[1].location_id);
+        assert_eq!(p.location.len(), 1);
+    }
+}
