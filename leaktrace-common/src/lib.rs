@@ -133,12 +133,62 @@ pub enum EventKind {
     Mmap = 1,
     Munmap = 2,
     Mremap = 3,
+    /// [`FdOpen`]: descriptors created.
+    FdOpen = 4,
+    /// [`FdClose`]: descriptors `first..=last` closed.
+    FdClose = 5,
+    /// [`FdClose`] of an `execve` that succeeded: close-on-exec descriptors are gone.
+    FdExec = 6,
 }
 
-/// Words copied from the user stack at a syscall, so userspace can find the
-/// return address of a frameless libc wrapper (its frame size is known only
-/// after decoding the wrapper).
-pub const USER_STACK_WORDS: usize = 24;
+/// Bit in the `FAMILIES` global: which syscall families the tracepoints follow.
+pub const FAMILY_MMAP: u32 = 1;
+pub const FAMILY_FDS: u32 = 2;
+/// Name of the eBPF global userspace sets before loading.
+pub const FAMILIES_GLOBAL: &str = "FAMILIES";
+
+/// Bytes of a path or name copied with an open (NUL-terminated).
+pub const FD_PATH_LEN: usize = 256;
+
+/// One or two descriptors created by syscall `nr` (pipe and socketpair make two).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdOpen {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub nr: u32,
+    pub fd: i32,
+    /// The second descriptor of a pair, or -1.
+    pub fd2: i32,
+    pub stack_id: u32,
+    /// The syscall's first three arguments (dirfd, socket family and type, old fd…).
+    pub args: [u64; 3],
+    /// User stack pointer at the syscall instruction.
+    pub sp: u64,
+    pub stack_words: [u64; USER_STACK_WORDS],
+    /// The path (open family) or name (memfd_create), NUL-terminated.
+    pub path: [u8; FD_PATH_LEN],
+}
+
+/// Descriptors `first..=last` were closed (close, close_range), or an exec happened.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdClose {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub first: u32,
+    pub last: u32,
+}
+
+/// Words copied from the user stack at a syscall (1 KiB), so userspace can find
+/// the return address of a frameless libc wrapper (its frame size is known only
+/// after decoding the wrapper) and, when the wrapper reused rbp, follow the
+/// caller's frame pointers in this copy rather than in memory that has moved on.
+pub const USER_STACK_WORDS: usize = 128;
+/// When the whole copy would cross the top of the stack, this much is copied.
+pub const USER_STACK_WORDS_NEAR_TOP: usize = 16;
 
 /// An anonymous mapping was created, removed or moved by the target.
 ///

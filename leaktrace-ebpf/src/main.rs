@@ -2,14 +2,18 @@
 //!
 //! - [`alloc`]: uprobes on the allocator (malloc, free, realloc, …), accounted in the kernel.
 //! - [`mmap`]: anonymous mmap/munmap/mremap, sent to userspace (which handles partial unmaps).
+//! - [`fd`]: descriptors created and closed (files, sockets, pipes, …), sent to userspace.
+//! - [`stack`]: the user stack of a syscall, shared by the syscall families.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod alloc;
+mod fd;
 mod maps;
 mod mmap;
+mod stack;
 mod syscalls;
 
 #[cfg(target_arch = "bpf")]

@@ -4,15 +4,16 @@
 //! cannot look up by range; these calls are rare, so each successful one goes to
 //! userspace, which keeps the mappings as intervals.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP, pt_regs},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user_buf},
-    programs::{RawTracePointContext, tracing::StackIdContext},
+    bindings::{BPF_RB_NO_WAKEUP, pt_regs},
+    helpers::bpf_ktime_get_ns,
+    programs::RawTracePointContext,
 };
 use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs, USER_STACK_WORDS};
 
 use crate::{
     alloc,
-    maps::{EVENTS, STACKS, count},
+    maps::{EVENTS, count},
+    stack,
 };
 
 const SYS_MMAP: u64 = 9;
@@ -63,21 +64,7 @@ pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64,
         (*event)._pad = 0;
         (*event).stack_words = [0; USER_STACK_WORDS];
         if kind != EventKind::Munmap {
-            (*event).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-                Ok(id) => id as u32,
-                Err(_) => {
-                    count(Counter::StackLost);
-                    NO_STACK
-                }
-            };
-            // The frame-pointer walk skips the caller of a frameless libc wrapper;
-            // userspace finds its return address among these words.
-            let words = &mut (*event).stack_words;
-            let bytes = core::slice::from_raw_parts_mut(
-                words.as_mut_ptr().cast::<u8>(),
-                USER_STACK_WORDS * 8,
-            );
-            let _ = bpf_probe_read_user_buf(sp as *const u8, bytes);
+            (*event).stack_id = stack::capture(ctx, sp, &mut (*event).stack_words);
         }
     }
     // Userspace drains on a timer: no wakeup per event.

@@ -7,12 +7,23 @@ use aya_ebpf::{
     bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use leaktrace_common::{Counter, SyscallArgs};
+use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_MMAP, SyscallArgs};
 
 use crate::{
+    fd,
     maps::{SYSCALLS, TARGETS, count, current_tgid_tid},
     mmap,
 };
+
+/// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`]): set by userspace at load.
+#[unsafe(no_mangle)]
+static FAMILIES: u32 = 0;
+
+#[inline(always)]
+fn families() -> u32 {
+    // SAFETY: a global userspace writes before load; volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(&FAMILIES) }
+}
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -21,19 +32,27 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let nr: u64 = ctx.arg(1);
-    if !mmap::wants(nr) {
+    let families = families();
+    let is_mmap = families & FAMILY_MMAP != 0 && mmap::wants(nr);
+    let is_fd = families & FAMILY_FDS != 0 && fd::wants(nr);
+    if !is_mmap && !is_fd {
         return 0;
     }
     let Some(regs) = user_regs(&ctx) else {
         return 0;
     };
-    if !mmap::keep(nr, &regs, tid) {
-        return 0;
-    }
     let args = SyscallArgs {
         nr,
         args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
     };
+    let keep = if is_mmap {
+        mmap::keep(nr, &regs, tid)
+    } else {
+        fd::keep(&args)
+    };
+    if !keep {
+        return 0;
+    }
     if SYSCALLS.insert(tid, args, 0).is_err() {
         count(Counter::SyscallsFull);
     }
@@ -59,7 +78,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(regs) = user_regs(&ctx) else {
         return 0;
     };
-    mmap::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+    if mmap::wants(args.nr) {
+        mmap::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+    } else {
+        fd::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+    }
     0
 }
 

@@ -9,14 +9,16 @@ use crate::{
     session::Options,
 };
 
-const ABOUT: &str = "Find memory that is never freed, per call site, in running processes — out of process, with eBPF.";
+const ABOUT: &str = "Find memory that is never freed and descriptors never closed, per call site, in running processes — out of process, with eBPF.";
 
 const LONG_ABOUT: &str = "\
 leaktrace attaches eBPF probes to a running process (--pid) or to a command it \
 starts (-- CMD ARGS…) and accounts, per call site, the heap allocations \
 (malloc, calloc, realloc, reallocarray, posix_memalign, aligned_alloc, memalign, \
-valloc, pvalloc, free) and anonymous mappings (mmap, munmap, mremap) that are \
-still outstanding. The target is not restarted, recompiled or ptraced; its \
+valloc, pvalloc, free), the anonymous mappings (mmap, munmap, mremap) and the \
+file descriptors (files, sockets, pipes, eventfds, epoll, timerfds, …: every \
+call that creates one, close, close_range, dup2, exec) that are still \
+outstanding, with the paths and peer addresses of what is open. The target is not restarted, recompiled or ptraced; its \
 allocator is found through its memory map (glibc, or a static or bundled malloc).
 
 Every --interval it prints the top sites, surest leaks first; at the end \
@@ -38,7 +40,7 @@ EXAMPLES:
     sudo leaktrace --pid 1234                  trace until Ctrl-C
     sudo leaktrace --pid 1234 --pid 1240 -d 60s -o leaks.json
     sudo leaktrace -d 10s -- ./server --port 8080
-    sudo leaktrace --no-heap --pid 1234        anonymous mmap only
+    sudo leaktrace --no-heap --no-mmap --pid 1234   descriptors and sockets only
     sudo leaktrace --pid 1234 -o leaks.pb.gz -o flame.svg
     go tool pprof -top leaks.pb.gz             read the profile (inuse_space by default)
     sudo leaktrace --pid 1234 -o leaks.pb.gz --snapshot-every 60s
@@ -98,6 +100,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_mmap: bool,
 
+    /// Do not trace file descriptors and sockets.
+    #[arg(long)]
+    pub no_fds: bool,
+
     /// Outstanding heap allocations the kernel map can hold; beyond it allocations
     /// are counted as lost and reported.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
@@ -117,8 +123,8 @@ impl Cli {
         if self.pids.is_empty() && self.command.is_empty() {
             return Err("nothing to trace: give --pid PID or -- CMD ARGS…".into());
         }
-        if self.no_heap && self.no_mmap {
-            return Err("--no-heap and --no-mmap together leave nothing to trace".into());
+        if self.no_heap && self.no_mmap && self.no_fds {
+            return Err("--no-heap, --no-mmap and --no-fds together leave nothing to trace".into());
         }
         if self.interval.is_zero() {
             return Err("--interval must be longer than zero".into());
@@ -147,6 +153,7 @@ impl Cli {
             families: Families {
                 heap: !self.no_heap,
                 mmap: !self.no_mmap,
+                fds: !self.no_fds,
             },
             limits: Limits {
                 max_allocs: self.max_allocs.max(1),

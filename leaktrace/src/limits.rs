@@ -55,6 +55,31 @@ impl MemoryLimit {
     }
 }
 
+/// The open-files limit (RLIMIT_NOFILE, soft) of a process and what it has open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FdLimit {
+    pub limit: u64,
+    pub open: u64,
+}
+
+impl FdLimit {
+    pub fn headroom(&self) -> u64 {
+        self.limit.saturating_sub(self.open)
+    }
+
+    pub fn of(pid: u32) -> Option<Self> {
+        let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        let limit = line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let open = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+        Some(Self { limit, open })
+    }
+}
+
 /// Where the memory hierarchy (v1) or the unified one (v2) is mounted.
 fn mount_point(mountinfo: &str, v2: bool) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {

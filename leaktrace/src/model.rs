@@ -2,10 +2,11 @@
 //! the views (text, JSON); never touches the kernel itself.
 use std::collections::{BTreeMap, HashMap};
 
-use leaktrace_common::{EventKind, MapEvent, SiteKey, SiteStats};
+use leaktrace_common::{EventKind, MapEvent, NO_STACK, SiteKey, SiteStats};
 use serde::Serialize;
 
 use crate::{
+    handles::HandleKind,
     series::{Point, Series},
     symbolize::Frame,
 };
@@ -20,6 +21,9 @@ pub const PAGE: u64 = 4096;
 pub enum Kind {
     Heap,
     Mmap,
+    /// Descriptors other than sockets: files, pipes, eventfds, epoll, timers…
+    Fd,
+    Socket,
 }
 
 impl Kind {
@@ -27,8 +31,31 @@ impl Kind {
         match self {
             Kind::Heap => "heap",
             Kind::Mmap => "mmap",
+            Kind::Fd => "fd",
+            Kind::Socket => "socket",
         }
     }
+
+    /// Handles are counted, memory is measured in bytes.
+    pub fn is_handle(self) -> bool {
+        matches!(self, Kind::Fd | Kind::Socket)
+    }
+}
+
+/// The stack id of the site of descriptors found open at attach.
+pub const BEFORE_ATTACH: u32 = NO_STACK - 1;
+
+/// How many details (paths, peers) a handle site keeps, most frequent first.
+pub const TOP_DETAILS: usize = 5;
+
+/// An open descriptor of a target.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    pub site: SiteId,
+    pub kind: HandleKind,
+    /// Path of a file, protocol and addresses of a socket, name of a memfd.
+    pub detail: String,
+    pub ts: Ns,
 }
 
 /// A call site of one process.
@@ -36,9 +63,8 @@ impl Kind {
 pub struct SiteId {
     pub tgid: u32,
     pub kind: Kind,
+    /// A kernel stack id (heap), or one the pump made for a repaired syscall stack.
     pub stack_id: u32,
-    /// Return address the frame-pointer walk missed (frameless libc wrapper), or 0.
-    pub caller: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +81,8 @@ pub struct Site {
     pub aged_count: u64,
     /// Outstanding bytes and count over time, for the verdict.
     pub series: Series,
+    /// Handle sites: the most frequent (kind, detail) of the open handles, with counts.
+    pub details: Vec<(HandleKind, String, u64)>,
     /// Symbolized stack, innermost first; empty until symbolized or when the stack was lost.
     pub frames: Vec<Frame>,
 }
@@ -71,6 +99,7 @@ impl Site {
             aged_bytes: 0,
             aged_count: 0,
             series: Series::default(),
+            details: Vec::new(),
             frames: Vec::new(),
         }
     }
@@ -156,6 +185,8 @@ pub struct Model {
     /// Allocations younger than this are left out of what reports show (`--min-age`).
     pub min_age: Ns,
     regions: HashMap<u32, Regions>,
+    /// Open descriptors per process.
+    fds: HashMap<u32, BTreeMap<i32, Handle>>,
     pub lost: Lost,
     pub allocs: u64,
     pub frees: u64,
@@ -179,7 +210,6 @@ impl Model {
             tgid: key.tgid,
             kind: Kind::Heap,
             stack_id: key.stack_id,
-            caller: 0,
         };
         let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
         site.live_bytes = stats.live_bytes.max(0) as u64;
@@ -202,21 +232,122 @@ impl Model {
         }
     }
 
-    /// Sets what each mmap site holds that is older than `--min-age` at `now`.
-    pub fn set_mmap_ages(&mut self, now: Ns) {
+    /// Sets what each mmap and handle site holds that is older than `--min-age` at `now`.
+    pub fn set_tracked_ages(&mut self, now: Ns) {
         let cutoff = now.saturating_sub(self.min_age);
-        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Mmap) {
+        for site in self.sites.values_mut().filter(|s| s.id.kind != Kind::Heap) {
             site.aged_bytes = 0;
             site.aged_count = 0;
         }
-        for (&start, region) in self.regions.values().flat_map(|r| &r.by_start) {
-            if region.ts <= cutoff
-                && let Some(site) = self.sites.get_mut(&region.site)
+        let regions = self.regions.values().flat_map(|r| &r.by_start);
+        let regions = regions.map(|(&start, r)| (r.site, r.ts, r.end - start));
+        let handles = self.fds.values().flat_map(|t| t.values());
+        let handles = handles.map(|h| (h.site, h.ts, 0));
+        for (site, ts, bytes) in regions.chain(handles) {
+            if ts <= cutoff
+                && let Some(site) = self.sites.get_mut(&site)
             {
-                site.aged_bytes += region.end - start;
+                site.aged_bytes += bytes;
                 site.aged_count += 1;
             }
         }
+    }
+
+    /// Descriptor `fd` of `tgid` is now `handle` (one already open under that
+    /// number was closed implicitly, as dup2 does). `made` counts it in its
+    /// site's total: false for descriptors found open at attach.
+    pub fn open_fd(&mut self, tgid: u32, fd: i32, handle: Handle, made: bool) {
+        let site = self
+            .sites
+            .entry(handle.site)
+            .or_insert_with(|| Site::new(handle.site));
+        if made {
+            site.total_count += 1;
+        }
+        self.fds.entry(tgid).or_default().insert(fd, handle);
+    }
+
+    pub fn close_fds(&mut self, tgid: u32, first: u32, last: u32) {
+        let Some(table) = self.fds.get_mut(&tgid) else {
+            return;
+        };
+        let (first, last) = (
+            first.min(i32::MAX as u32) as i32,
+            last.min(i32::MAX as u32) as i32,
+        );
+        let closed: Vec<i32> = table.range(first..=last).map(|(&fd, _)| fd).collect();
+        for fd in closed {
+            table.remove(&fd);
+        }
+    }
+
+    /// Keeps only the descriptors in `open` (after an exec closed the close-on-exec ones).
+    pub fn retain_fds(&mut self, tgid: u32, open: &[i32]) {
+        if let Some(table) = self.fds.get_mut(&tgid) {
+            table.retain(|fd, _| open.contains(fd));
+        }
+    }
+
+    pub fn fd(&self, tgid: u32, fd: i32) -> Option<&Handle> {
+        self.fds.get(&tgid)?.get(&fd)
+    }
+
+    /// The open descriptors of `tgid`, for filling in details.
+    pub fn fds_mut(&mut self, tgid: u32) -> impl Iterator<Item = (&i32, &mut Handle)> {
+        self.fds
+            .get_mut(&tgid)
+            .into_iter()
+            .flat_map(|t| t.iter_mut())
+    }
+
+    /// Recomputes the handle sites of `tgid` from its descriptor table.
+    pub fn refresh_handles(&mut self, tgid: u32) {
+        let mut details: HashMap<SiteId, HashMap<(HandleKind, &str), u64>> = HashMap::new();
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind.is_handle() && s.id.tgid == tgid)
+        {
+            site.live_count = 0;
+            site.oldest_ns = None;
+        }
+        let Some(table) = self.fds.get(&tgid) else {
+            return;
+        };
+        for handle in table.values() {
+            if let Some(site) = self.sites.get_mut(&handle.site) {
+                site.live_count += 1;
+                site.oldest_ns = Some(site.oldest_ns.map_or(handle.ts, |t| t.min(handle.ts)));
+                *details
+                    .entry(handle.site)
+                    .or_default()
+                    .entry((handle.kind, &handle.detail))
+                    .or_default() += 1;
+            }
+        }
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind.is_handle() && s.id.tgid == tgid)
+        {
+            let mut top: Vec<(HandleKind, String, u64)> = details
+                .remove(&site.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|((kind, detail), n)| (kind, detail.to_string(), n))
+                .collect();
+            top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (a.0, &a.1).cmp(&(b.0, &b.1))));
+            top.truncate(TOP_DETAILS);
+            site.details = top;
+        }
+    }
+
+    pub fn open_handles(&self, kind: Kind) -> u64 {
+        self.sites
+            .values()
+            .filter(|s| s.id.kind == kind)
+            .map(|s| s.live_count)
+            .sum()
     }
 
     /// Adds a point to every site's series; `t` is seconds since tracing began.
@@ -230,13 +361,12 @@ impl Model {
         }
     }
 
-    /// Applies anonymous mmap/munmap/mremap events, each with the return address
-    /// recovered for its site (see [`SiteId::caller`]); the sites of each process
-    /// touched are recomputed once per batch.
-    pub fn apply_map_events(&mut self, events: &[(MapEvent, u64)]) {
+    /// Applies anonymous mmap/munmap/mremap events, each with the stack id of its
+    /// site; the sites of each process touched are recomputed once per batch.
+    pub fn apply_map_events(&mut self, events: &[(MapEvent, u32)]) {
         let mut touched: Vec<u32> = Vec::new();
-        for (ev, caller) in events {
-            self.apply_map_event(ev, *caller);
+        for (ev, stack_id) in events {
+            self.apply_map_event(ev, *stack_id);
             if !touched.contains(&ev.tgid) {
                 touched.push(ev.tgid);
             }
@@ -246,15 +376,14 @@ impl Model {
         }
     }
 
-    fn apply_map_event(&mut self, ev: &MapEvent, caller: u64) {
+    fn apply_map_event(&mut self, ev: &MapEvent, stack_id: u32) {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
         if ev.kind == EventKind::Mmap as u32 {
             let id = SiteId {
                 tgid: ev.tgid,
                 kind: Kind::Mmap,
-                stack_id: ev.stack_id,
-                caller,
+                stack_id,
             };
             regions.insert(
                 ev.addr,
@@ -279,6 +408,12 @@ impl Model {
                 },
             );
         }
+    }
+
+    /// An exec replaced every mapping of `tgid`.
+    pub fn forget_mappings(&mut self, tgid: u32) {
+        self.regions.remove(&tgid);
+        self.refresh_mmap(tgid);
     }
 
     /// Recomputes the mmap sites of `tgid` from its mappings.
@@ -333,8 +468,8 @@ mod tests {
         }
     }
 
-    fn apply(model: &mut Model, ev: MapEvent, caller: u64) {
-        model.apply_map_events(&[(ev, caller)]);
+    fn apply(model: &mut Model, ev: MapEvent, _: u64) {
+        model.apply_map_events(&[(ev, ev.stack_id)]);
     }
 
     fn mmap_site(model: &Model) -> &Site {

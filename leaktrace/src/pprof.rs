@@ -1,7 +1,8 @@
 //! The report as a pprof profile (gzipped `profile.proto`), shaped like Go's heap
 //! profile so `go tool pprof`, Pyroscope, Parca and Speedscope show it as one:
 //! sample types `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`
-//! (the default). Format notes: docs/pprof.md.
+//! (the default); open descriptors as `open_fds` and `open_sockets`. Format
+//! notes: docs/pprof.md.
 pub mod proto;
 
 use std::{collections::HashMap, io::Write};
@@ -10,18 +11,21 @@ use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
 use crate::{
+    model::Kind,
     report::{ModuleMap, Report, SiteReport},
     symbolize::Frame,
 };
 
 use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
-/// (type, unit) of each value of a sample, in Go's heap-profile order.
-pub const SAMPLE_TYPES: [(&str, &str); 4] = [
+/// (type, unit) of each value of a sample: Go's heap profile, then handles.
+pub const SAMPLE_TYPES: [(&str, &str); 6] = [
     ("alloc_objects", "count"),
     ("alloc_space", "bytes"),
     ("inuse_objects", "count"),
     ("inuse_space", "bytes"),
+    ("open_fds", "count"),
+    ("open_sockets", "count"),
 ];
 const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
 
@@ -146,14 +150,26 @@ impl Builder {
             self.label("comm", &comm),
             self.label("verdict", site.verdict.name()),
         ];
-        self.profile.sample.push(Sample {
-            location_id,
-            value: vec![
+        let open = site.outstanding_count as i64;
+        let value = match site.kind {
+            Kind::Fd => vec![0, 0, 0, 0, open, 0],
+            Kind::Socket => vec![0, 0, 0, 0, 0, open],
+            Kind::Heap | Kind::Mmap => vec![
                 site.total_count as i64,
                 site.total_bytes as i64,
-                site.outstanding_count as i64,
+                open,
                 site.outstanding_bytes as i64,
+                0,
+                0,
             ],
+        };
+        let mut label = label;
+        if let Some(d) = site.details.first() {
+            label.push(self.label("detail", &d.describe()));
+        }
+        self.profile.sample.push(Sample {
+            location_id,
+            value,
             label,
         });
     }
@@ -248,14 +264,7 @@ impl Builder {
 
     /// One shared location for samples whose stack was not recorded.
     fn unknown_location(&mut self) -> u64 {
-        let frame = Frame {
-            function: Some("[stack not recorded]".into()),
-            file: None,
-            line: None,
-            module: None,
-            address: 0,
-            inlined: false,
-        };
+        let frame = Frame::note("[stack not recorded]");
         let key = (0, None, 0);
         if let Some(&id) = self.locations.get(&key) {
             return id;
@@ -348,7 +357,7 @@ pub fn check(p: &Profile) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::Kind, report::Totals, verdict::Verdict};
+    use crate::{report::Totals, verdict::Verdict};
 
     fn frame(function: &str, address: u64, inlined: bool) -> Frame {
         Frame {
@@ -375,6 +384,7 @@ mod tests {
             growth_bytes_per_s: 10.0,
             growth_count_per_s: 0.1,
             time_to_limit_s: None,
+            details: Vec::new(),
             frames,
         };
         Report {
@@ -405,7 +415,7 @@ mod tests {
         let p = build(&r, 0);
         assert_eq!(check(&p), Vec::<String>::new());
         let sample = &p.sample[0];
-        assert_eq!(sample.value, vec![5, 300, 2, 100]);
+        assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0]);
         assert_eq!(sample.location_id.len(), 2);
         let loc = &p.location[sample.location_id[0] as usize - 1];
         let names: Vec<&str> = loc

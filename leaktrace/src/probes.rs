@@ -12,7 +12,10 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use leaktrace_common::{AllocInfo, AllocKey, COUNTER_SLOTS, SiteKey, SiteStats, maps};
+use leaktrace_common::{
+    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_MMAP, SiteKey,
+    SiteStats, maps,
+};
 
 use crate::{allocator::Allocator, target::Target};
 
@@ -50,6 +53,14 @@ pub struct Limits {
 pub struct Families {
     pub heap: bool,
     pub mmap: bool,
+    pub fds: bool,
+}
+
+impl Families {
+    /// The syscall families, as the eBPF `FAMILIES` global has them.
+    fn syscall_bits(self) -> u32 {
+        (if self.mmap { FAMILY_MMAP } else { 0 }) | (if self.fds { FAMILY_FDS } else { 0 })
+    }
 }
 
 /// The loaded eBPF object and its attachments.
@@ -64,7 +75,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/le
 
 impl Probes {
     pub fn load(limits: Limits, families: Families) -> Result<Self, ProbeError> {
+        let bits = families.syscall_bits();
         let ebpf = EbpfLoader::new()
+            .override_global(FAMILIES_GLOBAL, &bits, true)
             .map_max_entries(maps::ALLOCS, limits.max_allocs)
             .map_max_entries(maps::STACKS, limits.max_stacks)
             .load(OBJECT)
@@ -73,7 +86,7 @@ impl Probes {
             ebpf,
             loaded: Vec::new(),
         };
-        if families.mmap {
+        if bits != 0 {
             for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
                 let prog: &mut RawTracePoint = probes.program(program)?;
                 prog.attach(tracepoint)

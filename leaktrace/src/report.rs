@@ -5,7 +5,8 @@ use std::{fmt::Write as _, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
-    limits::MemoryLimit,
+    handles::HandleKind,
+    limits::{FdLimit, MemoryLimit},
     model::{Kind, Lost, Model, Ns, Site},
     symbolize::Frame,
     verdict::{self, Assessment, Evidence, Verdict},
@@ -57,6 +58,8 @@ pub struct TargetInfo {
     pub exited: bool,
     /// The cgroup memory limit closest to being hit, if any.
     pub memory_limit: Option<MemoryLimit>,
+    /// The open-files limit and how many descriptors are open.
+    pub fd_limit: Option<FdLimit>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -65,6 +68,9 @@ pub struct Totals {
     pub mmap_bytes: u64,
     pub allocations: u64,
     pub frees: u64,
+    /// Open descriptors other than sockets, and open sockets.
+    pub open_fds: u64,
+    pub open_sockets: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,7 +89,18 @@ pub struct SiteReport {
     /// Seconds until the target's limit is reached if this site keeps growing
     /// at its rate (memory: the cgroup's limit), for leaking and growing sites.
     pub time_to_limit_s: Option<f64>,
+    /// Handle sites: what the open descriptors point to, most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Detail>,
     pub frames: Vec<Frame>,
+}
+
+/// Open descriptors of one kind pointing to one thing (a path, a peer).
+#[derive(Clone, Debug, Serialize)]
+pub struct Detail {
+    pub kind: HandleKind,
+    pub detail: String,
+    pub count: u64,
 }
 
 impl Report {
@@ -120,6 +137,8 @@ impl Report {
                 mmap_bytes: model.live_bytes(Kind::Mmap),
                 allocations: model.allocs,
                 frees: model.frees,
+                open_fds: model.open_handles(Kind::Fd),
+                open_sockets: model.open_handles(Kind::Socket),
             },
             sites,
             modules,
@@ -135,32 +154,38 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "-- {:.1}s traced · heap {} · mmap {} outstanding · {}",
+            "-- {:.1}s traced · {} · {}",
             self.duration_s,
-            human_bytes(self.totals.heap_bytes),
-            human_bytes(self.totals.mmap_bytes),
+            self.totals_line(),
             self.lost_line()
         );
         let _ = writeln!(
             out,
-            "{:<9} {:<5} {:>11} {:>9} {:>11} {:>8}  {:<7} SITE",
+            "{:<9} {:<6} {:>11} {:>9} {:>11} {:>8}  {:<7} SITE",
             "VERDICT", "KIND", "BYTES", "COUNT", "GROWTH/s", "OLDEST", "PID"
         );
         for s in self.outstanding().take(top) {
             let stack: Vec<String> = s.frames.iter().take(3).map(Frame::short).collect();
-            let stack = if stack.is_empty() {
+            let mut stack = if stack.is_empty() {
                 "[stack not recorded]".to_string()
             } else {
                 stack.join(" ← ")
             };
+            if let Some(d) = s.details.first() {
+                stack = format!("{} ← {stack}", d.describe());
+            }
             let _ = writeln!(
                 out,
-                "{:<9} {:<5} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
+                "{:<9} {:<6} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
                 s.verdict.name(),
                 s.kind.name(),
-                human_bytes(s.outstanding_bytes),
+                if s.kind.is_handle() {
+                    "-".into()
+                } else {
+                    human_bytes(s.outstanding_bytes)
+                },
                 s.outstanding_count,
-                growth(s.growth_bytes_per_s),
+                s.growth_per_s(),
                 s.oldest_age_s.map_or("-".into(), |a| format!("{a:.1}s")),
                 s.pid,
                 stack
@@ -191,12 +216,14 @@ impl Report {
                     human_bytes(l.used_bytes)
                 );
             }
+            if let Some(l) = &t.fd_limit {
+                let _ = writeln!(out, "    open files limit {}, {} open", l.limit, l.open);
+            }
         }
         let _ = writeln!(
             out,
-            "  outstanding: heap {} · mmap {} · {} allocations and {} frees seen",
-            human_bytes(self.totals.heap_bytes),
-            human_bytes(self.totals.mmap_bytes),
+            "  outstanding: {} · {} allocations and {} frees seen",
+            self.totals_line(),
             self.totals.allocations,
             self.totals.frees,
         );
@@ -204,43 +231,59 @@ impl Report {
         let _ = writeln!(out, "  verdicts: {}", self.verdict_line());
         let leaking: Vec<&SiteReport> = self.outstanding().collect();
         if leaking.is_empty() {
-            let _ = writeln!(out, "\nNo outstanding allocations.");
+            let _ = writeln!(out, "\nNothing outstanding.");
         }
         for (i, s) in leaking.iter().take(top).enumerate() {
+            let plural = if s.outstanding_count == 1 { "" } else { "s" };
+            let (held, made) = if s.kind.is_handle() {
+                (
+                    format!("{} {} open", s.kind.name(), s.outstanding_count),
+                    format!("{} opened in all", s.total_count),
+                )
+            } else {
+                (
+                    format!(
+                        "{} {} in {} allocation{plural}",
+                        s.kind.name(),
+                        human_bytes(s.outstanding_bytes),
+                        s.outstanding_count
+                    ),
+                    format!("{} allocated in all", human_bytes(s.total_bytes)),
+                )
+            };
             let _ = writeln!(
                 out,
-                "\n#{} {} (confidence {:.2}) · {} {} in {} allocation{} · growth {}/s · pid {} · oldest {} · {} allocated in all",
+                "\n#{} {} (confidence {:.2}) · {held} · growth {} · pid {} · oldest {} · {made}",
                 i + 1,
                 s.verdict.name().to_uppercase(),
                 s.confidence,
-                s.kind.name(),
-                human_bytes(s.outstanding_bytes),
-                s.outstanding_count,
-                if s.outstanding_count == 1 { "" } else { "s" },
-                growth(s.growth_bytes_per_s),
+                s.growth_per_s(),
                 s.pid,
                 s.oldest_age_s
                     .map_or("-".into(), |a| format!("{a:.1}s ago")),
-                human_bytes(s.total_bytes),
             );
             if let Some(secs) = s.time_to_limit_s {
-                let _ = writeln!(
-                    out,
-                    "    memory limit in {} at this rate",
-                    human_duration(secs)
-                );
+                let what = if s.kind.is_handle() {
+                    "open files limit"
+                } else {
+                    "memory limit"
+                };
+                let _ = writeln!(out, "    {what} in {} at this rate", human_duration(secs));
+            }
+            for d in &s.details {
+                let _ = writeln!(out, "    {} ×{}", d.describe(), d.count);
             }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
             }
             for f in &s.frames {
-                let _ = writeln!(
-                    out,
-                    "    {}{}  [{}]",
-                    if f.inlined { "(inlined) " } else { "" },
-                    f.short(),
-                    f.location()
-                );
+                let place = if f.module.is_none() && f.address == 0 {
+                    String::new() // a note, not code
+                } else {
+                    format!("  [{}]", f.location())
+                };
+                let inlined = if f.inlined { "(inlined) " } else { "" };
+                let _ = writeln!(out, "    {inlined}{}{place}", f.short());
             }
         }
         if leaking.len() > top {
@@ -251,6 +294,17 @@ impl Report {
             );
         }
         out
+    }
+
+    /// "heap 1.2 MiB · mmap 64.0 KiB · 12 fds · 3 sockets".
+    fn totals_line(&self) -> String {
+        format!(
+            "heap {} · mmap {} · {} fds · {} sockets",
+            human_bytes(self.totals.heap_bytes),
+            human_bytes(self.totals.mmap_bytes),
+            self.totals.open_fds,
+            self.totals.open_sockets
+        )
     }
 
     /// "2 leak, 1 growing, 3 stable, 5 transient" over sites holding something.
@@ -297,6 +351,29 @@ impl Report {
     }
 }
 
+impl SiteReport {
+    /// "+1.5 KiB/s" for memory, "+2.0/s" for handles.
+    pub fn growth_per_s(&self) -> String {
+        if self.kind.is_handle() {
+            format!("{:+.1}/s", self.growth_count_per_s)
+        } else {
+            format!("{}/s", growth(self.growth_bytes_per_s))
+        }
+    }
+}
+
+impl Detail {
+    /// "file /tmp/x", "socket tcp 127.0.0.1:41234 -> 127.0.0.1:8080", "pipe".
+    pub fn describe(&self) -> String {
+        let kind = self.kind.name();
+        match self.kind {
+            HandleKind::Socket | HandleKind::File if !self.detail.is_empty() => self.detail.clone(),
+            _ if self.detail.is_empty() => kind.to_string(),
+            _ => format!("{kind} {}", self.detail),
+        }
+    }
+}
+
 fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteReport {
     let oldest_age_s = s.oldest_ns.map(|t| seconds(now.saturating_sub(t)));
     let a: Assessment = verdict::assess(
@@ -304,7 +381,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
         Evidence {
             live_count: s.live_count,
             oldest_age_s,
-            by_count: false,
+            by_count: s.id.kind.is_handle(),
         },
     );
     let (outstanding_bytes, outstanding_count) = if min_age > 0 {
@@ -312,13 +389,20 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
     } else {
         (s.live_bytes, s.live_count)
     };
-    let limit = targets
-        .iter()
-        .find(|t| t.pid == s.id.tgid)
-        .and_then(|t| t.memory_limit.as_ref());
+    let target = targets.iter().find(|t| t.pid == s.id.tgid);
+    // (headroom, growth per second) in the unit the limit counts.
+    let limit = if s.id.kind.is_handle() {
+        target
+            .and_then(|t| t.fd_limit.as_ref())
+            .map(|l| (l.headroom(), a.growth_count_per_s))
+    } else {
+        target
+            .and_then(|t| t.memory_limit.as_ref())
+            .map(|l| (l.headroom(), a.growth_bytes_per_s))
+    };
     let time_to_limit_s = match (a.verdict, limit) {
-        (Verdict::Leak | Verdict::Growing, Some(l)) if a.growth_bytes_per_s > 0.0 => {
-            Some((l.headroom() as f64 / a.growth_bytes_per_s).round())
+        (Verdict::Leak | Verdict::Growing, Some((headroom, rate))) if rate > 0.0 => {
+            Some((headroom as f64 / rate).round())
         }
         _ => None,
     };
@@ -335,6 +419,15 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
         growth_bytes_per_s: a.growth_bytes_per_s.round(),
         growth_count_per_s: (a.growth_count_per_s * 1000.0).round() / 1000.0,
         time_to_limit_s,
+        details: s
+            .details
+            .iter()
+            .map(|(kind, detail, count)| Detail {
+                kind: *kind,
+                detail: detail.clone(),
+                count: *count,
+            })
+            .collect(),
         frames: s.frames.clone(),
     }
 }

@@ -9,20 +9,21 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use leaktrace_common::{Counter, MapEvent, NO_STACK, USER_STACK_WORDS};
+use leaktrace_common::{Counter, EventKind, FdClose, FdOpen, MapEvent, NO_STACK, USER_STACK_WORDS};
 use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     allocator::{self, Allocator},
-    limits::MemoryLimit,
-    model::{HeapAges, Kind, Model, Ns, SiteId},
+    handles,
+    limits::{FdLimit, MemoryLimit},
+    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId},
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::ProcMaps,
     report::{ModuleMap, Report, TargetInfo},
-    symbolize::Symbolizer,
+    symbolize::{Frame, Symbolizer},
     target::{Child, Launched, Target},
 };
 
@@ -41,6 +42,89 @@ pub struct Options {
     pub min_age: Duration,
     pub families: Families,
     pub limits: Limits,
+}
+
+/// Ids of repaired syscall stacks start here, far above the kernel's stack ids.
+const REPAIRED_STACKS: u32 = 1 << 31;
+/// Frames a userspace frame-pointer walk follows at most.
+const MAX_WALK: usize = 64;
+
+/// Return addresses found by following saved frame pointers from `rbp`: in the
+/// stack words copied at the syscall while they cover the frame, then in the
+/// target's memory (best effort: outer frames are usually still live, unless the
+/// program has returned past them since). Stops at anything that does not look
+/// like a frame: a pointer below `sp` or not increasing, or a return address
+/// outside executable code.
+fn walk_frame_pointers(
+    pid: u32,
+    maps: &ProcMaps,
+    mut rbp: u64,
+    sp: u64,
+    words: &[u64; USER_STACK_WORDS],
+) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok();
+    let read = |addr: u64| -> Option<u64> {
+        let index = addr.checked_sub(sp)? / 8;
+        match words.get(index as usize) {
+            Some(&w) if w != 0 => Some(w),
+            _ => {
+                let mut word = [0u8; 8];
+                mem.as_ref()?.read_exact_at(&mut word, addr).ok()?;
+                Some(u64::from_ne_bytes(word))
+            }
+        }
+    };
+    let mut out = Vec::new();
+    while out.len() < MAX_WALK && rbp > sp && rbp.is_multiple_of(8) {
+        let (Some(next), Some(ret)) = (read(rbp), read(rbp + 8)) else {
+            break;
+        };
+        if !maps.lookup(ret).is_some_and(|m| m.executable) {
+            break;
+        }
+        out.push(ret);
+        if next <= rbp {
+            break;
+        }
+        rbp = next;
+    }
+    out
+}
+
+/// `openat`'s "relative to the working directory".
+const AT_FDCWD: i32 = -100;
+
+/// One ring-buffer event, told by the kind tag it starts with.
+enum Event {
+    Map(Box<MapEvent>),
+    FdOpen(Box<FdOpen>),
+    /// Also an exec (kind `FdExec`).
+    FdClose(FdClose),
+}
+
+impl Event {
+    fn read(bytes: &[u8]) -> Option<Self> {
+        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        let map = EventKind::Mmap as u32..=EventKind::Mremap as u32;
+        Some(if map.contains(&kind) {
+            Event::Map(Box::new(read_as(bytes)?))
+        } else if kind == EventKind::FdOpen as u32 {
+            Event::FdOpen(Box::new(read_as(bytes)?))
+        } else if kind == EventKind::FdClose as u32 || kind == EventKind::FdExec as u32 {
+            Event::FdClose(read_as(bytes)?)
+        } else {
+            return None;
+        })
+    }
+}
+
+/// A `#[repr(C)]` event of plain integers from the ring buffer.
+fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: the eBPF side writes whole T; any bytes are valid integers; the
+    // ring does not align them.
+    (bytes.len() >= size_of::<T>())
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// How often the ring buffer is drained (no wakeup per event: see docs/design.md).
@@ -112,9 +196,18 @@ pub async fn run(opts: Options) -> Result<Report> {
         symbolizer: Symbolizer::new(),
         maps: HashMap::new(),
         stacks: HashMap::new(),
+        repaired: HashMap::new(),
         traced,
         started: now_ns(),
     };
+    if opts.families.fds {
+        // After the probes: a descriptor opened meanwhile is in both the scan and
+        // the ring buffer, whose events are applied later and win.
+        let pids: Vec<u32> = pump.traced.iter().map(|t| t.target.pid).collect();
+        for pid in pids {
+            pump.scan_fds(pid);
+        }
+    }
     pump.trace(&opts).await?;
     Ok(pump.finish())
 }
@@ -145,6 +238,8 @@ struct Pump {
     maps: HashMap<u32, ProcMaps>,
     /// Return addresses of each stack id seen.
     stacks: HashMap<u32, Vec<u64>>,
+    /// Repaired syscall stacks by (tgid, kernel stack id, caller, saved rbp).
+    repaired: HashMap<(u32, u32, u64, u64), u32>,
     traced: Vec<Traced>,
     started: Ns,
 }
@@ -200,17 +295,22 @@ impl Pump {
         self.drain_events();
         self.refresh()?;
         self.sample();
-        self.update_ages()?;
-        self.symbolize();
-        Ok(())
+        self.settle()
     }
 
     /// Brings totals, ages and symbols up to date and snapshots the model.
     fn current_report(&mut self) -> Result<Report> {
+        self.settle()?;
+        Ok(self.report())
+    }
+
+    /// Totals, ages, socket addresses and symbols up to date.
+    fn settle(&mut self) -> Result<()> {
         self.refresh()?;
         self.update_ages()?;
+        self.resolve_sockets();
         self.symbolize();
-        Ok(self.report())
+        Ok(())
     }
 
     /// Writes every output as snapshot number `n`.
@@ -251,11 +351,8 @@ impl Pump {
                 exe: t.target.exe.clone(),
                 allocator: t.allocator.as_ref().map(|a| a.path.clone()),
                 exited: t.exited,
-                memory_limit: if t.exited {
-                    None
-                } else {
-                    MemoryLimit::of(t.target.pid)
-                },
+                memory_limit: (!t.exited).then(|| MemoryLimit::of(t.target.pid)).flatten(),
+                fd_limit: (!t.exited).then(|| FdLimit::of(t.target.pid)).flatten(),
             })
             .collect();
         let modules = self.modules();
@@ -281,48 +378,227 @@ impl Pump {
         modules
     }
 
-    /// Applies the ring buffer's events. Also refreshes the targets' memory maps,
-    /// so even short-lived targets symbolize after they exit.
+    /// Applies the ring buffer's events in order. Also refreshes the targets'
+    /// memory maps first, so even short-lived targets symbolize after they exit —
+    /// except for a target that exec'd in this batch: its earlier events belong to
+    /// the old image, symbolized with the old maps before they are replaced.
     fn drain_events(&mut self) {
-        self.refresh_maps();
         let mut batch = Vec::new();
         while let Some(item) = self.events.next() {
-            if item.len() < size_of::<MapEvent>() {
-                warn!("short event of {} bytes ignored", item.len());
-                continue;
+            match Event::read(&item) {
+                Some(event) => batch.push(event),
+                None => warn!("unknown event of {} bytes ignored", item.len()),
             }
-            // SAFETY: the eBPF side writes whole MapEvents; read unaligned from the ring.
-            batch.push(unsafe { std::ptr::read_unaligned::<MapEvent>(item.as_ptr().cast()) });
         }
-        let located: Vec<(MapEvent, u64)> = batch
-            .into_iter()
-            .map(|event| (event, self.wrapper_caller(&event)))
-            .collect();
-        self.model.apply_map_events(&located);
+        let exec = |e: &Event| match e {
+            Event::FdClose(c) if c.kind == EventKind::FdExec as u32 => Some(c.tgid),
+            _ => None,
+        };
+        let execs: Vec<u32> = batch.iter().filter_map(exec).collect();
+        self.refresh_maps(&execs);
+        let mut maps: Vec<(MapEvent, u32)> = Vec::new();
+        let mut touched: Vec<u32> = Vec::new();
+        for event in batch {
+            match event {
+                Event::Map(e) => {
+                    let stack = if e.kind == EventKind::Munmap as u32 {
+                        NO_STACK
+                    } else {
+                        self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words)
+                    };
+                    maps.push((*e, stack));
+                }
+                Event::FdOpen(e) => {
+                    self.apply_fd_open(&e);
+                    touched.push(e.tgid);
+                }
+                Event::FdClose(e) if e.kind == EventKind::FdExec as u32 => {
+                    self.model.apply_map_events(&std::mem::take(&mut maps));
+                    self.symbolize();
+                    self.model.forget_mappings(e.tgid);
+                    self.refresh_maps_of(e.tgid);
+                    let open: Vec<i32> = handles::open_fds(e.tgid).iter().map(|f| f.0).collect();
+                    self.model.retain_fds(e.tgid, &open);
+                    touched.push(e.tgid);
+                }
+                Event::FdClose(e) => {
+                    self.model.close_fds(e.tgid, e.first, e.last);
+                    touched.push(e.tgid);
+                }
+            }
+        }
+        self.model.apply_map_events(&maps);
+        touched.sort_unstable();
+        touched.dedup();
+        for tgid in touched {
+            self.model.refresh_handles(tgid);
+        }
     }
 
-    /// The return address a syscall's frame-pointer stack misses when the syscall
-    /// was made from a frameless wrapper (glibc's mmap): found in the copied stack
-    /// words at the wrapper's frame depth.
-    fn wrapper_caller(&mut self, event: &MapEvent) -> u64 {
-        if event.stack_id == NO_STACK || event.kind == leaktrace_common::EventKind::Munmap as u32 {
-            return 0;
-        }
-        let Some(ip) = self.stack(event.stack_id).first().copied() else {
-            return 0;
+    /// A descriptor (or a pair) made by a syscall: its kind and detail from the
+    /// call, a dup's from the descriptor it copies.
+    fn apply_fd_open(&mut self, e: &FdOpen) {
+        use handles::{HandleKind, Origin};
+        let path = {
+            let end = e.path.iter().position(|&b| b == 0).unwrap_or(e.path.len());
+            String::from_utf8_lossy(&e.path[..end]).into_owned()
         };
-        let Some(maps) = self.maps.get(&event.tgid) else {
-            return 0;
+        let from_proc = |fd: i32| {
+            handles::link(e.tgid, fd).map_or((HandleKind::Other, String::new()), |l| {
+                handles::classify(&l)
+            })
         };
-        match self.symbolizer.frameless_depth(event.tgid, maps, ip) {
-            Some(depth) if ((depth / 8) as usize) < USER_STACK_WORDS => {
-                event.stack_words[(depth / 8) as usize]
+        let (kind, detail) = match handles::origin(e.nr) {
+            Origin::Made(HandleKind::File) => {
+                let dirfd = e.args[0] as i32;
+                let at_dir = (e.nr == handles::nr::OPENAT || e.nr == handles::nr::OPENAT2)
+                    && dirfd != AT_FDCWD;
+                let dir = if at_dir {
+                    self.model
+                        .fd(e.tgid, dirfd)
+                        .map(|h| PathBuf::from(&h.detail))
+                } else {
+                    handles::cwd(e.tgid)
+                };
+                (HandleKind::File, handles::absolute(&path, dir.as_deref()))
             }
-            _ => 0,
+            Origin::Made(HandleKind::Socket) => {
+                let detail = if e.nr == handles::nr::SOCKET || e.nr == handles::nr::SOCKETPAIR {
+                    handles::socket_detail(e.args[0], e.args[1])
+                } else {
+                    "socket".into() // accepted: addresses come from /proc at report time
+                };
+                (HandleKind::Socket, detail)
+            }
+            Origin::Made(HandleKind::Memfd) => (HandleKind::Memfd, path),
+            Origin::Made(kind) => (kind, String::new()),
+            Origin::CopyOf(arg) => match self.model.fd(e.tgid, e.args[arg] as i32) {
+                Some(h) => (h.kind, h.detail.clone()),
+                None => from_proc(e.fd),
+            },
+            Origin::Unknown => from_proc(e.fd),
+        };
+        let id = SiteId {
+            tgid: e.tgid,
+            kind: if kind == HandleKind::Socket {
+                Kind::Socket
+            } else {
+                Kind::Fd
+            },
+            stack_id: self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words),
+        };
+        for fd in [e.fd, e.fd2].into_iter().filter(|&fd| fd >= 0) {
+            let handle = Handle {
+                site: id,
+                kind,
+                detail: detail.clone(),
+                ts: e.ts_ns,
+            };
+            self.model.open_fd(e.tgid, fd, handle, true);
         }
+    }
+
+    /// The descriptors `pid` has open at attach, under one site.
+    fn scan_fds(&mut self, pid: u32) {
+        let now = now_ns();
+        for (fd, link) in handles::open_fds(pid) {
+            let (kind, detail) = handles::classify(&link);
+            let id = SiteId {
+                tgid: pid,
+                kind: if kind == handles::HandleKind::Socket {
+                    Kind::Socket
+                } else {
+                    Kind::Fd
+                },
+                stack_id: BEFORE_ATTACH,
+            };
+            let handle = Handle {
+                site: id,
+                kind,
+                detail,
+                ts: now,
+            };
+            self.model.open_fd(pid, fd, handle, false);
+            if let Some(site) = self.model.sites.get_mut(&id) {
+                site.frames = vec![Frame::note("[opened before attach]")];
+            }
+        }
+        self.model.refresh_handles(pid);
+    }
+
+    /// Fills in sockets' protocol and addresses from /proc/PID/net, once they
+    /// are connected or listening.
+    fn resolve_sockets(&mut self) {
+        let live: Vec<u32> = self
+            .traced
+            .iter()
+            .filter(|t| !t.exited)
+            .map(|t| t.target.pid)
+            .collect();
+        for pid in live {
+            let mut sockets = None;
+            for (&fd, handle) in self.model.fds_mut(pid) {
+                if handle.kind != handles::HandleKind::Socket {
+                    continue;
+                }
+                let Some(inode) = handles::link(pid, fd).and_then(|l| handles::socket_inode(&l))
+                else {
+                    continue;
+                };
+                let table = sockets.get_or_insert_with(|| handles::Sockets::read(pid));
+                if let Some(detail) = table.describe(inode) {
+                    handle.detail = detail.to_string();
+                }
+            }
+            self.model.refresh_handles(pid);
+        }
+    }
+
+    /// The id of a syscall's user stack: the kernel's frame-pointer walk, repaired
+    /// where a frameless libc wrapper (glibc's mmap, open, accept…) hid its caller
+    /// — its return address is among the stack words copied at the syscall — and,
+    /// when the wrapper reused rbp, walked again from the rbp it saved. Repaired
+    /// stacks get ids of their own, above the kernel's.
+    fn syscall_stack(
+        &mut self,
+        tgid: u32,
+        stack_id: u32,
+        sp: u64,
+        words: &[u64; USER_STACK_WORDS],
+    ) -> u32 {
+        let word = |offset: u64| words.get((offset / 8) as usize).copied();
+        let Some(&ip) = self.stack(stack_id).first() else {
+            return stack_id;
+        };
+        let Some(maps) = self.maps.get(&tgid) else {
+            return stack_id;
+        };
+        let Some(frame) = self.symbolizer.frameless(tgid, maps, ip) else {
+            return stack_id;
+        };
+        let Some(caller) = word(frame.depth) else {
+            return stack_id;
+        };
+        let saved_rbp = frame.saved_rbp.and_then(word);
+        let key = (tgid, stack_id, caller, saved_rbp.unwrap_or(0));
+        if let Some(&id) = self.repaired.get(&key) {
+            return id;
+        }
+        let mut addrs = vec![ip, caller];
+        match saved_rbp {
+            Some(rbp) => addrs.extend(walk_frame_pointers(tgid, maps, rbp, sp, words)),
+            None => addrs.extend_from_slice(&self.stacks[&stack_id][1..]),
+        }
+        let id = REPAIRED_STACKS + self.repaired.len() as u32;
+        self.stacks.insert(id, addrs);
+        self.repaired.insert(key, id);
+        id
     }
 
     fn stack(&mut self, stack_id: u32) -> &[u64] {
+        if stack_id == NO_STACK {
+            return &[];
+        }
         if !self.stacks.contains_key(&stack_id) {
             let ips = self
                 .probes
@@ -378,15 +654,16 @@ impl Pump {
             }
         }
         self.model.set_heap_ages(&ages);
-        self.model.set_mmap_ages(now);
+        self.model.set_tracked_ages(now);
         Ok(())
     }
 
-    fn refresh_maps(&mut self) {
+    /// Re-reads the memory maps of live targets, but those in `except`.
+    fn refresh_maps(&mut self, except: &[u32]) {
         let live: Vec<u32> = self
             .traced
             .iter()
-            .filter(|t| !t.exited)
+            .filter(|t| !t.exited && !except.contains(&t.target.pid))
             .map(|t| t.target.pid)
             .collect();
         for pid in live {
@@ -408,14 +685,11 @@ impl Pump {
             .model
             .sites
             .values()
-            .filter(|s| s.frames.is_empty() && s.id.stack_id != NO_STACK)
+            .filter(|s| s.frames.is_empty() && s.id.stack_id < BEFORE_ATTACH)
             .map(|s| s.id)
             .collect();
         for id in pending {
-            let mut addrs = self.stack(id.stack_id).to_vec();
-            if id.kind == Kind::Mmap && id.caller != 0 && !addrs.is_empty() {
-                addrs.insert(1, id.caller);
-            }
+            let addrs = self.stack(id.stack_id).to_vec();
             let Some(maps) = self.maps.get(&id.tgid) else {
                 continue;
             };

@@ -14,7 +14,12 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::{elf::ElfImage, placement, procmaps::ProcMaps, target::in_root};
+use crate::{
+    elf::ElfImage,
+    placement::{self, Frameless},
+    procmaps::ProcMaps,
+    target::in_root,
+};
 
 /// One stack frame, innermost first in a stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -37,6 +42,18 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Frame {
+    /// A frame that only says something ("[opened before attach]").
+    pub fn note(text: &str) -> Self {
+        Frame {
+            function: Some(text.into()),
+            file: None,
+            line: None,
+            module: None,
+            address: 0,
+            inlined: false,
+        }
+    }
+
     /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
     pub fn short(&self) -> String {
         let place = match (&self.file, self.line) {
@@ -79,7 +96,7 @@ struct Module {
 pub struct Symbolizer {
     blaze: Blaze,
     cache: HashMap<(PathBuf, u64), Vec<Frame>>,
-    depths: HashMap<(PathBuf, u64), Option<u64>>,
+    depths: HashMap<(PathBuf, u64), Option<Frameless>>,
     build_ids: HashMap<PathBuf, Option<String>>,
 }
 
@@ -181,7 +198,7 @@ impl Symbolizer {
     /// For an address inside a function that keeps no frame pointer (a libc
     /// syscall wrapper): how far the stack pointer is below its return address.
     /// `None` when the function keeps a frame pointer or cannot be read.
-    pub fn frameless_depth(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Option<u64> {
+    pub fn frameless(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Option<Frameless> {
         let (module, offset) = resolve(pid, maps, addr)?;
         let key = (module.shown.clone(), offset);
         if let Some(depth) = self.depths.get(&key) {
@@ -192,7 +209,7 @@ impl Symbolizer {
         depth
     }
 
-    fn read_depth(&self, module: &Module, offset: u64) -> Option<u64> {
+    fn read_depth(&self, module: &Module, offset: u64) -> Option<Frameless> {
         let src = Source::Elf(Elf::new(&module.open));
         let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, Input::FileOffset(offset))
         else {
@@ -201,7 +218,7 @@ impl Symbolizer {
         let start = offset.checked_sub(sym.offset as u64)?;
         let image = ElfImage::open(&module.open).ok()?;
         let code = image.bytes_at(start, (offset - start) as usize);
-        placement::frameless_depth(code, start, offset)
+        placement::frameless(code, start, offset)
     }
 }
 

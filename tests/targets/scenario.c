@@ -1,8 +1,10 @@
 /* Verdict scenarios: true leaks mixed with memory that looks like one but is not.
  * Ten ticks a second for argv[1] seconds (default 60); with argv[2], first
  * writes its PID there (a cgroup.procs file: the test's memory limit). */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,7 +34,17 @@ __attribute__((noinline)) void map_forever(void) {
     memset(p, 3, 65536);
 }
 
+/* Descriptors: a pipe every second and a socket pair every half second, never closed. */
+__attribute__((noinline)) void leak_pipe(void) { int p[2]; pipe(p); }
+__attribute__((noinline)) void leak_socketpair(void) { int s[2]; socketpair(AF_UNIX, SOCK_STREAM, 0, s); }
+
 /* --- distractors ----------------------------------------------------------- */
+
+/* Descriptors opened for a moment, and a fixed set kept for the process's life. */
+__attribute__((noinline)) void open_close(void) { close(open("/dev/null", O_RDONLY)); }
+__attribute__((noinline)) void open_fixed(void) {
+    for (int i = 0; i < 8; i++) open("/dev/null", O_RDONLY);
+}
 
 /* A bounded LRU of 16 entries: full after 1.6 s, then each put evicts the oldest. */
 #define LRU_SLOTS 16
@@ -84,7 +96,11 @@ int main(int argc, char **argv) {
         }
     }
     pool_init();
+    open_fixed();
     for (int tick = 0; tick < seconds * 10; tick++) {
+        if (tick % 10 == 0) leak_pipe();
+        if (tick % 5 == 0) leak_socketpair();
+        open_close();
         leak_forever();
         grow_buffer();
         if (tick % 10 == 0) map_forever();
