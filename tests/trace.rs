@@ -393,7 +393,7 @@ fn verdicts_tell_leaks_from_caches_pools_and_delayed_frees() {
     assert!(text.contains("memory limit in ~"), "{text}");
 }
 
-/// `go` from the toolchain `cargo xtask setup` installs.
+/// `go` from the toolchain `cargo xtask setup` installs, with its caches here.
 fn go() -> Command {
     let go = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/toolchains/go1.27.3/bin/go");
     assert!(
@@ -401,9 +401,34 @@ fn go() -> Command {
         "{} missing: run cargo xtask setup",
         go.display()
     );
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let mut cmd = Command::new(go);
-    cmd.env("GOTOOLCHAIN", "local");
+    cmd.env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", tmp.join("gocache"))
+        .env("GOPATH", tmp.join("gopath"))
+        .env("GOFLAGS", "-buildvcs=false");
     cmd
+}
+
+/// Builds tests/targets/go/NAME.go once per test run.
+fn go_target(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("targets/{name}-go"));
+    let mut built = BUILT.lock().unwrap();
+    if built.iter().any(|b| b == name) {
+        return out;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/targets/go/{name}.go"));
+    let status = go()
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success(), "go build {}", src.display());
+    built.push(name.to_string());
+    out
 }
 
 fn pprof(args: &[&str], profile: &Path) -> String {
@@ -778,4 +803,84 @@ fn exec_closes_close_on_exec_descriptors() {
         ),
         (Some(0), Some(1))
     );
+}
+
+#[test]
+fn go_sockets_of_unclosed_response_bodies_and_unclosed_files() {
+    use std::io::BufRead;
+    let dir = scratch_dir("gofds");
+    let mut t = Command::new(go_target("fds"))
+        .arg(&dir)
+        .arg("1500ms")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    let pid = t.id() as u64;
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .args(["-q", "-d", "3500ms", "--pid", &pid.to_string(), "-o"])
+        .arg(&json));
+    assert!(out.status.success());
+    let mut ready = String::new();
+    std::io::BufReader::new(t.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let server = ready
+        .trim()
+        .strip_prefix("ready ")
+        .expect("target ready")
+        .to_string();
+    t.kill().unwrap();
+    let _ = t.wait();
+    let r = report(&json);
+
+    // Each request's connection: six sockets to the server, from the dialer the
+    // Transport runs for the request.
+    let dial = site(&r, pid, "socket", "net/http.(*Transport).dialConn").expect("client sockets");
+    assert_eq!(dial["outstanding_count"], 6, "{dial}");
+    let peers = details(dial);
+    assert_eq!(
+        peers.iter().map(|p| p.2).sum::<u64>(),
+        5,
+        "top five details"
+    );
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.1.ends_with(&format!(" -> {server}"))),
+        "{peers:?} not to {server}"
+    );
+    // os.Open without Close: attributed to the Go function, with its path.
+    let open = site(&r, pid, "fd", "main.openWithoutClose").expect("file site");
+    assert_eq!(open["outstanding_count"], 4);
+    assert_eq!(
+        details(open),
+        [("file".into(), format!("{}/data.txt", dir.display()), 4)]
+    );
+}
+
+#[test]
+fn forked_children_are_followed_with_inherited_descriptors() {
+    let dir = scratch_dir("fork");
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .args(["-q", "-d", "1500ms", "--no-mmap", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(target("fds"))
+        .args([dir.to_str().unwrap(), "fork"]));
+    assert!(out.status.success());
+    let r = report(&json);
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    let (parent, child) = (
+        targets[0]["pid"].as_u64().unwrap(),
+        targets[1]["pid"].as_u64().unwrap(),
+    );
+    assert_eq!(outstanding(&r, child, "fd", "open_in_child").1, 2);
+    assert!(site(&r, parent, "fd", "open_in_child").is_none());
+    // Inherited: open in both, under the site that opened it.
+    assert_eq!(outstanding(&r, parent, "fd", "open_kept").1, 1);
+    assert_eq!(outstanding(&r, child, "fd", "open_kept").1, 1);
 }

@@ -139,11 +139,26 @@ pub enum EventKind {
     FdClose = 5,
     /// [`FdClose`] of an `execve` that succeeded: close-on-exec descriptors are gone.
     FdExec = 6,
+    /// [`ForkEvent`]: a target made a new process, now a target too.
+    Fork = 7,
+}
+
+/// A target forked: `child` is traced from its first instruction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub child: u32,
+    pub _pad: u32,
 }
 
 /// Bit in the `FAMILIES` global: which syscall families the tracepoints follow.
 pub const FAMILY_MMAP: u32 = 1;
 pub const FAMILY_FDS: u32 = 2;
+/// Follow fork/clone into new processes (they become targets in the kernel).
+pub const FAMILY_FORKS: u32 = 4;
 /// Name of the eBPF global userspace sets before loading.
 pub const FAMILIES_GLOBAL: &str = "FAMILIES";
 

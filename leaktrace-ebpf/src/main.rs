@@ -3,6 +3,7 @@
 //! - [`alloc`]: uprobes on the allocator (malloc, free, realloc, …), accounted in the kernel.
 //! - [`mmap`]: anonymous mmap/munmap/mremap, sent to userspace (which handles partial unmaps).
 //! - [`fd`]: descriptors created and closed (files, sockets, pipes, …), sent to userspace.
+//! - [`fork`]: processes forked by targets become targets, in the kernel.
 //! - [`stack`]: the user stack of a syscall, shared by the syscall families.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
@@ -11,6 +12,7 @@
 
 mod alloc;
 mod fd;
+mod fork;
 mod maps;
 mod mmap;
 mod stack;

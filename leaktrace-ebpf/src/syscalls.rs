@@ -7,15 +7,16 @@ use aya_ebpf::{
     bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_MMAP, SyscallArgs};
+use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SyscallArgs};
 
 use crate::{
-    fd,
+    fd, fork,
     maps::{SYSCALLS, TARGETS, count, current_tgid_tid},
     mmap,
 };
 
-/// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`]): set by userspace at load.
+/// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`], [`FAMILY_FORKS`]):
+/// set by userspace at load.
 #[unsafe(no_mangle)]
 static FAMILIES: u32 = 0;
 
@@ -35,7 +36,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let families = families();
     let is_mmap = families & FAMILY_MMAP != 0 && mmap::wants(nr);
     let is_fd = families & FAMILY_FDS != 0 && fd::wants(nr);
-    if !is_mmap && !is_fd {
+    let is_fork = families & FAMILY_FORKS != 0 && fork::wants(nr);
+    if !is_mmap && !is_fd && !is_fork {
         return 0;
     }
     let Some(regs) = user_regs(&ctx) else {
@@ -47,6 +49,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     let keep = if is_mmap {
         mmap::keep(nr, &regs, tid)
+    } else if is_fork {
+        fork::keep(&args)
     } else {
         fd::keep(&args)
     };
@@ -80,6 +84,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     if mmap::wants(args.nr) {
         mmap::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+    } else if fork::wants(args.nr) {
+        fork::exit(tgid, ret as u32);
     } else {
         fd::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
     }

@@ -104,6 +104,15 @@ pub struct Cli {
     #[arg(long)]
     pub no_fds: bool,
 
+    /// Also trace the processes the targets fork (they inherit the parent's
+    /// descriptors and mappings). On by default for -- CMD.
+    #[arg(long, overrides_with = "no_follow_forks")]
+    pub follow_forks: bool,
+
+    /// Do not trace the processes -- CMD forks.
+    #[arg(long)]
+    pub no_follow_forks: bool,
+
     /// Outstanding heap allocations the kernel map can hold; beyond it allocations
     /// are counted as lost and reported.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
@@ -135,6 +144,7 @@ impl Cli {
         if self.snapshot_every.is_some() && self.outputs.is_empty() {
             return Err("--snapshot-every needs an --output to number".into());
         }
+        let forks = !self.no_follow_forks && (self.follow_forks || !self.command.is_empty());
         let outputs = self
             .outputs
             .into_iter()
@@ -154,6 +164,7 @@ impl Cli {
                 heap: !self.no_heap,
                 mmap: !self.no_mmap,
                 fds: !self.no_fds,
+                forks,
             },
             limits: Limits {
                 max_allocs: self.max_allocs.max(1),

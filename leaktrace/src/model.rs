@@ -410,6 +410,71 @@ impl Model {
         }
     }
 
+    /// `child` was forked from `parent`: it holds copies of the parent's
+    /// descriptors and mappings, under sites of its own.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        let rekey = |id: SiteId| SiteId { tgid: child, ..id };
+        let mut sites: Vec<(SiteId, Vec<Frame>)> = Vec::new();
+        let fds: BTreeMap<i32, Handle> = self
+            .fds
+            .get(&parent)
+            .map(|t| {
+                t.iter()
+                    .map(|(&fd, h)| {
+                        (
+                            fd,
+                            Handle {
+                                site: rekey(h.site),
+                                ..h.clone()
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let regions = self.regions.get(&parent).map(|r| Regions {
+            by_start: r
+                .by_start
+                .iter()
+                .map(|(&s, r)| {
+                    (
+                        s,
+                        Region {
+                            site: rekey(r.site),
+                            ..*r
+                        },
+                    )
+                })
+                .collect(),
+        });
+        let used = fds.values().map(|h| h.site);
+        let used = used.chain(
+            regions
+                .iter()
+                .flat_map(|r| r.by_start.values().map(|r| r.site)),
+        );
+        for id in used {
+            let frames = self
+                .sites
+                .get(&SiteId { tgid: parent, ..id })
+                .map(|s| s.frames.clone())
+                .unwrap_or_default();
+            sites.push((id, frames));
+        }
+        for (id, frames) in sites {
+            let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+            if site.frames.is_empty() {
+                site.frames = frames;
+            }
+        }
+        self.fds.insert(child, fds);
+        if let Some(regions) = regions {
+            self.regions.insert(child, regions);
+        }
+        self.refresh_handles(child);
+        self.refresh_mmap(child);
+    }
+
     /// An exec replaced every mapping of `tgid`.
     pub fn forget_mappings(&mut self, tgid: u32) {
         self.regions.remove(&tgid);

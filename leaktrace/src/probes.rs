@@ -13,8 +13,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_MMAP, SiteKey,
-    SiteStats, maps,
+    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP,
+    SiteKey, SiteStats, maps,
 };
 
 use crate::{allocator::Allocator, target::Target};
@@ -54,12 +54,15 @@ pub struct Families {
     pub heap: bool,
     pub mmap: bool,
     pub fds: bool,
+    /// Trace the processes targets fork, too.
+    pub forks: bool,
 }
 
 impl Families {
     /// The syscall families, as the eBPF `FAMILIES` global has them.
     fn syscall_bits(self) -> u32 {
-        (if self.mmap { FAMILY_MMAP } else { 0 }) | (if self.fds { FAMILY_FDS } else { 0 })
+        let bit = |on: bool, bit: u32| if on { bit } else { 0 };
+        bit(self.mmap, FAMILY_MMAP) | bit(self.fds, FAMILY_FDS) | bit(self.forks, FAMILY_FORKS)
     }
 }
 

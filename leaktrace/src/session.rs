@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use leaktrace_common::{Counter, EventKind, FdClose, FdOpen, MapEvent, NO_STACK, USER_STACK_WORDS};
+use leaktrace_common::{
+    Counter, EventKind, FdClose, FdOpen, ForkEvent, MapEvent, NO_STACK, USER_STACK_WORDS,
+};
 use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,6 +103,7 @@ enum Event {
     FdOpen(Box<FdOpen>),
     /// Also an exec (kind `FdExec`).
     FdClose(FdClose),
+    Fork(ForkEvent),
 }
 
 impl Event {
@@ -113,6 +116,8 @@ impl Event {
             Event::FdOpen(Box::new(read_as(bytes)?))
         } else if kind == EventKind::FdClose as u32 || kind == EventKind::FdExec as u32 {
             Event::FdClose(read_as(bytes)?)
+        } else if kind == EventKind::Fork as u32 {
+            Event::Fork(read_as(bytes)?)
         } else {
             return None;
         })
@@ -425,6 +430,10 @@ impl Pump {
                     self.model.close_fds(e.tgid, e.first, e.last);
                     touched.push(e.tgid);
                 }
+                Event::Fork(e) => {
+                    self.model.apply_map_events(&std::mem::take(&mut maps));
+                    self.adopt(e.tgid, e.child);
+                }
             }
         }
         self.model.apply_map_events(&maps);
@@ -433,6 +442,39 @@ impl Pump {
         for tgid in touched {
             self.model.refresh_handles(tgid);
         }
+    }
+
+    /// A process a target forked (already a target in the kernel): it gets the
+    /// parent's descriptors, mappings, memory map and allocator probes.
+    fn adopt(&mut self, parent: u32, child: u32) {
+        let target = match Target::existing(child) {
+            Ok(t) => t,
+            Err(e) => {
+                debug!("forked PID {child} not followed: {e}");
+                return;
+            }
+        };
+        let allocator = self
+            .traced
+            .iter()
+            .find(|t| t.target.pid == parent)
+            .and_then(|t| t.allocator.clone());
+        if let Some(alloc) = &allocator
+            && let Err(e) = self.probes.attach_allocator(&target, alloc)
+        {
+            warn!("PID {child} (forked by {parent}): heap not traced: {e}");
+        }
+        if let Some(maps) = self.maps.get(&parent).cloned() {
+            self.maps.insert(child, maps);
+        }
+        self.model.fork(parent, child);
+        info!("following PID {child}, forked by {parent}");
+        self.traced.push(Traced {
+            target,
+            allocator,
+            child: None,
+            exited: false,
+        });
     }
 
     /// A descriptor (or a pair) made by a syscall: its kind and detail from the

@@ -1,6 +1,7 @@
 /* Descriptor leaks with known counts, and distractors that close what they open.
  *   fds DIR PORT DELAY_MS LINGER_MS   leaks after DELAY_MS, then waits LINGER_MS
  *   fds DIR exec                      close-on-exec across an exec of itself
+ *   fds DIR fork                      a forked child that leaks
  * DIR is an existing directory for the files; PORT a listener the test runs. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -81,6 +82,23 @@ static int leaks(int port) {
 __attribute__((noinline)) void open_kept(void) { open("kept.txt", O_CREAT | O_RDONLY, 0644); }
 __attribute__((noinline)) void open_cloexec(void) { open("gone.txt", O_CREAT | O_RDONLY | O_CLOEXEC, 0644); }
 
+__attribute__((noinline)) void open_in_child(void) { open("child.txt", O_CREAT | O_RDONLY, 0644); }
+
+/* A child that inherits one descriptor and leaks two of its own. */
+static int forked(void) {
+    usleep(300 * 1000);
+    open_kept();
+    pid_t child = fork();
+    if (child == 0) {
+        open_in_child();
+        open_in_child();
+        usleep(2000 * 1000);
+        _exit(0);
+    }
+    usleep(2500 * 1000);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3 || chdir(argv[1]) != 0) { fprintf(stderr, "usage: fds DIR PORT DELAY LINGER | fds DIR exec\n"); return 2; }
     if (strcmp(argv[2], "exec") == 0) {
@@ -90,6 +108,7 @@ int main(int argc, char **argv) {
         execl("/proc/self/exe", "fds", ".", "after-exec", (char *)NULL);
         return 1;
     }
+    if (strcmp(argv[2], "fork") == 0) return forked();
     if (strcmp(argv[2], "after-exec") == 0) { usleep(3000 * 1000); return 0; }
     int before = open("before.txt", O_CREAT | O_RDONLY, 0644);  /* open at attach */
     (void)before;
