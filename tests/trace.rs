@@ -884,3 +884,95 @@ fn forked_children_are_followed_with_inherited_descriptors() {
     assert_eq!(outstanding(&r, parent, "fd", "open_kept").1, 1);
     assert_eq!(outstanding(&r, child, "fd", "open_kept").1, 1);
 }
+
+/// tmux, as `cargo xtask setup` installs it: a real terminal for `leaktrace top`.
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(["-L", "leaktrace-test"])
+        .args(args)
+        .output()
+        .expect("tmux (run cargo xtask setup)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for_pane(what: &str) -> String {
+    let mut pane = String::new();
+    for _ in 0..60 {
+        pane = tmux(&["capture-pane", "-p", "-t", "top"]);
+        if pane.contains(what) {
+            return pane;
+        }
+        sleep(Duration::from_millis(250));
+    }
+    panic!("{what} never on screen:\n{pane}");
+}
+
+#[test]
+fn top_shows_the_leak_live_and_restores_the_terminal() {
+    let dir = scratch_dir("top");
+    let status = dir.join("status");
+    let command = format!(
+        "cd {}; {} top -- {} 60; echo $? > {}",
+        dir.display(),
+        env!("CARGO_BIN_EXE_leaktrace"),
+        target("scenario").display(),
+        status.display()
+    );
+    let _ = tmux(&["kill-server"]);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux(&["set-option", "-t", "top", "remain-on-exit", "on"]);
+    let pane = wait_for_pane("leak_forever");
+    assert!(
+        pane.contains("leaktrace top") && pane.contains("VERDICT"),
+        "{pane}"
+    );
+    assert_eq!(
+        tmux(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(),
+        "1"
+    );
+    // Sort, filter, open the stack.
+    tmux(&["send-keys", "-t", "top", "s"]);
+    wait_for_pane("sort: bytes");
+    tmux(&["send-keys", "-t", "top", "/", "g", "r", "o", "w", "Enter"]);
+    let pane = wait_for_pane("filter: grow");
+    assert!(
+        pane.contains("grow_buffer") && !pane.contains("leak_forever"),
+        "{pane}"
+    );
+    tmux(&["send-keys", "-t", "top", "Enter"]);
+    wait_for_pane("stack (Esc closes)");
+    tmux(&["send-keys", "-t", "top", "e"]);
+    wait_for_pane("exported");
+    tmux(&["send-keys", "-t", "top", "q"]);
+    for _ in 0..40 {
+        if status.exists() {
+            break;
+        }
+        sleep(Duration::from_millis(250));
+    }
+    let code = std::fs::read_to_string(&status).expect("leaktrace top exited");
+    assert_eq!(code.trim(), "0");
+    assert_eq!(
+        tmux(&["display", "-p", "-t", "top", "#{alternate_on}"]).trim(),
+        "0",
+        "terminal restored"
+    );
+    let _ = tmux(&["kill-server"]);
+    let exported: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("leaktrace-"))
+        .collect();
+    assert_eq!(exported.len(), 2, "{exported:?}");
+}

@@ -1,7 +1,7 @@
 //! The command line.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     output::{Format, Output},
@@ -51,7 +51,45 @@ EXIT STATUS:
 
 #[derive(Debug, Parser)]
 #[command(name = "leaktrace", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub view: Option<View>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum View {
+    /// A live full-screen view of what leaks, refreshed every second (keys: ? in the view).
+    #[command(long_about = TOP_ABOUT, after_long_help = TOP_EXAMPLES)]
+    Top(TraceArgs),
+}
+
+const TOP_ABOUT: &str = "\
+The same tracing as plain leaktrace, shown live: a header with the targets, \
+totals and health (lost events in red), and one row per site with its verdict, \
+outstanding bytes and count, growth over the last minute, a trend of its \
+outstanding amount, the age of its oldest allocation or handle, and its top \
+frame. Enter shows the whole stack and, for descriptors, their paths and peers.
+
+Keys: arrows or j/k move, Enter/Esc open/close the stack, s cycles the sort \
+(verdict, bytes, count, growth, age), / filters by function, file or path, t \
+cycles the kind (all, heap, mmap, fd, socket), p pauses the display (tracing \
+goes on), e exports the current state as pprof and JSON in the working \
+directory, ? shows help, q or Ctrl-C quits. The terminal is restored on quit, \
+SIGTERM and panic.";
+
+const TOP_EXAMPLES: &str = "\
+EXAMPLES:
+    sudo leaktrace top --pid 1234
+    sudo leaktrace top --pid 1234 --pid 1240
+    sudo leaktrace top -- ./server --port 8080";
+
+/// What to trace and how: shared by plain leaktrace and `leaktrace top`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
     /// Trace this running process (repeat for several).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -127,7 +165,7 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
-impl Cli {
+impl TraceArgs {
     pub fn options(self) -> Result<Options, String> {
         if self.pids.is_empty() && self.command.is_empty() {
             return Err("nothing to trace: give --pid PID or -- CMD ARGS…".into());

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: probes (kernel) → [`probes`] → [`session`] (the pump) →
 //! [`model`] → [`report`] with [`verdict`]s → views ([`report`] text, JSON,
-//! [`pprof`], [`flamegraph`]), written by [`output`].
+//! [`pprof`], [`flamegraph`], the live [`top`]), written by [`output`].
 pub mod allocator;
 pub mod cli;
 pub mod elf;
@@ -21,4 +21,5 @@ pub mod series;
 pub mod session;
 pub mod symbolize;
 pub mod target;
+pub mod top;
 pub mod verdict;

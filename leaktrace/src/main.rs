@@ -2,21 +2,33 @@
 //! into one line. The work lives in the library's modules.
 use std::{io::Write, process::ExitCode};
 
+use anyhow::Context;
 use clap::Parser;
-use leaktrace::{cli::Cli, session};
+use leaktrace::{
+    cli::{Cli, View},
+    session, top,
+};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let cli = Cli::parse();
+    let (args, live) = match cli.view {
+        Some(View::Top(args)) => (args, true),
+        None => (cli.trace, false),
+    };
+    // Log lines would tear the full-screen view: there, only RUST_LOG asks for them.
+    let default = if live { "off" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp(None)
         .init();
-    let opts = match Cli::parse().options() {
+    let opts = match args.options() {
         Ok(opts) => opts,
         Err(msg) => {
             eprintln!("leaktrace: {msg} (see --help)");
             return ExitCode::from(2);
         }
     };
-    match run(opts) {
+    let result = if live { run_top(opts) } else { run(opts) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("leaktrace: error: {err:#}");
@@ -29,9 +41,33 @@ fn run(opts: session::Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(session::run(opts.clone()))?;
+    let report = runtime.block_on(session::run(opts.clone(), None))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.final_text(opts.top).as_bytes())?;
+    for output in &opts.outputs {
+        output.write(&report)?;
+    }
+    Ok(())
+}
+
+/// `leaktrace top`: the view on a blocking thread, the pump on the runtime.
+fn run_top(mut opts: session::Options) -> anyhow::Result<()> {
+    opts.quiet = true; // the view replaces the periodic tables
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let export_dir = std::env::current_dir().context("the working directory")?;
+    let report = runtime.block_on(async {
+        let (reports, view_reports) = tokio::sync::watch::channel(None);
+        let (view_quit, quit) = tokio::sync::watch::channel(false);
+        let view =
+            tokio::task::spawn_blocking(move || top::run(view_reports, view_quit, export_dir));
+        let report = session::run(opts.clone(), Some(session::Live { reports, quit })).await;
+        // The pump dropped its sender: the view sees it and restores the terminal.
+        let view = view.await.context("the view")?;
+        view.context("the terminal")?;
+        report
+    })?;
     for output in &opts.outputs {
         output.write(&report)?;
     }

@@ -385,6 +385,7 @@ mod tests {
             growth_count_per_s: 0.1,
             time_to_limit_s: None,
             details: Vec::new(),
+            history: Vec::new(),
             frames,
         };
         Report {

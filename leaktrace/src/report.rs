@@ -92,6 +92,10 @@ pub struct SiteReport {
     /// Handle sites: what the open descriptors point to, most frequent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
+    /// Outstanding bytes (memory) or count (handles) over the traced window,
+    /// oldest first, as (seconds since start, value): for live views.
+    #[serde(skip)]
+    pub history: Vec<(f64, f64)>,
     pub frames: Vec<Frame>,
 }
 
@@ -352,6 +356,20 @@ impl Report {
 }
 
 impl SiteReport {
+    /// How much the outstanding amount changed over the last `secs` seconds of
+    /// history (bytes or count).
+    pub fn growth_over(&self, secs: f64) -> f64 {
+        let Some(&(t_last, last)) = self.history.last() else {
+            return 0.0;
+        };
+        let then = self
+            .history
+            .iter()
+            .find(|(t, _)| *t >= t_last - secs)
+            .map_or(last, |p| p.1);
+        last - then
+    }
+
     /// "+1.5 KiB/s" for memory, "+2.0/s" for handles.
     pub fn growth_per_s(&self) -> String {
         if self.kind.is_handle() {
@@ -376,8 +394,9 @@ impl Detail {
 
 fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteReport {
     let oldest_age_s = s.oldest_ns.map(|t| seconds(now.saturating_sub(t)));
+    let points = s.series.points();
     let a: Assessment = verdict::assess(
-        &s.series.points(),
+        &points,
         Evidence {
             live_count: s.live_count,
             oldest_age_s,
@@ -426,6 +445,17 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
                 kind: *kind,
                 detail: detail.clone(),
                 count: *count,
+            })
+            .collect(),
+        history: points
+            .iter()
+            .map(|p| {
+                let v = if s.id.kind.is_handle() {
+                    p.count
+                } else {
+                    p.bytes
+                };
+                (p.t, v as f64)
             })
             .collect(),
         frames: s.frames.clone(),

@@ -46,6 +46,16 @@ pub struct Options {
     pub limits: Limits,
 }
 
+/// Resolves when the live view asks to quit (or has gone); never without one.
+async fn quit_asked(live: &mut Option<Live>) {
+    match live {
+        Some(live) => {
+            let _ = live.quit.wait_for(|q| *q).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Ids of repaired syscall stacks start here, far above the kernel's stack ids.
 const REPAIRED_STACKS: u32 = 1 << 31;
 /// Frames a userspace frame-pointer walk follows at most.
@@ -144,7 +154,15 @@ struct Traced {
     exited: bool,
 }
 
-pub async fn run(opts: Options) -> Result<Report> {
+/// A live view of the session (`leaktrace top`): the pump publishes a fresh
+/// report every second, without ever waiting for the view, and stops when the
+/// view sets `quit`.
+pub struct Live {
+    pub reports: tokio::sync::watch::Sender<Option<std::sync::Arc<Report>>>,
+    pub quit: tokio::sync::watch::Receiver<bool>,
+}
+
+pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     preflight::check()?;
     let mut probes = Probes::load(opts.limits, opts.families)?;
     let events = probes.take_events()?;
@@ -213,7 +231,7 @@ pub async fn run(opts: Options) -> Result<Report> {
             pump.scan_fds(pid);
         }
     }
-    pump.trace(&opts).await?;
+    pump.trace(&opts, live).await?;
     Ok(pump.finish())
 }
 
@@ -253,10 +271,11 @@ enum Stop {
     Duration,
     Signal(&'static str),
     TargetsExited,
+    Quit,
 }
 
 impl Pump {
-    async fn trace(&mut self, opts: &Options) -> Result<()> {
+    async fn trace(&mut self, opts: &Options, mut live: Option<Live>) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -273,11 +292,17 @@ impl Pump {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
                 _ = sigterm.recv() => break Stop::Signal("terminated"),
                 _ = drain.tick() => self.drain_events(),
+                _ = quit_asked(&mut live) => break Stop::Quit,
                 _ = refresh.tick() => {
                     self.refresh()?;
                     self.sample();
-                    if self.check_exits() {
+                    // A live view stays on what the targets left when they exit.
+                    if self.check_exits() && live.is_none() {
                         break Stop::TargetsExited;
+                    }
+                    if let Some(live) = &live {
+                        let report = self.current_report()?;
+                        let _ = live.reports.send(Some(std::sync::Arc::new(report)));
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break Stop::Duration;
@@ -296,6 +321,7 @@ impl Pump {
             Stop::Duration => info!("--duration reached"),
             Stop::Signal(how) => info!("{how}: writing the final report"),
             Stop::TargetsExited => info!("every target has exited"),
+            Stop::Quit => info!("the view was closed"),
         }
         self.drain_events();
         self.refresh()?;

@@ -38,7 +38,8 @@ enum Task {
 }
 
 const BPF_LINKER: &str = "0.13.0";
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("bpftool", "bpftool"), ("gcc", "gcc")];
+const DEBIAN_PACKAGES: &[(&str, &str)] =
+    &[("bpftool", "bpftool"), ("gcc", "gcc"), ("tmux", "tmux")];
 
 fn main() -> Result<()> {
     match Args::parse().task {
