@@ -5,16 +5,16 @@
 //! other processes sharing the same libc never hit a breakpoint.
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_F_USER_STACK,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
-use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, Counter, Inflight, NO_STACK, SiteKey, SiteKind,
-};
+use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, SiteKey, SiteKind};
 
-use crate::maps::{ALLOCS, INFLIGHT, STACKS, count, current_tgid_tid, site_add, site_stats};
+use crate::{
+    maps::{ALLOCS, INFLIGHT, count, current_tgid_tid, site_add, site_stats},
+    stack,
+};
 
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
@@ -177,13 +177,7 @@ fn record<C: EbpfContext + StackIdContext>(
     // probe): settle it before it is overwritten. Costs one lookup when there is none.
     let _ = release(tgid, addr);
     // At a uretprobe the user stack starts at the caller's return address.
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(_) => {
-            count(Counter::StackLost);
-            NO_STACK
-        }
-    };
+    let stack_id = stack::id(ctx);
     let site = SiteKey {
         tgid,
         stack_id,
