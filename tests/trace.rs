@@ -393,9 +393,18 @@ fn verdicts_tell_leaks_from_caches_pools_and_delayed_frees() {
     assert!(text.contains("memory limit in ~"), "{text}");
 }
 
+/// The newest and the oldest Go that `cargo xtask setup` installs.
+const GO_NEWEST: &str = "1.27.3";
+const GO_OLDEST: &str = "1.21.13";
+
 /// `go` from the toolchain `cargo xtask setup` installs, with its caches here.
 fn go() -> Command {
-    let go = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/toolchains/go1.27.3/bin/go");
+    go_at(GO_NEWEST)
+}
+
+fn go_at(version: &str) -> Command {
+    let go = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/toolchains/go{version}/bin/go"));
     assert!(
         go.exists(),
         "{} missing: run cargo xtask setup",
@@ -404,7 +413,7 @@ fn go() -> Command {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let mut cmd = Command::new(go);
     cmd.env("GOTOOLCHAIN", "local")
-        .env("GOCACHE", tmp.join("gocache"))
+        .env("GOCACHE", tmp.join(format!("gocache{version}")))
         .env("GOPATH", tmp.join("gopath"))
         .env("GOFLAGS", "-buildvcs=false");
     cmd
@@ -412,22 +421,29 @@ fn go() -> Command {
 
 /// Builds tests/targets/go/NAME.go once per test run.
 fn go_target(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("targets/{name}-go"));
+    go_build(name, GO_NEWEST, false)
+}
+
+/// Builds tests/targets/go/NAME.go with Go `version`, stripped and
+/// position-independent if `stripped_pie`, once per test run.
+fn go_build(name: &str, version: &str, stripped_pie: bool) -> PathBuf {
+    static BUILT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let flavour = if stripped_pie { "-stripped-pie" } else { "" };
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("targets/{name}-go{version}{flavour}"));
     let mut built = BUILT.lock().unwrap();
-    if built.iter().any(|b| b == name) {
+    if built.contains(&out) {
         return out;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/targets/go/{name}.go"));
-    let status = go()
-        .arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .unwrap();
+    let mut cmd = go_at(version);
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped_pie {
+        cmd.args(["-buildmode=pie", "-ldflags=-s -w"]);
+    }
+    let status = cmd.arg(&src).status().unwrap();
     assert!(status.success(), "go build {}", src.display());
-    built.push(name.to_string());
+    built.push(out.clone());
     out
 }
 
@@ -975,4 +991,165 @@ fn top_shows_the_leak_live_and_restores_the_terminal() {
         .filter(|n| n.starts_with("leaktrace-"))
         .collect();
     assert_eq!(exported.len(), 2, "{exported:?}");
+}
+
+/// The Go heap in use per function of a Go heap profile, as `go tool pprof
+/// -top -inuse_space` adds it up (flat: the sample's innermost function).
+fn runtime_inuse(profile: &Path, function: &str) -> i64 {
+    let p = decode(profile);
+    let index = p
+        .sample_type
+        .iter()
+        .position(|t| p.string_table[t.r#type as usize] == "inuse_space")
+        .expect("inuse_space");
+    let name_of_location = |id: u64| {
+        let loc = p.location.iter().find(|l| l.id == id).unwrap();
+        let line = loc.line.first().unwrap();
+        let f = p
+            .function
+            .iter()
+            .find(|f| f.id == line.function_id)
+            .unwrap();
+        p.string_table[f.name as usize].clone()
+    };
+    p.sample
+        .iter()
+        .filter(|s| name_of_location(s.location_id[0]) == function)
+        .map(|s| s.value[index])
+        .sum()
+}
+
+/// Go heap bytes leaktrace reports at sites whose innermost frame is `function`.
+fn go_heap_at(report: &Value, function: &str) -> u64 {
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "go_heap" && s["frames"][0]["function"] == function)
+        .map(|s| s["outstanding_bytes"].as_u64().unwrap())
+        .sum()
+}
+
+/// Traces tests/targets/go/leaks.go built with Go `version` from its start to its
+/// exit and checks what it leaks against its own counts and its own heap profile.
+fn go_leaks(version: &str, stripped_pie: bool, rounds: u64, interval: &str) -> Value {
+    let flavour = if stripped_pie { "-stripped-pie" } else { "" };
+    let dir = scratch_dir(&format!("goleaks{version}{flavour}"));
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .args(["-q", "-n", "100", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(go_build("leaks", version, stripped_pie))
+        .arg(&dir)
+        .arg(rounds.to_string())
+        .arg(interval));
+    assert!(out.status.success());
+    let r = report(&json);
+    let target = &r["targets"][0];
+    let pid = target["pid"].as_u64().unwrap();
+    // The target ran undisturbed to its end.
+    assert_eq!(target["exit_code"], 0, "{target}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("done {rounds}")), "{text}");
+    assert!(
+        text.contains("go_heap") && text.contains("main.appendRecord"),
+        "{text}"
+    );
+    assert_eq!(target["go"]["version"], format!("go{version}"));
+    // A stripped binary has no symbol for the rate: the default is assumed.
+    let rate = if stripped_pie {
+        Value::Null
+    } else {
+        Value::from(512 * 1024)
+    };
+    assert_eq!(target["go"]["mem_profile_rate"], rate);
+
+    // Goroutines, by the function holding the `go` statement, with what they run.
+    for (creator, runs, alive) in [
+        ("main.blockForever", "main.blockForever.func1", rounds),
+        ("main.sleepForever", "main.sleepForever.func1", rounds),
+        ("main.startWorkers", "main.startWorkers.func1", 4),
+    ] {
+        let s = site(&r, pid, "goroutine", creator)
+            .unwrap_or_else(|| panic!("no goroutine site at {creator}"));
+        assert_eq!(s["frames"][0]["function"], creator, "{s}");
+        assert_eq!(s["outstanding_count"], alive, "{s}");
+        assert_eq!(details(s), [("goroutine".into(), runs.into(), alive)]);
+    }
+
+    // The Go heap per function agrees with the runtime's own profile.
+    let profile = dir.join("heap.pprof");
+    let ours = go_heap_at(&r, "main.appendRecord") as f64;
+    let theirs = runtime_inuse(&profile, "main.appendRecord") as f64;
+    assert!(
+        theirs > 0.0 && (ours - theirs).abs() <= 0.1 * theirs,
+        "go_heap at main.appendRecord: leaktrace {ours}, runtime {theirs}"
+    );
+    r
+}
+
+#[test]
+fn go_heap_and_goroutines_newest_go_with_verdicts() {
+    // Five requests a second for 12 s: long enough for verdicts.
+    let r = go_leaks(GO_NEWEST, false, 60, "200ms");
+    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    let verdict = |kind, f| verdict_of(&r, pid, kind, f)["verdict"].clone();
+    for (kind, f) in [
+        ("go_heap", "main.appendRecord"),
+        ("goroutine", "main.blockForever"),
+        ("goroutine", "main.sleepForever"),
+    ] {
+        assert_eq!(verdict(kind, f), "leak", "{kind} at {f}");
+    }
+    assert_ne!(verdict("goroutine", "main.startWorkers"), "leak");
+    for f in ["main.cachePut", "main.usePool", "main.makeGarbage"] {
+        let sites = r["sites"].as_array().unwrap().iter();
+        for s in sites.filter(|s| s["kind"] == "go_heap" && s["frames"][0]["function"] == f) {
+            assert_ne!(s["verdict"], "leak", "{s}");
+        }
+    }
+}
+
+#[test]
+fn go_heap_and_goroutines_oldest_go() {
+    go_leaks(GO_OLDEST, false, 15, "100ms");
+}
+
+#[test]
+fn go_heap_and_goroutines_stripped_pie_builds() {
+    for version in [GO_OLDEST, GO_NEWEST] {
+        go_leaks(version, true, 15, "100ms");
+    }
+}
+
+#[test]
+fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
+    let unsampled = go_target("unsampled");
+    let dir = scratch_dir("gounsampled");
+    let trace = |extra: &[&str], json: &Path| {
+        let out = run(leaktrace()
+            .arg("-q")
+            .args(extra)
+            .arg("-o")
+            .arg(json)
+            .arg("--")
+            .arg(&unsampled)
+            .args(["30", "100ms"]));
+        assert!(out.status.success());
+        (
+            report(json),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (off, text) = trace(&[], &dir.join("off.json"));
+    assert_eq!(off["targets"][0]["go"]["mem_profile_rate"], 0);
+    assert!(text.contains("--go-heap-sampling"), "{text}");
+    assert_eq!(go_heap_at(&off, "main.keep"), 0);
+    let (on, _) = trace(&["--go-heap-sampling"], &dir.join("on.json"));
+    assert_eq!(on["targets"][0]["go"]["mem_profile_rate"], 512 * 1024);
+    assert_eq!(on["targets"][0]["exit_code"], 0);
+    // Sampling starts once leaktrace has seen the runtime up: most of the 30 MiB.
+    let kept = go_heap_at(&on, "main.keep");
+    assert!((10 << 20..=32 << 20).contains(&kept), "{kept}");
 }

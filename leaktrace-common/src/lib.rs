@@ -22,6 +22,8 @@ pub mod maps {
 pub enum SiteKind {
     Heap = 0,
     Mmap = 1,
+    /// Go's sampled heap: `SiteKey::extra` holds the object size (its profile bucket's).
+    GoHeap = 2,
 }
 
 /// `stack_id` value when the kernel could not record the stack
@@ -36,7 +38,9 @@ pub struct SiteKey {
     pub tgid: u32,
     pub stack_id: u32,
     pub kind: u32,
-    pub _pad: u32,
+    /// Go heap sites: the sampled objects' size, so userspace can scale each
+    /// size class like pprof does. Zero otherwise.
+    pub extra: u32,
 }
 
 /// Per-site totals, updated atomically by the probes.
@@ -141,6 +145,30 @@ pub enum EventKind {
     FdExec = 6,
     /// [`ForkEvent`]: a target made a new process, now a target too.
     Fork = 7,
+    /// [`GoroutineEvent`]: a Go target started a goroutine.
+    GoroutineNew = 8,
+    /// [`GoroutineEvent`]: a goroutine exited (only `g` is set).
+    GoroutineExit = 9,
+}
+
+/// A goroutine started or ended. Goroutines are told apart by their `g` (the
+/// runtime reuses a `g` only after its goroutine has exited).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    /// Address of the goroutine's `runtime.g`.
+    pub g: u64,
+    /// Stack at `runtime.newproc`, in the creating goroutine.
+    pub stack_id: u32,
+    pub _pad: u32,
+    /// Return address into the function holding the `go` statement: the stack
+    /// walk at newproc's entry cannot see it.
+    pub caller: u64,
+    /// Entry of the function the goroutine runs.
+    pub start_pc: u64,
 }
 
 /// A target forked: `child` is traced from its first instruction.

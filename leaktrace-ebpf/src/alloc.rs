@@ -168,6 +168,19 @@ fn record<C: EbpfContext + StackIdContext>(
     size: u64,
     born: Option<u64>,
 ) {
+    // At a uretprobe the user stack starts at the caller's return address.
+    let site = SiteKey {
+        tgid,
+        stack_id: stack::id(ctx),
+        kind: SiteKind::Heap as u32,
+        extra: 0,
+    };
+    track(tgid, addr, size, born, site);
+}
+
+/// Records the object at `addr` as outstanding at `site`.
+#[inline(always)]
+pub fn track(tgid: u32, addr: u64, size: u64, born: Option<u64>, site: SiteKey) {
     let key = AllocKey {
         tgid,
         _pad: 0,
@@ -176,14 +189,6 @@ fn record<C: EbpfContext + StackIdContext>(
     // An entry already at this address was freed behind our back (a path we do not
     // probe): settle it before it is overwritten. Costs one lookup when there is none.
     let _ = release(tgid, addr);
-    // At a uretprobe the user stack starts at the caller's return address.
-    let stack_id = stack::id(ctx);
-    let site = SiteKey {
-        tgid,
-        stack_id,
-        kind: SiteKind::Heap as u32,
-        _pad: 0,
-    };
     let Some(stats) = site_stats(&site) else {
         return;
     };
@@ -203,7 +208,7 @@ fn record<C: EbpfContext + StackIdContext>(
 
 /// Settles the allocation at `addr`, if it is ours; returns when it was made.
 #[inline(always)]
-fn release(tgid: u32, addr: u64) -> Option<u64> {
+pub fn release(tgid: u32, addr: u64) -> Option<u64> {
     let key = AllocKey {
         tgid,
         _pad: 0,

@@ -3,6 +3,7 @@
 //! - [`alloc`]: uprobes on the allocator (malloc, free, realloc, …), accounted in the kernel.
 //! - [`mmap`]: anonymous mmap/munmap/mremap, sent to userspace (which handles partial unmaps).
 //! - [`fd`]: descriptors created and closed (files, sockets, pipes, …), sent to userspace.
+//! - [`go`]: the Go runtime's sampled heap and goroutines (entry uprobes only).
 //! - [`fork`]: processes forked by targets become targets, in the kernel.
 //! - [`stack`]: the user stack of a syscall, shared by the syscall families.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
@@ -13,6 +14,7 @@
 mod alloc;
 mod fd;
 mod fork;
+mod go;
 mod maps;
 mod mmap;
 mod stack;

@@ -20,6 +20,7 @@ const SYS_MMAP: u64 = 9;
 const SYS_MUNMAP: u64 = 11;
 const SYS_MREMAP: u64 = 25;
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_NONE: u64 = 0;
 
 #[inline(always)]
 pub fn wants(nr: u64) -> bool {
@@ -34,7 +35,9 @@ pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
     if alloc::inside_allocator(tid, regs.rsp) {
         return false;
     }
-    nr != SYS_MMAP || regs.r10 & MAP_ANONYMOUS != 0
+    // PROT_NONE reserves address space, not memory (Go's heap arenas, guard
+    // regions); what is later mapped over it with MAP_FIXED is counted.
+    nr != SYS_MMAP || (regs.r10 & MAP_ANONYMOUS != 0 && regs.rdx != PROT_NONE)
 }
 
 #[inline(always)]

@@ -21,6 +21,15 @@ call that creates one, close, close_range, dup2, exec) that are still \
 outstanding, with the paths and peer addresses of what is open. The target is not restarted, recompiled or ptraced; its \
 allocator is found through its memory map (glibc, or a static or bundled malloc).
 
+Go programs (Go 1.21 to 1.27, stripped or not, PIE or not) are found by their \
+runtime: leaktrace adds the Go heap in use per allocation site (kind go_heap, \
+from the runtime's own heap-profile sampling, scaled like go tool pprof does) \
+and the goroutines alive per creation site (kind goroutine: the function holding \
+the `go` statement and its callers, with the function each goroutine runs). Only \
+entry uprobes touch Go code. A binary that never calls runtime.MemProfile has \
+sampling off (MemProfileRate 0): the report says so, and --go-heap-sampling \
+turns it on.
+
 Every --interval it prints the top sites, surest leaks first; at the end \
 (--duration, Ctrl-C, SIGTERM, or when every target has exited) it prints a \
 final report with symbolized stacks, a verdict per site (leak, growing, stable, \
@@ -41,6 +50,7 @@ EXAMPLES:
     sudo leaktrace --pid 1234 --pid 1240 -d 60s -o leaks.json
     sudo leaktrace -d 10s -- ./server --port 8080
     sudo leaktrace --no-heap --no-mmap --pid 1234   descriptors and sockets only
+    sudo leaktrace --pid 4321 --go-heap-sampling    a Go service, heap sampling forced on
     sudo leaktrace --pid 1234 -o leaks.pb.gz -o flame.svg
     go tool pprof -top leaks.pb.gz             read the profile (inuse_space by default)
     sudo leaktrace --pid 1234 -o leaks.pb.gz --snapshot-every 60s
@@ -76,7 +86,7 @@ frame. Enter shows the whole stack and, for descriptors, their paths and peers.
 
 Keys: arrows or j/k move, Enter/Esc open/close the stack, s cycles the sort \
 (verdict, bytes, count, growth, age), / filters by function, file or path, t \
-cycles the kind (all, heap, mmap, fd, socket), p pauses the display (tracing \
+cycles the kind (all, heap, mmap, fd, socket, go_heap, goroutine), p pauses the display (tracing \
 goes on), e exports the current state as pprof and JSON in the working \
 directory, ? shows help, q or Ctrl-C quits. The terminal is restored on quit, \
 SIGTERM and panic.";
@@ -142,6 +152,18 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_fds: bool,
 
+    /// Do not trace goroutines (Go targets).
+    #[arg(long)]
+    pub no_goroutines: bool,
+
+    /// Go targets whose heap sampling is off (runtime.MemProfileRate 0, as in
+    /// binaries that never call runtime.MemProfile): write 524288, Go's default,
+    /// into it through /proc/PID/mem. This changes the target's runtime state:
+    /// from then on it samples allocations for its heap profile (a small cost),
+    /// as if it had been built to. Needs a binary with a symbol table.
+    #[arg(long)]
+    pub go_heap_sampling: bool,
+
     /// Also trace the processes the targets fork (they inherit the parent's
     /// descriptors and mappings). On by default for -- CMD.
     #[arg(long, overrides_with = "no_follow_forks")]
@@ -202,8 +224,10 @@ impl TraceArgs {
                 heap: !self.no_heap,
                 mmap: !self.no_mmap,
                 fds: !self.no_fds,
+                goroutines: !self.no_goroutines,
                 forks,
             },
+            go_heap_sampling: self.go_heap_sampling,
             limits: Limits {
                 max_allocs: self.max_allocs.max(1),
                 max_stacks: self.max_stacks.max(1),

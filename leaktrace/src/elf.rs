@@ -6,7 +6,7 @@ use std::{
 };
 
 use object::{
-    Object, ObjectSegment, ObjectSymbol, elf,
+    Object, ObjectSection, ObjectSegment, ObjectSymbol, elf,
     read::elf::{Dyn as _, ElfFile64, SectionHeader as _},
 };
 
@@ -86,6 +86,30 @@ impl ElfImage {
             address,
             file_offset: self.file_offset(address)?,
         })
+    }
+
+    /// The address of a defined symbol of any kind (a variable too), from `.symtab`.
+    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        let file = self.parse().ok()?;
+        file.symbols()
+            .find(|s| s.is_definition() && s.name() == Ok(name))
+            .map(|s| s.address())
+    }
+
+    /// A section's address and contents.
+    pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
+        let file = self.parse().ok()?;
+        let section = file.section_by_name(name)?;
+        let (offset, size) = section.file_range()?;
+        let data = self.data.get(offset as usize..(offset + size) as usize)?;
+        Some((section.address(), data))
+    }
+
+    /// The lowest address a loadable segment asks for: where a position-independent
+    /// file's load bias is measured from.
+    pub fn load_address(&self) -> u64 {
+        let Ok(file) = self.parse() else { return 0 };
+        file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff
     }
 
     /// Maps a virtual address to its offset in the file, through the loadable segments.

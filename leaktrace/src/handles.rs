@@ -24,6 +24,8 @@ pub enum HandleKind {
     Memfd,
     Pidfd,
     Other,
+    /// Not a descriptor: a goroutine, whose detail is the function it runs.
+    Goroutine,
 }
 
 impl HandleKind {
@@ -40,6 +42,7 @@ impl HandleKind {
             HandleKind::Memfd => "memfd",
             HandleKind::Pidfd => "pidfd",
             HandleKind::Other => "other",
+            HandleKind::Goroutine => "goroutine",
         }
     }
 }

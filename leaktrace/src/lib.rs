@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod cli;
 pub mod elf;
 pub mod flamegraph;
+pub mod golang;
 pub mod handles;
 pub mod limits;
 pub mod model;

@@ -2,10 +2,11 @@
 //! the views (text, JSON); never touches the kernel itself.
 use std::collections::{BTreeMap, HashMap};
 
-use leaktrace_common::{EventKind, MapEvent, NO_STACK, SiteKey, SiteStats};
+use leaktrace_common::{EventKind, MapEvent, NO_STACK, SiteKey, SiteKind, SiteStats};
 use serde::Serialize;
 
 use crate::{
+    golang::{DEFAULT_MEM_PROFILE_RATE, scale},
     handles::HandleKind,
     series::{Point, Series},
     symbolize::Frame,
@@ -17,13 +18,17 @@ pub type Ns = u64;
 pub const PAGE: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Heap,
     Mmap,
     /// Descriptors other than sockets: files, pipes, eventfds, epoll, timers…
     Fd,
     Socket,
+    /// Go's heap, from the runtime's sampled allocations (scaled estimates).
+    GoHeap,
+    /// Goroutines alive, by creation site.
+    Goroutine,
 }
 
 impl Kind {
@@ -33,12 +38,19 @@ impl Kind {
             Kind::Mmap => "mmap",
             Kind::Fd => "fd",
             Kind::Socket => "socket",
+            Kind::GoHeap => "go_heap",
+            Kind::Goroutine => "goroutine",
         }
     }
 
     /// Handles are counted, memory is measured in bytes.
     pub fn is_handle(self) -> bool {
-        matches!(self, Kind::Fd | Kind::Socket)
+        matches!(self, Kind::Fd | Kind::Socket | Kind::Goroutine)
+    }
+
+    /// Sites the kernel accounts (read from its sites map), not userspace.
+    pub fn in_kernel(self) -> bool {
+        matches!(self, Kind::Heap | Kind::GoHeap)
     }
 }
 
@@ -48,12 +60,13 @@ pub const BEFORE_ATTACH: u32 = NO_STACK - 1;
 /// How many details (paths, peers) a handle site keeps, most frequent first.
 pub const TOP_DETAILS: usize = 5;
 
-/// An open descriptor of a target.
+/// An open descriptor or a live goroutine of a target.
 #[derive(Clone, Debug)]
 pub struct Handle {
     pub site: SiteId,
     pub kind: HandleKind,
-    /// Path of a file, protocol and addresses of a socket, name of a memfd.
+    /// Path of a file, protocol and addresses of a socket, name of a memfd, the
+    /// function a goroutine runs.
     pub detail: String,
     pub ts: Ns,
 }
@@ -63,7 +76,8 @@ pub struct Handle {
 pub struct SiteId {
     pub tgid: u32,
     pub kind: Kind,
-    /// A kernel stack id (heap), or one the pump made for a repaired syscall stack.
+    /// A kernel stack id (heap), or one the pump made (a repaired syscall stack,
+    /// a goroutine's creation stack).
     pub stack_id: u32,
 }
 
@@ -171,12 +185,13 @@ impl Regions {
     }
 }
 
-/// Per heap site (tgid, stack id), from a walk of the outstanding allocations.
+/// Per kernel-accounted site, from a walk of the outstanding allocations.
 #[derive(Clone, Copy, Debug)]
 pub struct HeapAges {
     pub oldest_ns: Ns,
-    pub aged_bytes: u64,
-    pub aged_count: u64,
+    /// Go heap objects stand for a fraction of objects and bytes each: sums are real.
+    pub aged_bytes: f64,
+    pub aged_count: f64,
 }
 
 #[derive(Default)]
@@ -187,6 +202,8 @@ pub struct Model {
     regions: HashMap<u32, Regions>,
     /// Open descriptors per process.
     fds: HashMap<u32, BTreeMap<i32, Handle>>,
+    /// Live goroutines per process, by the address of their `runtime.g`.
+    goroutines: HashMap<u32, HashMap<u64, Handle>>,
     pub lost: Lost,
     pub allocs: u64,
     pub frees: u64,
@@ -204,44 +221,84 @@ impl Model {
         }
     }
 
-    /// Replaces a heap site's totals with the kernel's.
-    pub fn set_heap(&mut self, key: &SiteKey, stats: &SiteStats) {
-        let id = SiteId {
-            tgid: key.tgid,
-            kind: Kind::Heap,
-            stack_id: key.stack_id,
-        };
-        let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
-        site.live_bytes = stats.live_bytes.max(0) as u64;
-        site.live_count = stats.live_count.max(0) as u64;
-        site.total_bytes = stats.total_bytes;
-        site.total_count = stats.total_count;
-        if site.live_count == 0 {
-            site.oldest_ns = None;
+    /// Replaces the kernel-accounted sites' totals with the kernel's. Go heap
+    /// entries (one per object size) stand for `1/(1-e^(-size/rate))` objects
+    /// each, at the sampling rate of their process (`go_rates`), and add up into
+    /// one site per stack.
+    pub fn set_kernel_sites(
+        &mut self,
+        entries: &[(SiteKey, SiteStats)],
+        go_rates: &HashMap<u32, u64>,
+    ) {
+        // (live count, live bytes, total count, total bytes)
+        let mut sums: HashMap<SiteId, [f64; 4]> = HashMap::new();
+        for (key, stats) in entries {
+            let go = key.kind == SiteKind::GoHeap as u32;
+            let id = SiteId {
+                tgid: key.tgid,
+                kind: if go { Kind::GoHeap } else { Kind::Heap },
+                stack_id: key.stack_id,
+            };
+            let live = stats.live_count.max(0) as f64;
+            let [live_count, live_bytes, total_count, total_bytes] = if go {
+                let rate = go_rates
+                    .get(&key.tgid)
+                    .copied()
+                    .unwrap_or(DEFAULT_MEM_PROFILE_RATE);
+                let size = u64::from(key.extra);
+                let (n, b) = scale(live, size, rate);
+                let (tn, tb) = scale(stats.total_count as f64, size, rate);
+                [n, b, tn, tb]
+            } else {
+                [
+                    live,
+                    stats.live_bytes.max(0) as f64,
+                    stats.total_count as f64,
+                    stats.total_bytes as f64,
+                ]
+            };
+            let sum = sums.entry(id).or_default();
+            for (s, v) in sum
+                .iter_mut()
+                .zip([live_count, live_bytes, total_count, total_bytes])
+            {
+                *s += v;
+            }
+        }
+        for (id, [live_count, live_bytes, total_count, total_bytes]) in sums {
+            let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+            site.live_count = live_count.round() as u64;
+            site.live_bytes = live_bytes.round() as u64;
+            site.total_count = total_count.round() as u64;
+            site.total_bytes = total_bytes.round() as u64;
+            if site.live_count == 0 {
+                site.oldest_ns = None;
+            }
         }
     }
 
-    /// Sets the oldest outstanding allocation of each heap site and what is older
-    /// than `--min-age`, from a walk of the outstanding allocations.
-    pub fn set_heap_ages(&mut self, ages: &HashMap<(u32, u32), HeapAges>) {
-        for site in self.sites.values_mut().filter(|s| s.id.kind == Kind::Heap) {
-            let a = ages.get(&(site.id.tgid, site.id.stack_id));
+    /// Sets the oldest outstanding allocation of each kernel-accounted site and
+    /// what is older than `--min-age`, from a walk of the outstanding allocations.
+    pub fn set_heap_ages(&mut self, ages: &HashMap<SiteId, HeapAges>) {
+        for site in self.sites.values_mut().filter(|s| s.id.kind.in_kernel()) {
+            let a = ages.get(&site.id);
             site.oldest_ns = a.map(|a| a.oldest_ns);
-            site.aged_bytes = a.map_or(0, |a| a.aged_bytes);
-            site.aged_count = a.map_or(0, |a| a.aged_count);
+            site.aged_bytes = a.map_or(0, |a| a.aged_bytes.round() as u64);
+            site.aged_count = a.map_or(0, |a| a.aged_count.round() as u64);
         }
     }
 
     /// Sets what each mmap and handle site holds that is older than `--min-age` at `now`.
     pub fn set_tracked_ages(&mut self, now: Ns) {
         let cutoff = now.saturating_sub(self.min_age);
-        for site in self.sites.values_mut().filter(|s| s.id.kind != Kind::Heap) {
+        for site in self.sites.values_mut().filter(|s| !s.id.kind.in_kernel()) {
             site.aged_bytes = 0;
             site.aged_count = 0;
         }
         let regions = self.regions.values().flat_map(|r| &r.by_start);
         let regions = regions.map(|(&start, r)| (r.site, r.ts, r.end - start));
         let handles = self.fds.values().flat_map(|t| t.values());
+        let handles = handles.chain(self.goroutines.values().flat_map(|t| t.values()));
         let handles = handles.map(|h| (h.site, h.ts, 0));
         for (site, ts, bytes) in regions.chain(handles) {
             if ts <= cutoff
@@ -300,7 +357,23 @@ impl Model {
             .flat_map(|t| t.iter_mut())
     }
 
-    /// Recomputes the handle sites of `tgid` from its descriptor table.
+    /// A goroutine started: its `g` and what it is.
+    pub fn start_goroutine(&mut self, tgid: u32, g: u64, handle: Handle) {
+        self.sites
+            .entry(handle.site)
+            .or_insert_with(|| Site::new(handle.site))
+            .total_count += 1;
+        self.goroutines.entry(tgid).or_default().insert(g, handle);
+    }
+
+    /// A goroutine exited (one started before attach is not ours: ignored).
+    pub fn end_goroutine(&mut self, tgid: u32, g: u64) {
+        if let Some(table) = self.goroutines.get_mut(&tgid) {
+            table.remove(&g);
+        }
+    }
+
+    /// Recomputes the handle and goroutine sites of `tgid` from its tables.
     pub fn refresh_handles(&mut self, tgid: u32) {
         let mut details: HashMap<SiteId, HashMap<(HandleKind, &str), u64>> = HashMap::new();
         for site in self
@@ -311,10 +384,13 @@ impl Model {
             site.live_count = 0;
             site.oldest_ns = None;
         }
-        let Some(table) = self.fds.get(&tgid) else {
-            return;
-        };
-        for handle in table.values() {
+        let fds = self.fds.get(&tgid).into_iter().flat_map(|t| t.values());
+        let goroutines = self
+            .goroutines
+            .get(&tgid)
+            .into_iter()
+            .flat_map(|t| t.values());
+        for handle in fds.chain(goroutines) {
             if let Some(site) = self.sites.get_mut(&handle.site) {
                 site.live_count += 1;
                 site.oldest_ns = Some(site.oldest_ns.map_or(handle.ts, |t| t.min(handle.ts)));
@@ -473,6 +549,14 @@ impl Model {
         }
         self.refresh_handles(child);
         self.refresh_mmap(child);
+    }
+
+    /// Drops an mmap site and its mappings: memory another site accounts for.
+    pub fn forget_mmap_site(&mut self, id: SiteId) {
+        if let Some(regions) = self.regions.get_mut(&id.tgid) {
+            regions.by_start.retain(|_, r| r.site != id);
+        }
+        self.sites.remove(&id);
     }
 
     /// An exec replaced every mapping of `tgid`.

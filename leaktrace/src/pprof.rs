@@ -1,7 +1,9 @@
 //! The report as a pprof profile (gzipped `profile.proto`), shaped like Go's heap
 //! profile so `go tool pprof`, Pyroscope, Parca and Speedscope show it as one:
 //! sample types `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`
-//! (the default); open descriptors as `open_fds` and `open_sockets`. Format
+//! (the default, with the Go heap beside the C heap, told apart by the `kind`
+//! label); open descriptors as `open_fds` and `open_sockets`; live goroutines as
+//! `goroutine`, like Go's goroutine profile. Format
 //! notes: docs/pprof.md.
 pub mod proto;
 
@@ -19,13 +21,14 @@ use crate::{
 use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
 /// (type, unit) of each value of a sample: Go's heap profile, then handles.
-pub const SAMPLE_TYPES: [(&str, &str); 6] = [
+pub const SAMPLE_TYPES: [(&str, &str); 7] = [
     ("alloc_objects", "count"),
     ("alloc_space", "bytes"),
     ("inuse_objects", "count"),
     ("inuse_space", "bytes"),
     ("open_fds", "count"),
     ("open_sockets", "count"),
+    ("goroutine", "count"),
 ];
 const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
 
@@ -152,13 +155,15 @@ impl Builder {
         ];
         let open = site.outstanding_count as i64;
         let value = match site.kind {
-            Kind::Fd => vec![0, 0, 0, 0, open, 0],
-            Kind::Socket => vec![0, 0, 0, 0, 0, open],
-            Kind::Heap | Kind::Mmap => vec![
+            Kind::Fd => vec![0, 0, 0, 0, open, 0, 0],
+            Kind::Socket => vec![0, 0, 0, 0, 0, open, 0],
+            Kind::Goroutine => vec![0, 0, 0, 0, 0, 0, open],
+            Kind::Heap | Kind::Mmap | Kind::GoHeap => vec![
                 site.total_count as i64,
                 site.total_bytes as i64,
                 open,
                 site.outstanding_bytes as i64,
+                0,
                 0,
                 0,
             ],

@@ -2,13 +2,13 @@
 //!
 //! Every attachment is a file descriptor owned by this process: however
 //! leaktrace ends (even SIGKILL) the kernel closes them and removes the probes.
-use std::num::NonZeroU32;
+use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        ProbeKind, RawTracePoint, UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -17,7 +17,14 @@ use leaktrace_common::{
     SiteKey, SiteStats, maps,
 };
 
-use crate::{allocator::Allocator, target::Target};
+use crate::{
+    allocator::{Allocator, ProbePoint},
+    golang::GoRuntime,
+    target::Target,
+};
+
+/// The Go programs that follow goroutines; the others follow the Go heap.
+const GOROUTINE_PROGRAMS: [&str; 3] = ["go_newproc", "go_newproc1_ret", "go_goexit1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -54,6 +61,8 @@ pub struct Families {
     pub heap: bool,
     pub mmap: bool,
     pub fds: bool,
+    /// Goroutines of Go targets.
+    pub goroutines: bool,
     /// Trace the processes targets fork, too.
     pub forks: bool,
 }
@@ -130,34 +139,70 @@ impl Probes {
         target: &Target,
         allocator: &Allocator,
     ) -> Result<(), ProbeError> {
-        let pid = NonZeroU32::new(target.pid).expect("PID 0 is never a target");
         for point in &allocator.points {
-            let attach_err = |e| ProbeError::Attach {
-                function: point.function.clone(),
-                path: allocator.path.display().to_string(),
-                pid: target.pid,
-                source: Box::new(e),
-            };
-            let entry: &mut UProbe = self.program(point.program)?;
-            entry
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(point.file_offset + point.shift),
-                    &allocator.path,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(attach_err)?;
+            let entry = point.file_offset + point.shift;
+            self.attach_uprobe(point.program, entry, point, &allocator.path, target.pid)?;
             if point.returns {
-                let ret: &mut UProbe = self.program("alloc_return")?;
-                debug_assert!(matches!(ret.kind(), ProbeKind::Return));
-                ret.attach(
-                    UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                self.attach_uprobe(
+                    "alloc_return",
+                    point.file_offset,
+                    point,
                     &allocator.path,
-                    UProbeScope::OneProcess(pid),
-                )
-                .map_err(attach_err)?;
+                    target.pid,
+                )?;
             }
         }
         Ok(())
+    }
+
+    /// Attaches the Go runtime probes to `target` (entry probes only: see
+    /// leaktrace-ebpf/src/go.rs): the heap ones with `heap`, the goroutine ones
+    /// with `goroutines`.
+    pub fn attach_go(
+        &mut self,
+        target: &Target,
+        go: &GoRuntime,
+        heap: bool,
+        goroutines: bool,
+    ) -> Result<(), ProbeError> {
+        for point in &go.points {
+            let wanted = if GOROUTINE_PROGRAMS.contains(&point.program) {
+                goroutines
+            } else {
+                heap
+            };
+            if wanted {
+                let at = point.file_offset + point.shift;
+                self.attach_uprobe(point.program, at, point, &go.path, target.pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `program` at `file_offset` of `path` for process `pid` only.
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        file_offset: u64,
+        point: &ProbePoint,
+        path: &Path,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
+        let probe: &mut UProbe = self.program(program)?;
+        probe
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(file_offset),
+                path,
+                scope,
+            )
+            .map(drop)
+            .map_err(|e| ProbeError::Attach {
+                function: point.function.clone(),
+                path: path.display().to_string(),
+                pid,
+                source: Box::new(e),
+            })
     }
 
     /// Lets the syscall tracepoints see `pid`.

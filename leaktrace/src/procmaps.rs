@@ -73,6 +73,10 @@ impl ProcMaps {
             .filter(|m| m.executable && m.path.is_some())
     }
 
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.mappings.is_empty()
     }

@@ -56,10 +56,27 @@ pub struct TargetInfo {
     /// The allocator file probed, if heap tracing was on for this target.
     pub allocator: Option<PathBuf>,
     pub exited: bool,
+    /// A command leaktrace started that has exited: its exit code (128 plus the
+    /// signal number when a signal ended it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
     /// The cgroup memory limit closest to being hit, if any.
     pub memory_limit: Option<MemoryLimit>,
     /// The open-files limit and how many descriptors are open.
     pub fd_limit: Option<FdLimit>,
+    /// Go programs: the runtime's version and heap sampling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go: Option<GoInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GoInfo {
+    /// "go1.27.3", when the binary says.
+    pub version: Option<String>,
+    /// `runtime.MemProfileRate`: bytes allocated per sampled object; 0 means
+    /// the Go heap is not sampled (not seen); `None` when it cannot be read
+    /// (stripped binary: the default, 524288, is assumed for scaling).
+    pub mem_profile_rate: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -71,6 +88,9 @@ pub struct Totals {
     /// Open descriptors other than sockets, and open sockets.
     pub open_fds: u64,
     pub open_sockets: u64,
+    /// Go heap in use (estimated from the runtime's samples) and live goroutines.
+    pub go_heap_bytes: u64,
+    pub goroutines: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -143,6 +163,8 @@ impl Report {
                 frees: model.frees,
                 open_fds: model.open_handles(Kind::Fd),
                 open_sockets: model.open_handles(Kind::Socket),
+                go_heap_bytes: model.live_bytes(Kind::GoHeap),
+                goroutines: model.open_handles(Kind::Goroutine),
             },
             sites,
             modules,
@@ -203,13 +225,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "leaktrace report after {:.1}s", self.duration_s);
         for t in &self.targets {
+            let exited = match (t.exited, t.exit_code) {
+                (_, Some(code)) => format!(" — exited ({code})"),
+                (true, None) => " — exited".into(),
+                (false, None) => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  target {} ({}) {}{}",
+                "  target {} ({}) {}{exited}",
                 t.pid,
                 t.comm,
                 t.exe.display(),
-                if t.exited { " — exited" } else { "" }
             );
             if let Some(l) = &t.memory_limit {
                 let _ = writeln!(
@@ -222,6 +248,19 @@ impl Report {
             }
             if let Some(l) = &t.fd_limit {
                 let _ = writeln!(out, "    open files limit {}, {} open", l.limit, l.open);
+            }
+            if let Some(go) = &t.go {
+                let version = go.version.as_deref().unwrap_or("Go");
+                let sampling = match go.mem_profile_rate {
+                    Some(0) => "Go heap sampling is OFF (runtime.MemProfileRate 0: the binary \
+                                never calls runtime.MemProfile), so no go_heap sites: rerun with \
+                                --go-heap-sampling to turn it on"
+                        .to_string(),
+                    Some(rate) => format!("Go heap sampled every {}", human_bytes(rate)),
+                    None => "Go heap sampling rate unreadable (no symbol table): 512 KiB assumed"
+                        .to_string(),
+                };
+                let _ = writeln!(out, "    {version} · {sampling}");
             }
         }
         let _ = writeln!(
@@ -239,7 +278,12 @@ impl Report {
         }
         for (i, s) in leaking.iter().take(top).enumerate() {
             let plural = if s.outstanding_count == 1 { "" } else { "s" };
-            let (held, made) = if s.kind.is_handle() {
+            let (held, made) = if s.kind == Kind::Goroutine {
+                (
+                    format!("{} goroutine{plural} alive", s.outstanding_count),
+                    format!("{} started in all", s.total_count),
+                )
+            } else if s.kind.is_handle() {
                 (
                     format!("{} {} open", s.kind.name(), s.outstanding_count),
                     format!("{} opened in all", s.total_count),
@@ -300,15 +344,26 @@ impl Report {
         out
     }
 
-    /// "heap 1.2 MiB · mmap 64.0 KiB · 12 fds · 3 sockets".
-    fn totals_line(&self) -> String {
-        format!(
+    /// "heap 1.2 MiB · mmap 64.0 KiB · 12 fds · 3 sockets", and for Go
+    /// targets "· go heap 3.0 MiB · 42 goroutines".
+    pub fn totals_line(&self) -> String {
+        let t = &self.totals;
+        let mut line = format!(
             "heap {} · mmap {} · {} fds · {} sockets",
-            human_bytes(self.totals.heap_bytes),
-            human_bytes(self.totals.mmap_bytes),
-            self.totals.open_fds,
-            self.totals.open_sockets
-        )
+            human_bytes(t.heap_bytes),
+            human_bytes(t.mmap_bytes),
+            t.open_fds,
+            t.open_sockets
+        );
+        if self.targets.iter().any(|t| t.go.is_some()) {
+            let _ = write!(
+                line,
+                " · go heap {} · {} goroutines",
+                human_bytes(t.go_heap_bytes),
+                t.goroutines
+            );
+        }
+        line
     }
 
     /// "2 leak, 1 growing, 3 stable, 5 transient" over sites holding something.
@@ -386,6 +441,7 @@ impl Detail {
         let kind = self.kind.name();
         match self.kind {
             HandleKind::Socket | HandleKind::File if !self.detail.is_empty() => self.detail.clone(),
+            HandleKind::Goroutine => format!("runs {}", self.detail),
             _ if self.detail.is_empty() => kind.to_string(),
             _ => format!("{kind} {}", self.detail),
         }

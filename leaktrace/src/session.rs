@@ -10,13 +10,16 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
-    Counter, EventKind, FdClose, FdOpen, ForkEvent, MapEvent, NO_STACK, USER_STACK_WORDS,
+    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK, SiteKind,
+    USER_STACK_WORDS,
 };
 use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    allocator::{self, Allocator},
+    allocator::{self, Allocator, AllocatorError},
+    elf::ElfImage,
+    golang::{self, DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
     limits::{FdLimit, MemoryLimit},
     model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId},
@@ -24,7 +27,7 @@ use crate::{
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::ProcMaps,
-    report::{ModuleMap, Report, TargetInfo},
+    report::{GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
     target::{Child, Launched, Target},
 };
@@ -43,6 +46,8 @@ pub struct Options {
     /// Leave allocations younger than this out of reports.
     pub min_age: Duration,
     pub families: Families,
+    /// Turn on Go heap sampling where the runtime has it off (writes the target's memory).
+    pub go_heap_sampling: bool,
     pub limits: Limits,
 }
 
@@ -114,6 +119,7 @@ enum Event {
     /// Also an exec (kind `FdExec`).
     FdClose(FdClose),
     Fork(ForkEvent),
+    Goroutine(GoroutineEvent),
 }
 
 impl Event {
@@ -128,6 +134,9 @@ impl Event {
             Event::FdClose(read_as(bytes)?)
         } else if kind == EventKind::Fork as u32 {
             Event::Fork(read_as(bytes)?)
+        } else if kind == EventKind::GoroutineNew as u32 || kind == EventKind::GoroutineExit as u32
+        {
+            Event::Goroutine(read_as(bytes)?)
         } else {
             return None;
         })
@@ -150,8 +159,56 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 struct Traced {
     target: Target,
     allocator: Option<Allocator>,
+    go: Option<Go>,
     child: Option<Child>,
     exited: bool,
+}
+
+/// A Go target's runtime and its heap sampling rate as last read.
+struct Go {
+    runtime: GoRuntime,
+    /// `runtime.MemProfileRate`; `None` until read, or when it cannot be (stripped).
+    rate: Option<u64>,
+}
+
+/// Attaches what `target` needs: the allocator probes (`allocator` is the
+/// lookup's result; a Go program may have none) and, for a Go program (`exe` as
+/// leaktrace opens it), the Go runtime probes.
+fn attach(
+    probes: &mut Probes,
+    opts: &Options,
+    target: &Target,
+    exe: &std::path::Path,
+    allocator: impl FnOnce() -> Result<Allocator, AllocatorError>,
+) -> Result<(Option<Allocator>, Option<Go>)> {
+    let image = ElfImage::open(exe)?;
+    let runtime = GoRuntime::inspect(&image)?;
+    let allocator = if opts.families.heap {
+        match allocator() {
+            Ok(alloc) => {
+                probes.attach_allocator(target, &alloc)?;
+                Some(alloc)
+            }
+            // A Go program without cgo has no malloc: its heap is Go's.
+            Err(AllocatorError::NotFound { .. }) if runtime.is_some() => None,
+            Err(e) => return Err(e).with_context(|| format!("PID {}", target.pid)),
+        }
+    } else {
+        None
+    };
+    if let Some(go) = &runtime {
+        probes.attach_go(target, go, opts.families.heap, opts.families.goroutines)?;
+        info!(
+            "PID {}: Go runtime {}",
+            target.pid,
+            go.version.as_deref().unwrap_or("(version unknown)")
+        );
+    }
+    let go = runtime.map(|runtime| Go {
+        runtime,
+        rate: None,
+    });
+    Ok((allocator, go))
 }
 
 /// A live view of the session (`leaktrace top`): the pump publishes a fresh
@@ -169,13 +226,9 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     let mut traced = Vec::new();
     for &pid in &opts.pids {
         let target = Target::existing(pid)?;
-        let allocator = if opts.families.heap {
-            let alloc = target.allocator().with_context(|| format!("PID {pid}"))?;
-            probes.attach_allocator(&target, &alloc)?;
-            Some(alloc)
-        } else {
-            None
-        };
+        let (allocator, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
+            target.allocator()
+        })?;
         probes.add_target(pid)?;
         info!(
             "tracing PID {pid} ({}): allocator {:?}",
@@ -184,6 +237,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         traced.push(Traced {
             target,
             allocator,
+            go,
             child: None,
             exited: false,
         });
@@ -191,23 +245,20 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     if !opts.command.is_empty() {
         let launched = Launched::spawn(&opts.command)?;
         let target = launched.target();
-        let allocator = if opts.families.heap {
-            let alloc = allocator::find(
+        let (allocator, go) = attach(&mut probes, &opts, &target, &launched.exe, || {
+            allocator::find(
                 &launched.exe,
                 &preload_from_env(),
                 &allocator::search_library,
-            )?;
-            probes.attach_allocator(&target, &alloc)?;
-            Some(alloc)
-        } else {
-            None
-        };
+            )
+        })?;
         probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
         let child = launched.release();
         traced.push(Traced {
             target,
             allocator,
+            go,
             child: Some(child),
             exited: false,
         });
@@ -220,7 +271,11 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         maps: HashMap::new(),
         stacks: HashMap::new(),
         repaired: HashMap::new(),
+        interned: HashMap::new(),
+        go_runtime_mmaps: Default::default(),
+        start_functions: HashMap::new(),
         traced,
+        go_heap_sampling: opts.go_heap_sampling,
         started: now_ns(),
     };
     if opts.families.fds {
@@ -263,7 +318,15 @@ struct Pump {
     stacks: HashMap<u32, Vec<u64>>,
     /// Repaired syscall stacks by (tgid, kernel stack id, caller, saved rbp).
     repaired: HashMap<(u32, u32, u64, u64), u32>,
+    /// Ids of the stacks the pump made, by their return addresses.
+    interned: HashMap<Vec<u64>, u32>,
+    /// mmap sites inside the Go runtime (heap arenas, stacks, GC metadata): the
+    /// Go heap accounts for what they hold, so they are not shown.
+    go_runtime_mmaps: std::collections::HashSet<SiteId>,
+    /// Names of the functions goroutines run, by (tgid, entry address).
+    start_functions: HashMap<(u32, u64), String>,
     traced: Vec<Traced>,
+    go_heap_sampling: bool,
     started: Ns,
 }
 
@@ -382,8 +445,13 @@ impl Pump {
                 exe: t.target.exe.clone(),
                 allocator: t.allocator.as_ref().map(|a| a.path.clone()),
                 exited: t.exited,
+                exit_code: t.child.as_ref().and_then(Child::exit_code),
                 memory_limit: (!t.exited).then(|| MemoryLimit::of(t.target.pid)).flatten(),
                 fd_limit: (!t.exited).then(|| FdLimit::of(t.target.pid)).flatten(),
+                go: t.go.as_ref().map(|go| GoInfo {
+                    version: go.runtime.version.clone(),
+                    mem_profile_rate: go.rate,
+                }),
             })
             .collect();
         let modules = self.modules();
@@ -437,7 +505,14 @@ impl Pump {
                     } else {
                         self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words)
                     };
-                    maps.push((*e, stack));
+                    let site = SiteId {
+                        tgid: e.tgid,
+                        kind: Kind::Mmap,
+                        stack_id: stack,
+                    };
+                    if !self.go_runtime_mmaps.contains(&site) {
+                        maps.push((*e, stack));
+                    }
                 }
                 Event::FdOpen(e) => {
                     self.apply_fd_open(&e);
@@ -459,6 +534,14 @@ impl Pump {
                 Event::Fork(e) => {
                     self.model.apply_map_events(&std::mem::take(&mut maps));
                     self.adopt(e.tgid, e.child);
+                }
+                Event::Goroutine(e) => {
+                    if e.kind == EventKind::GoroutineNew as u32 {
+                        self.start_goroutine(&e);
+                    } else {
+                        self.model.end_goroutine(e.tgid, e.g);
+                    }
+                    touched.push(e.tgid);
                 }
             }
         }
@@ -498,6 +581,7 @@ impl Pump {
         self.traced.push(Traced {
             target,
             allocator,
+            go: None,
             child: None,
             exited: false,
         });
@@ -657,10 +741,63 @@ impl Pump {
             Some(rbp) => addrs.extend(walk_frame_pointers(tgid, maps, rbp, sp, words)),
             None => addrs.extend_from_slice(&self.stacks[&stack_id][1..]),
         }
-        let id = REPAIRED_STACKS + self.repaired.len() as u32;
-        self.stacks.insert(id, addrs);
+        let id = self.intern(addrs);
         self.repaired.insert(key, id);
         id
+    }
+
+    /// The id of a stack the pump made (ids above the kernel's); the same
+    /// addresses get the same id.
+    fn intern(&mut self, addrs: Vec<u64>) -> u32 {
+        if let Some(&id) = self.interned.get(&addrs) {
+            return id;
+        }
+        let id = REPAIRED_STACKS + self.interned.len() as u32;
+        self.stacks.insert(id, addrs.clone());
+        self.interned.insert(addrs, id);
+        id
+    }
+
+    /// A goroutine started. Its site is the function holding the `go` statement
+    /// (newproc's return address, which a frame-pointer walk at newproc's entry
+    /// may not see) and that function's callers; its detail, the function it runs.
+    fn start_goroutine(&mut self, e: &GoroutineEvent) {
+        let walked = self.stack(e.stack_id).get(1..).unwrap_or_default().to_vec();
+        // Kernels that fix up stacks taken at a function's entry (6.x, probe on
+        // `push rbp`) already list the caller.
+        let missing = e.caller != 0 && walked.first() != Some(&e.caller);
+        let addrs: Vec<u64> = missing
+            .then_some(e.caller)
+            .into_iter()
+            .chain(walked)
+            .collect();
+        let site = SiteId {
+            tgid: e.tgid,
+            kind: Kind::Goroutine,
+            stack_id: self.intern(addrs),
+        };
+        let detail = self.start_function(e.tgid, e.start_pc);
+        let handle = Handle {
+            site,
+            kind: handles::HandleKind::Goroutine,
+            detail,
+            ts: e.ts_ns,
+        };
+        self.model.start_goroutine(e.tgid, e.g, handle);
+    }
+
+    /// The name of the function at `entry` (a function's first instruction).
+    fn start_function(&mut self, tgid: u32, entry: u64) -> String {
+        if let Some(name) = self.start_functions.get(&(tgid, entry)) {
+            return name.clone();
+        }
+        let name = self
+            .maps
+            .get(&tgid)
+            .and_then(|maps| self.symbolizer.function_at(tgid, maps, entry))
+            .unwrap_or_else(|| format!("{entry:#x}"));
+        self.start_functions.insert((tgid, entry), name.clone());
+        name
     }
 
     fn stack(&mut self, stack_id: u32) -> &[u64] {
@@ -682,11 +819,14 @@ impl Pump {
 
     /// Reads per-site totals and counters from the kernel.
     fn refresh(&mut self) -> Result<()> {
+        self.read_go_rates();
+        let rates = self.go_rates();
         let sites = self.probes.sites()?;
-        for entry in sites.iter() {
-            let (key, stats) = entry.context("reading the sites map")?;
-            self.model.set_heap(&key, &stats);
-        }
+        let entries = sites
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the sites map")?;
+        self.model.set_kernel_sites(&entries, &rates);
         let c = self.probes.counters()?;
         let lost = &mut self.model.lost;
         lost.allocs_map_full = c[Counter::AllocsFull as usize];
@@ -704,26 +844,73 @@ impl Pump {
     fn update_ages(&mut self) -> Result<()> {
         let now = now_ns();
         let cutoff = now.saturating_sub(self.model.min_age);
-        let mut ages: HashMap<(u32, u32), HeapAges> = HashMap::new();
+        let rates = self.go_rates();
+        let mut ages: HashMap<SiteId, HeapAges> = HashMap::new();
         let allocs = self.probes.allocs()?;
         for entry in allocs.iter() {
             let Ok((_, info)) = entry else { continue }; // freed while walking
-            let a = ages
-                .entry((info.site.tgid, info.site.stack_id))
-                .or_insert(HeapAges {
-                    oldest_ns: info.ts_ns,
-                    aged_bytes: 0,
-                    aged_count: 0,
-                });
+            let go = info.site.kind == SiteKind::GoHeap as u32;
+            let id = SiteId {
+                tgid: info.site.tgid,
+                kind: if go { Kind::GoHeap } else { Kind::Heap },
+                stack_id: info.site.stack_id,
+            };
+            let a = ages.entry(id).or_insert(HeapAges {
+                oldest_ns: info.ts_ns,
+                aged_bytes: 0.0,
+                aged_count: 0.0,
+            });
             a.oldest_ns = a.oldest_ns.min(info.ts_ns);
             if info.ts_ns <= cutoff {
-                a.aged_bytes += info.size;
-                a.aged_count += 1;
+                let (count, bytes) = if go {
+                    let rate = rates
+                        .get(&id.tgid)
+                        .copied()
+                        .unwrap_or(DEFAULT_MEM_PROFILE_RATE);
+                    golang::scale(1.0, info.size, rate)
+                } else {
+                    (1.0, info.size as f64)
+                };
+                a.aged_bytes += bytes;
+                a.aged_count += count;
             }
         }
         self.model.set_heap_ages(&ages);
         self.model.set_tracked_ages(now);
         Ok(())
+    }
+
+    /// Reads each live Go target's heap sampling rate, turning sampling on
+    /// where it is off and --go-heap-sampling asks.
+    fn read_go_rates(&mut self) {
+        for t in self.traced.iter_mut().filter(|t| !t.exited) {
+            let Some(go) = &mut t.go else { continue };
+            let pid = t.target.pid;
+            match go.runtime.mem_profile_rate(pid) {
+                Ok(0) if self.go_heap_sampling => {
+                    match go
+                        .runtime
+                        .set_mem_profile_rate(pid, DEFAULT_MEM_PROFILE_RATE)
+                    {
+                        Ok(()) => {
+                            info!("PID {pid}: Go heap sampling turned on");
+                            go.rate = Some(DEFAULT_MEM_PROFILE_RATE);
+                        }
+                        Err(e) => warn!("--go-heap-sampling: {e}"),
+                    }
+                }
+                Ok(rate) => go.rate = Some(rate),
+                Err(e) => debug!("{e}"),
+            }
+        }
+    }
+
+    /// The Go heap sampling rates known, by PID.
+    fn go_rates(&self) -> HashMap<u32, u64> {
+        self.traced
+            .iter()
+            .filter_map(|t| Some((t.target.pid, t.go.as_ref()?.rate?)))
+            .collect()
     }
 
     /// Re-reads the memory maps of live targets, but those in `except`.
@@ -761,7 +948,27 @@ impl Pump {
             let Some(maps) = self.maps.get(&id.tgid) else {
                 continue;
             };
-            let frames = self.symbolizer.stack(id.tgid, maps, &addrs);
+            let mut frames = self.symbolizer.stack(id.tgid, maps, &addrs);
+            let runtime = |f: &Frame| {
+                f.function
+                    .as_ref()
+                    .is_some_and(|n| n.starts_with("runtime."))
+            };
+            let go = self
+                .traced
+                .iter()
+                .any(|t| t.target.pid == id.tgid && t.go.is_some());
+            if go && id.kind == Kind::Mmap && frames.first().is_some_and(runtime) {
+                self.go_runtime_mmaps.insert(id);
+                self.model.forget_mmap_site(id);
+                continue;
+            }
+            if id.kind == Kind::GoHeap {
+                // Like Go's own profile: the site is where user code allocated,
+                // not the runtime's allocator (mallocgc, growslice…) beneath it.
+                let inner = frames.iter().take_while(|f| runtime(f)).count();
+                frames.drain(..inner.min(frames.len().saturating_sub(1)));
+            }
             if let Some(site) = self.model.sites.get_mut(&id) {
                 site.frames = frames;
             }

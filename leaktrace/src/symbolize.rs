@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::{
     elf::ElfImage,
+    golang::Pclntab,
     placement::{self, Frameless},
     procmaps::ProcMaps,
     target::in_root,
@@ -95,6 +96,8 @@ struct Module {
 
 pub struct Symbolizer {
     blaze: Blaze,
+    /// Go function tables of modules, for Go binaries without other symbols.
+    go_tables: HashMap<PathBuf, Option<Pclntab>>,
     cache: HashMap<(PathBuf, u64), Vec<Frame>>,
     depths: HashMap<(PathBuf, u64), Option<Frameless>>,
     build_ids: HashMap<PathBuf, Option<String>>,
@@ -115,6 +118,7 @@ impl Symbolizer {
             .build();
         Self {
             blaze,
+            go_tables: HashMap::new(),
             cache: HashMap::new(),
             depths: HashMap::new(),
             build_ids: HashMap::new(),
@@ -158,7 +162,26 @@ impl Symbolizer {
         frames
     }
 
-    fn lookup(&self, module: &Module, offset: u64) -> Vec<Frame> {
+    /// The name of the function whose first instruction is at `entry`.
+    pub fn function_at(&mut self, pid: u32, maps: &ProcMaps, entry: u64) -> Option<String> {
+        let (module, offset) = resolve(pid, maps, entry)?;
+        let src = Source::Elf(Elf::new(&module.open));
+        match self.blaze.symbolize_single(&src, Input::FileOffset(offset)) {
+            Ok(Symbolized::Sym(sym)) => Some(sym.name.to_string()),
+            _ => self.go_name(&module, offset),
+        }
+    }
+
+    /// The Go function at `offset` of `module`, from its pclntab (stripped Go binaries).
+    fn go_name(&mut self, module: &Module, offset: u64) -> Option<String> {
+        let table = self
+            .go_tables
+            .entry(module.open.clone())
+            .or_insert_with(|| Pclntab::read(&ElfImage::open(&module.open).ok()?));
+        Some(table.as_ref()?.name_at_offset(offset)?.to_string())
+    }
+
+    fn lookup(&mut self, module: &Module, offset: u64) -> Vec<Frame> {
         let shown = module.shown.to_string_lossy().into_owned();
         let bare = Frame {
             function: None,
@@ -172,7 +195,8 @@ impl Symbolizer {
         // A return address points after the call: look up the call itself.
         let input = Input::FileOffset(offset.saturating_sub(1));
         let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, input) else {
-            return vec![bare];
+            let function = self.go_name(module, offset.saturating_sub(1));
+            return vec![Frame { function, ..bare }];
         };
         let with_code = |name: &str, code: Option<&CodeInfo<'_>>, inlined: bool| {
             let (file, line) = code.map_or((None, None), |c| (Some(code_path(c)), c.line));

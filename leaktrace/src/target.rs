@@ -181,6 +181,7 @@ impl Launched {
 /// A command leaktrace started: reaped by us.
 pub struct Child {
     pub pid: u32,
+    /// The wait status, once reaped.
     status: Option<i32>,
 }
 
@@ -198,16 +199,27 @@ impl Child {
         self.status.is_some()
     }
 
+    /// Its exit code once it has exited: the code it gave `exit`, or 128 plus
+    /// the signal that killed it (as shells say).
+    pub fn exit_code(&self) -> Option<i32> {
+        let status = self.status?;
+        Some(if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        })
+    }
+
     /// SIGTERM, then waits for it.
     pub fn terminate(&mut self) {
         if !self.exited() {
+            let mut status = 0;
             // SAFETY: kill and waitpid on our own, not yet reaped, child.
             unsafe {
                 libc::kill(self.pid as i32, libc::SIGTERM);
-                let mut status = 0;
                 libc::waitpid(self.pid as i32, &mut status, 0);
             }
-            self.status = Some(0);
+            self.status = Some(status);
         }
     }
 }

@@ -58,12 +58,14 @@ impl Sort {
     }
 }
 
-const KINDS: [Option<Kind>; 5] = [
+const KINDS: [Option<Kind>; 7] = [
     None,
     Some(Kind::Heap),
     Some(Kind::Mmap),
     Some(Kind::Fd),
     Some(Kind::Socket),
+    Some(Kind::GoHeap),
+    Some(Kind::Goroutine),
 ];
 
 /// Everything on screen besides the report.
@@ -275,14 +277,7 @@ impl App {
                     Span::raw("")
                 },
             ]),
-            Line::from(format!(
-                "heap {} · mmap {} · {} fds · {} sockets · {:.0} allocs+frees/s",
-                human_bytes(r.totals.heap_bytes),
-                human_bytes(r.totals.mmap_bytes),
-                r.totals.open_fds,
-                r.totals.open_sockets,
-                rate
-            )),
+            Line::from(format!("{} · {:.0} allocs+frees/s", r.totals_line(), rate)),
             Line::from(vec![
                 Span::styled(
                     format!(

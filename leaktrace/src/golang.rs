@@ -1,0 +1,277 @@
+//! Go targets: what leaktrace reads from a Go binary to probe its runtime.
+//!
+//! Runtime functions are found in `.gopclntab`, the table the runtime itself
+//! symbolizes with: it survives `-ldflags="-s -w"`, so stripped and unstripped
+//! binaries take the same path. The same table names Go frames when the binary
+//! has no other symbols. `runtime.MemProfileRate` is a variable, not in the
+//! table: it needs `.symtab`.
+use std::os::unix::fs::FileExt;
+
+use crate::{allocator::ProbePoint, elf::ElfImage, placement, procmaps::ProcMaps};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error(
+        "{path} is a Go binary but its runtime lacks {function}: Go 1.21 to 1.27 are supported"
+    )]
+    MissingFunction {
+        path: String,
+        function: &'static str,
+    },
+    #[error("runtime.MemProfileRate of PID {pid}: {source}")]
+    Memory {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} has no symbol table (stripped): runtime.MemProfileRate cannot be found to turn sampling on"
+    )]
+    NoRateSymbol(String),
+}
+
+/// Go's default `runtime.MemProfileRate`: one sample per 512 KiB allocated.
+pub const DEFAULT_MEM_PROFILE_RATE: u64 = 512 * 1024;
+
+/// Runtime functions probed, with the eBPF program of each (see leaktrace-ebpf/src/go.rs).
+const ENTRY_POINTS: &[(&str, &str)] = &[
+    ("runtime.mProf_Malloc", "go_mprof_malloc"),
+    ("runtime.setprofilebucket", "go_set_profile_bucket"),
+    ("runtime.freeSpecial", "go_free_special"),
+    ("runtime.mProf_Free", "go_mprof_free"),
+    ("runtime.newproc", "go_newproc"),
+    ("runtime.goexit1", "go_goexit1"),
+];
+/// Probed at each of its RET instructions.
+const NEWPROC1: &str = "runtime.newproc1";
+
+/// The functions of a Go binary, from its pclntab.
+#[derive(Clone, Debug, Default)]
+pub struct Pclntab {
+    /// (entry address, name), sorted by address; the last entry's name is empty
+    /// and marks the end of the text.
+    funcs: Vec<(u64, String)>,
+    /// What to add to a file offset in the text to get its address.
+    offset_to_address: u64,
+}
+
+impl Pclntab {
+    /// Parses the pclntab of Go 1.20+ (magic 0xfffffff1; 1.18's 0xfffffff0 has
+    /// the same header).
+    pub fn read(image: &ElfImage) -> Option<Self> {
+        let (_, tab) = image
+            .section(".gopclntab")
+            .or_else(|| image.section(".data.rel.ro.gopclntab"))?;
+        let u32_at = |o: usize| Some(u32::from_le_bytes(tab.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_le_bytes(tab.get(o..o + 8)?.try_into().ok()?));
+        let magic = u32_at(0)?;
+        if !(magic == 0xffff_fff1 || magic == 0xffff_fff0) || tab.get(7) != Some(&8) {
+            return None;
+        }
+        let nfunc = u64_at(8)? as usize;
+        // A PIE's copy of textStart is relocated at run time (0 in the file):
+        // runtime.text is the start of .text either way.
+        let text = match u64_at(24)? {
+            0 => image.section(".text")?.0,
+            t => t,
+        };
+        let names = u64_at(32)? as usize;
+        let functab = u64_at(64)? as usize;
+        let mut funcs = Vec::with_capacity(nfunc + 1);
+        for i in 0..=nfunc {
+            let entry = text + u64::from(u32_at(functab + 8 * i)?);
+            let name = if i < nfunc {
+                let func = functab + u32_at(functab + 8 * i + 4)? as usize;
+                let off = names + u32_at(func + 4)? as usize;
+                let end = tab.get(off..)?.iter().position(|&b| b == 0)?;
+                String::from_utf8_lossy(&tab[off..off + end]).into_owned()
+            } else {
+                String::new()
+            };
+            funcs.push((entry, name));
+        }
+        funcs.sort_by_key(|f| f.0);
+        let offset_to_address = text.wrapping_sub(image.file_offset(text)?);
+        Some(Self {
+            funcs,
+            offset_to_address,
+        })
+    }
+
+    /// `[start, end)` of the function called `name`.
+    pub fn function(&self, name: &str) -> Option<(u64, u64)> {
+        let i = self.funcs.iter().position(|f| f.1 == name)?;
+        Some((self.funcs[i].0, self.funcs.get(i + 1)?.0))
+    }
+
+    /// The name of the function whose code is at `offset` in the file.
+    pub fn name_at_offset(&self, offset: u64) -> Option<&str> {
+        self.name_at(offset.wrapping_add(self.offset_to_address))
+    }
+
+    /// The name of the function holding `address` (a file address).
+    pub fn name_at(&self, address: u64) -> Option<&str> {
+        let i = self
+            .funcs
+            .partition_point(|f| f.0 <= address)
+            .checked_sub(1)?;
+        let name = &self.funcs[i].1;
+        (!name.is_empty() && i + 1 < self.funcs.len()).then_some(name.as_str())
+    }
+}
+
+/// A Go binary's runtime, as leaktrace probes it.
+#[derive(Clone, Debug)]
+pub struct GoRuntime {
+    /// The file probed (as leaktrace opens it).
+    pub path: std::path::PathBuf,
+    /// "go1.27.3", from `.go.buildinfo`.
+    pub version: Option<String>,
+    pub points: Vec<ProbePoint>,
+    /// `runtime.MemProfileRate`'s file address, when the binary has `.symtab`.
+    rate_symbol: Option<u64>,
+    /// Where the file asks to be loaded: a PIE's bias is measured from it.
+    load_address: u64,
+}
+
+impl GoRuntime {
+    /// The runtime of `image`; `Ok(None)` when it is not a Go binary.
+    pub fn inspect(image: &ElfImage) -> Result<Option<Self>, GoError> {
+        let Some(tab) = Pclntab::read(image) else {
+            return Ok(None);
+        };
+        let missing = |function| GoError::MissingFunction {
+            path: image.path.display().to_string(),
+            function,
+        };
+        let mut points = Vec::new();
+        let point = |function: &str, program, address: u64, shift| -> Option<ProbePoint> {
+            Some(ProbePoint {
+                program,
+                function: function.to_string(),
+                returns: false,
+                file_offset: image.file_offset(address)?,
+                shift,
+            })
+        };
+        for &(name, program) in ENTRY_POINTS {
+            let (start, _) = tab.function(name).ok_or_else(|| missing(name))?;
+            let offset = image.file_offset(start).ok_or_else(|| missing(name))?;
+            let shift = placement::go_entry_offset(image.bytes_at(offset, 32), start);
+            points.extend(point(name, program, start, shift));
+        }
+        let (start, end) = tab.function(NEWPROC1).ok_or_else(|| missing(NEWPROC1))?;
+        let offset = image.file_offset(start).ok_or_else(|| missing(NEWPROC1))?;
+        let code = image.bytes_at(offset, (end - start) as usize);
+        let rets = placement::return_offsets(code, start);
+        if rets.is_empty() {
+            return Err(missing(NEWPROC1));
+        }
+        for ret in rets {
+            points.extend(point(NEWPROC1, "go_newproc1_ret", start, ret));
+        }
+        Ok(Some(Self {
+            path: image.path.clone(),
+            version: build_version(image),
+            points,
+            rate_symbol: image.symbol_address("runtime.MemProfileRate"),
+            load_address: image.load_address(),
+        }))
+    }
+
+    /// Where `runtime.MemProfileRate` lives in process `pid`.
+    fn rate_address(&self, pid: u32) -> Result<u64, GoError> {
+        let symbol = self
+            .rate_symbol
+            .ok_or_else(|| GoError::NoRateSymbol(self.path.display().to_string()))?;
+        let memory = |source| GoError::Memory { pid, source };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(memory)?;
+        let maps = ProcMaps::read(pid).map_err(memory)?;
+        // The load bias: where the file's first page was mapped, less where it asked.
+        let base = maps
+            .mappings()
+            .find(|m| m.offset == 0 && m.path.as_deref() == Some(exe.as_path()))
+            .map(|m| m.start)
+            .ok_or_else(|| memory(std::io::ErrorKind::NotFound.into()))?;
+        Ok(symbol + base - self.load_address)
+    }
+
+    /// The target's `runtime.MemProfileRate` now.
+    pub fn mem_profile_rate(&self, pid: u32) -> Result<u64, GoError> {
+        let addr = self.rate_address(pid)?;
+        let mut word = [0u8; 8];
+        std::fs::File::open(format!("/proc/{pid}/mem"))
+            .and_then(|f| f.read_exact_at(&mut word, addr))
+            .map_err(|source| GoError::Memory { pid, source })?;
+        Ok(u64::from_le_bytes(word))
+    }
+
+    /// Sets the target's `runtime.MemProfileRate` (`--go-heap-sampling`): the
+    /// runtime samples from its next allocations on.
+    pub fn set_mem_profile_rate(&self, pid: u32, rate: u64) -> Result<(), GoError> {
+        let addr = self.rate_address(pid)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .and_then(|f| f.write_all_at(&rate.to_le_bytes(), addr))
+            .map_err(|source| GoError::Memory { pid, source })
+    }
+}
+
+/// The Go version in `.go.buildinfo` (Go 1.18+ writes it inline as a
+/// length-prefixed string after a 32-byte header).
+fn build_version(image: &ElfImage) -> Option<String> {
+    let (_, info) = image.section(".go.buildinfo")?;
+    if !info.starts_with(b"\xff Go buildinf:") || info.get(15)? & 2 == 0 {
+        return None;
+    }
+    let (len, used) = uvarint(info.get(32..)?)?;
+    let start = 32 + used;
+    let bytes = info.get(start..start + len as usize)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// How many objects and bytes `count` sampled objects of `size` bytes stand for,
+/// at sampling rate `rate` (pprof's scaling of Go heap profiles).
+pub fn scale(count: f64, size: u64, rate: u64) -> (f64, f64) {
+    if rate <= 1 || size == 0 {
+        return (count, count * size as f64);
+    }
+    let factor = 1.0 / (1.0 - (-(size as f64) / rate as f64).exp());
+    (count * factor, count * size as f64 * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_follows_pprof() {
+        // A 64 KiB object at the default rate stands for ~8.5 of them.
+        let (n, bytes) = scale(1.0, 65536, DEFAULT_MEM_PROFILE_RATE);
+        assert!((n - 8.51).abs() < 0.01, "{n}");
+        assert!((bytes - 8.51 * 65536.0).abs() < 700.0);
+        // Objects far bigger than the rate are always sampled.
+        assert!((scale(3.0, 64 << 20, DEFAULT_MEM_PROFILE_RATE).0 - 3.0).abs() < 1e-6);
+        // Rate 1 records every allocation.
+        assert_eq!(scale(5.0, 100, 1), (5.0, 500.0));
+    }
+
+    #[test]
+    fn varints() {
+        assert_eq!(uvarint(&[0x08]), Some((8, 1)));
+        assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
+        assert_eq!(uvarint(&[0x80]), None);
+    }
+}
