@@ -852,9 +852,36 @@ fn go_sockets_of_unclosed_response_bodies_and_unclosed_files() {
     let r = report(&json);
 
     // Each request's connection: six sockets to the server, from the dialer the
-    // Transport runs for the request.
+    // Transport runs for the request, on a goroutine it created for the
+    // function that made the request.
     let dial = site(&r, pid, "socket", "net/http.(*Transport).dialConn").expect("client sockets");
     assert_eq!(dial["outstanding_count"], 6, "{dial}");
+    let functions: Vec<&str> = dial["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    let created = functions
+        .iter()
+        .position(|&f| f == "[goroutine created by]")
+        .expect("the dialing goroutine's creation");
+    assert!(
+        functions[created..].contains(&"main.fetchWithoutClose"),
+        "{functions:?}"
+    );
+    // Each kept connection also keeps its read and write loop goroutines.
+    let loops: u64 = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["kind"] == "goroutine"
+                && s["frames"][0]["function"] == "net/http.(*Transport).dialConn"
+        })
+        .map(|s| s["outstanding_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(loops, 12, "read and write loops of six connections");
     let peers = details(dial);
     assert_eq!(
         peers.iter().map(|p| p.2).sum::<u64>(),

@@ -169,6 +169,8 @@ pub struct GoroutineEvent {
     pub caller: u64,
     /// Entry of the function the goroutine runs.
     pub start_pc: u64,
+    /// The creating goroutine's `runtime.g`.
+    pub parent: u64,
 }
 
 /// A target forked: `child` is traced from its first instruction.
@@ -209,6 +211,8 @@ pub struct FdOpen {
     pub args: [u64; 3],
     /// User stack pointer at the syscall instruction.
     pub sp: u64,
+    /// R14 at the syscall: in Go code, the calling goroutine's `runtime.g`.
+    pub g: u64,
     pub stack_words: [u64; USER_STACK_WORDS],
     /// The path (open family) or name (memfd_create), NUL-terminated.
     pub path: [u8; FD_PATH_LEN],

@@ -3,7 +3,7 @@
 //! close_range, exec). Each goes to userspace, which keeps the table per process:
 //! dup2 onto an open descriptor and exec's close-on-exec need its knowledge.
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     programs::RawTracePointContext,
 };
@@ -110,16 +110,16 @@ pub fn keep(call: &SyscallArgs) -> bool {
 }
 
 #[inline(always)]
-pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64, sp: u64) {
+pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
     let [a0, a1, ..] = call.args;
     match call.nr {
         CLOSE => closed(EventKind::FdClose, tgid, a0 as u32, a0 as u32),
         CLOSE_RANGE => closed(EventKind::FdClose, tgid, a0 as u32, a1 as u32),
         EXECVE | EXECVEAT => closed(EventKind::FdExec, tgid, 0, u32::MAX),
         // Both descriptors are written to the caller's int[2].
-        PIPE | PIPE2 => opened(ctx, tgid, call, a0, sp),
-        SOCKETPAIR => opened(ctx, tgid, call, call.args[3], sp),
-        _ => opened_one(ctx, tgid, call, ret as i32, sp),
+        PIPE | PIPE2 => opened(ctx, tgid, call, a0, regs),
+        SOCKETPAIR => opened(ctx, tgid, call, call.args[3], regs),
+        _ => send_open(ctx, tgid, call, ret as i32, -1, regs),
     }
 }
 
@@ -142,17 +142,12 @@ fn closed(kind: EventKind, tgid: u32, first: u32, last: u32) {
 
 /// A pair written to the user array at `pair`.
 #[inline(always)]
-fn opened(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, pair: u64, sp: u64) {
+fn opened(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, pair: u64, regs: &pt_regs) {
     // SAFETY: reads the target's memory; a fault returns Err.
     let Ok(fds) = (unsafe { bpf_probe_read_user(pair as *const [i32; 2]) }) else {
         return;
     };
-    send_open(ctx, tgid, call, fds[0], fds[1], sp);
-}
-
-#[inline(always)]
-fn opened_one(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, fd: i32, sp: u64) {
-    send_open(ctx, tgid, call, fd, -1, sp);
+    send_open(ctx, tgid, call, fds[0], fds[1], regs);
 }
 
 #[inline(always)]
@@ -162,7 +157,7 @@ fn send_open(
     call: &SyscallArgs,
     fd: i32,
     fd2: i32,
-    sp: u64,
+    regs: &pt_regs,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FdOpen>(0) else {
         count(Counter::EventsLost);
@@ -184,8 +179,9 @@ fn send_open(
         (*event).fd = fd;
         (*event).fd2 = fd2;
         (*event).args = [a0, a1, a2];
-        (*event).sp = sp;
-        (*event).stack_id = stack::capture(ctx, sp, &mut (*event).stack_words);
+        (*event).sp = regs.rsp;
+        (*event).g = regs.r14;
+        (*event).stack_id = stack::capture(ctx, regs.rsp, &mut (*event).stack_words);
         let path = &mut (*event).path;
         path[0] = 0;
         if path_arg != 0

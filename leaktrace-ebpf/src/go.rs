@@ -46,6 +46,7 @@ struct Spawn {
     _pad: u32,
     caller: u64,
     start_pc: u64,
+    parent: u64,
 }
 
 #[map]
@@ -122,6 +123,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         caller: read_u64(r.rsp).unwrap_or(0),
         // fn is a *funcval whose first word is the code pointer.
         start_pc: read_u64(r.rax).unwrap_or(0),
+        parent: r.r14,
     };
     let _ = GO_SPAWNING.insert(tid, spawn, 0);
     0
@@ -146,6 +148,7 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
         _pad: 0,
         caller: spawn.caller,
         start_pc: spawn.start_pc,
+        parent: spawn.parent,
     });
     0
 }
@@ -164,6 +167,7 @@ pub fn go_goexit1(ctx: ProbeContext) -> u32 {
         _pad: 0,
         caller: 0,
         start_pc: 0,
+        parent: 0,
     });
     0
 }

@@ -87,7 +87,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     } else if fork::wants(args.nr) {
         fork::exit(tgid, ret as u32);
     } else {
-        fd::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+        fd::exit(&ctx, tgid, &args, ret as u64, &regs);
     }
     0
 }

@@ -65,6 +65,12 @@ async fn quit_asked(live: &mut Option<Live>) {
 const REPAIRED_STACKS: u32 = 1 << 31;
 /// Frames a userspace frame-pointer walk follows at most.
 const MAX_WALK: usize = 64;
+/// Return addresses a goroutine's creation chain keeps at most.
+const MAX_CHAIN: usize = 128;
+/// Stand-ins for a note among the return addresses of stacks the pump makes:
+/// user code never returns to these.
+const CREATED_BY: u64 = u64::MAX;
+const STARTED_BEFORE_ATTACH: u64 = u64::MAX - 1;
 
 /// Return addresses found by following saved frame pointers from `rbp`: in the
 /// stack words copied at the syscall while they cover the frame, then in the
@@ -273,6 +279,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         repaired: HashMap::new(),
         interned: HashMap::new(),
         go_runtime_mmaps: Default::default(),
+        go_ancestry: HashMap::new(),
         start_functions: HashMap::new(),
         traced,
         go_heap_sampling: opts.go_heap_sampling,
@@ -323,6 +330,9 @@ struct Pump {
     /// mmap sites inside the Go runtime (heap arenas, stacks, GC metadata): the
     /// Go heap accounts for what they hold, so they are not shown.
     go_runtime_mmaps: std::collections::HashSet<SiteId>,
+    /// Each live goroutine's creation chain, by (tgid, g): the stack that
+    /// created it, then what created that goroutine, and so on.
+    go_ancestry: HashMap<(u32, u64), u32>,
     /// Names of the functions goroutines run, by (tgid, entry address).
     start_functions: HashMap<(u32, u64), String>,
     traced: Vec<Traced>,
@@ -540,6 +550,7 @@ impl Pump {
                         self.start_goroutine(&e);
                     } else {
                         self.model.end_goroutine(e.tgid, e.g);
+                        self.go_ancestry.remove(&(e.tgid, e.g));
                     }
                     touched.push(e.tgid);
                 }
@@ -638,6 +649,18 @@ impl Pump {
                 Kind::Fd
             },
             stack_id: self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words),
+        };
+        // On a goroutine leaktrace saw start, the call site continues where the
+        // goroutine was created (an HTTP connection is dialed on a goroutine of
+        // the Transport, on behalf of the function making the request).
+        let id = if self.go_ancestry.contains_key(&(e.tgid, e.g)) {
+            let stack = self.stack(id.stack_id).to_vec();
+            SiteId {
+                stack_id: self.created_by(e.tgid, e.g, stack),
+                ..id
+            }
+        } else {
+            id
         };
         for fd in [e.fd, e.fd2].into_iter().filter(|&fd| fd >= 0) {
             let handle = Handle {
@@ -774,8 +797,10 @@ impl Pump {
         let site = SiteId {
             tgid: e.tgid,
             kind: Kind::Goroutine,
-            stack_id: self.intern(addrs),
+            stack_id: self.intern(addrs.clone()),
         };
+        let chain = self.created_by(e.tgid, e.parent, addrs);
+        self.go_ancestry.insert((e.tgid, e.g), chain);
         let detail = self.start_function(e.tgid, e.start_pc);
         let handle = Handle {
             site,
@@ -784,6 +809,19 @@ impl Pump {
             ts: e.ts_ns,
         };
         self.model.start_goroutine(e.tgid, e.g, handle);
+    }
+
+    /// The id of `stack` followed by the creation chain of goroutine `g`, if
+    /// it is one leaktrace saw start (and the whole stays short enough).
+    fn created_by(&mut self, tgid: u32, g: u64, mut stack: Vec<u64>) -> u32 {
+        if let Some(&chain) = self.go_ancestry.get(&(tgid, g)) {
+            let chain = &self.stacks[&chain];
+            if stack.len() + chain.len() < MAX_CHAIN {
+                stack.push(CREATED_BY);
+                stack.extend_from_slice(chain);
+            }
+        }
+        self.intern(stack)
     }
 
     /// The name of the function at `entry` (a function's first instruction).
@@ -948,7 +986,14 @@ impl Pump {
             let Some(maps) = self.maps.get(&id.tgid) else {
                 continue;
             };
-            let mut frames = self.symbolizer.stack(id.tgid, maps, &addrs);
+            let mut frames = Vec::new();
+            for &addr in &addrs {
+                match addr {
+                    CREATED_BY => frames.push(Frame::note("[goroutine created by]")),
+                    STARTED_BEFORE_ATTACH => frames.push(Frame::note("[started before attach]")),
+                    _ => frames.extend(self.symbolizer.stack(id.tgid, maps, &[addr])),
+                }
+            }
             let runtime = |f: &Frame| {
                 f.function
                     .as_ref()
