@@ -1180,3 +1180,63 @@ fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
     let kept = go_heap_at(&on, "main.keep");
     assert!((10 << 20..=32 << 20).contains(&kept), "{kept}");
 }
+
+#[test]
+fn goroutines_started_before_attach_are_counted_by_their_go_statement() {
+    for version in [GO_OLDEST, GO_NEWEST] {
+        goroutines_before_attach(version);
+    }
+}
+
+fn goroutines_before_attach(version: &str) {
+    use std::io::BufRead;
+    let dir = scratch_dir(&format!("gobefore{version}"));
+    let mut t = Command::new(go_build("leaks", version, false))
+        .arg(&dir)
+        .args(["10", "10ms", "30s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut done = String::new();
+    std::io::BufReader::new(t.stdout.take().unwrap())
+        .read_line(&mut done)
+        .unwrap();
+    assert_eq!(done.trim(), "done 10");
+    let pid = t.id() as u64;
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .args([
+            "-q",
+            "-d",
+            "1500ms",
+            "--no-mmap",
+            "--pid",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(&json));
+    t.kill().unwrap();
+    let _ = t.wait();
+    assert!(out.status.success());
+    let r = report(&json);
+    for (creator, runs, alive) in [
+        ("main.blockForever", "main.blockForever.func1", 10),
+        ("main.sleepForever", "main.sleepForever.func1", 10),
+        ("main.startWorkers", "main.startWorkers.func1", 4),
+    ] {
+        let s = site(&r, pid, "goroutine", creator)
+            .unwrap_or_else(|| panic!("no goroutine site at {creator}"));
+        assert_eq!(s["outstanding_count"], alive, "{s}");
+        assert_eq!(s["total_count"], 0, "not started while traced: {s}");
+        assert_eq!(s["frames"][1]["function"], "[started before attach]");
+        assert_eq!(details(s), [("goroutine".into(), runs.into(), alive)]);
+    }
+    let before = r["targets"][0]["go"]["goroutines_before_attach"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        r["totals"]["goroutines"].as_u64().unwrap(),
+        before,
+        "none started since"
+    );
+}

@@ -24,10 +24,68 @@ pub enum GoError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{0} has no symbol table (stripped): runtime.MemProfileRate cannot be found to turn sampling on"
-    )]
-    NoRateSymbol(String),
+    #[error("{0} has no symbol table (stripped): the runtime's variables cannot be found")]
+    NoSymbol(String),
+    #[error("goroutines of {0} cannot be read: leaktrace knows the runtime of Go 1.21 to 1.27")]
+    UnknownLayout(String),
+}
+
+/// A goroutine found alive in `runtime.allgs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveGoroutine {
+    pub g: u64,
+    /// Return address of the `go` statement that started it.
+    pub gopc: u64,
+    /// Entry of the function it runs.
+    pub start_pc: u64,
+}
+
+/// Goroutines read at most (a runaway `allgs` length read mid-update).
+const MAX_GOROUTINES: u64 = 1 << 22;
+const G_IDLE: u32 = 0;
+const G_DEAD: u32 = 6;
+const G_SCAN: u32 = 0x1000;
+
+/// Where `runtime.g` keeps what leaktrace reads, per Go release (verified on
+/// 1.21–1.27 amd64; RESEARCH.md). `atomicstatus` (u32) and `stackLock` (u32)
+/// sit just before `goid` in every one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GLayout {
+    goid: u64,
+    gopc: u64,
+    startpc: u64,
+}
+
+impl GLayout {
+    /// The layout of "go1.MINOR[.PATCH]".
+    fn of(version: &str) -> Option<Self> {
+        let minor: u32 = version
+            .strip_prefix("go1.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()?;
+        let (goid, gopc) = match minor {
+            21 | 22 | 25 => (152, 280),
+            23 | 24 => (160, 288),
+            26 | 27 => (152, 288),
+            _ => return None,
+        };
+        Some(Self {
+            goid,
+            gopc,
+            startpc: gopc + 16,
+        })
+    }
+
+    fn status(&self) -> u64 {
+        self.goid - 8
+    }
+
+    /// Bytes of a g to read: up to the last field used.
+    fn size(&self) -> u64 {
+        self.startpc + 8
+    }
 }
 
 /// Go's default `runtime.MemProfileRate`: one sample per 512 KiB allocated.
@@ -130,6 +188,8 @@ pub struct GoRuntime {
     pub points: Vec<ProbePoint>,
     /// `runtime.MemProfileRate`'s file address, when the binary has `.symtab`.
     rate_symbol: Option<u64>,
+    /// `runtime.allgs`'s file address, when the binary has `.symtab`.
+    allgs_symbol: Option<u64>,
     /// Where the file asks to be loaded: a PIE's bias is measured from it.
     load_address: u64,
 }
@@ -175,15 +235,13 @@ impl GoRuntime {
             version: build_version(image),
             points,
             rate_symbol: image.symbol_address("runtime.MemProfileRate"),
+            allgs_symbol: image.symbol_address("runtime.allgs"),
             load_address: image.load_address(),
         }))
     }
 
-    /// Where `runtime.MemProfileRate` lives in process `pid`.
-    fn rate_address(&self, pid: u32) -> Result<u64, GoError> {
-        let symbol = self
-            .rate_symbol
-            .ok_or_else(|| GoError::NoRateSymbol(self.path.display().to_string()))?;
+    /// Where the variable at file address `symbol` lives in process `pid`.
+    fn address(&self, pid: u32, symbol: u64) -> Result<u64, GoError> {
         let memory = |source| GoError::Memory { pid, source };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(memory)?;
         let maps = ProcMaps::read(pid).map_err(memory)?;
@@ -194,6 +252,62 @@ impl GoRuntime {
             .map(|m| m.start)
             .ok_or_else(|| memory(std::io::ErrorKind::NotFound.into()))?;
         Ok(symbol + base - self.load_address)
+    }
+
+    fn rate_address(&self, pid: u32) -> Result<u64, GoError> {
+        let symbol = self
+            .rate_symbol
+            .ok_or_else(|| GoError::NoSymbol(self.path.display().to_string()))?;
+        self.address(pid, symbol)
+    }
+
+    /// The goroutines of process `pid` alive now (not dead, not idle), read
+    /// from `runtime.allgs`; a best-effort snapshot of a running process.
+    pub fn goroutines(&self, pid: u32) -> Result<Vec<LiveGoroutine>, GoError> {
+        let layout = self
+            .version
+            .as_deref()
+            .and_then(GLayout::of)
+            .ok_or_else(|| GoError::UnknownLayout(self.version.clone().unwrap_or_default()))?;
+        let symbol = self
+            .allgs_symbol
+            .ok_or_else(|| GoError::NoSymbol(self.path.display().to_string()))?;
+        let memory = |source| GoError::Memory { pid, source };
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(memory)?;
+        let read = |addr: u64, buf: &mut [u8]| mem.read_exact_at(buf, addr).map_err(memory);
+        let word = |bytes: &[u8], at: u64| {
+            let at = at as usize;
+            u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+        };
+        // A slice: pointer, length, capacity.
+        let mut header = [0u8; 16];
+        read(self.address(pid, symbol)?, &mut header)?;
+        let (array, len) = (word(&header, 0), word(&header, 8).min(MAX_GOROUTINES));
+        let mut pointers = vec![0u8; len as usize * 8];
+        read(array, &mut pointers)?;
+        let mut g = vec![0u8; layout.size() as usize];
+        let mut live = Vec::new();
+        for i in 0..len {
+            let addr = word(&pointers, i * 8);
+            if addr == 0 || read(addr, &mut g).is_err() {
+                continue;
+            }
+            let status = u32::from_le_bytes(
+                g[layout.status() as usize..][..4]
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            // Without the "being scanned" bit: 0 idle, 6 dead; the rest are goroutines.
+            if matches!(status & !G_SCAN, G_IDLE | G_DEAD) {
+                continue;
+            }
+            live.push(LiveGoroutine {
+                g: addr,
+                gopc: word(&g, layout.gopc),
+                start_pc: word(&g, layout.startpc),
+            });
+        }
+        Ok(live)
     }
 
     /// The target's `runtime.MemProfileRate` now.
@@ -266,6 +380,16 @@ mod tests {
         assert!((scale(3.0, 64 << 20, DEFAULT_MEM_PROFILE_RATE).0 - 3.0).abs() < 1e-6);
         // Rate 1 records every allocation.
         assert_eq!(scale(5.0, 100, 1), (5.0, 500.0));
+    }
+
+    #[test]
+    fn g_layouts_per_release() {
+        let l = GLayout::of("go1.27.3").unwrap();
+        assert_eq!((l.status(), l.gopc, l.startpc), (144, 288, 304));
+        assert_eq!(GLayout::of("go1.23.0").unwrap().goid, 160);
+        assert_eq!(GLayout::of("go1.21.13").unwrap().gopc, 280);
+        assert_eq!(GLayout::of("go1.20.1"), None);
+        assert_eq!(GLayout::of("devel"), None);
     }
 
     #[test]

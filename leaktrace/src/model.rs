@@ -357,12 +357,16 @@ impl Model {
             .flat_map(|t| t.iter_mut())
     }
 
-    /// A goroutine started: its `g` and what it is.
-    pub fn start_goroutine(&mut self, tgid: u32, g: u64, handle: Handle) {
-        self.sites
+    /// A goroutine started: its `g` and what it is. `made` counts it in its
+    /// site's total: false for goroutines found alive at attach.
+    pub fn start_goroutine(&mut self, tgid: u32, g: u64, handle: Handle, made: bool) {
+        let site = self
+            .sites
             .entry(handle.site)
-            .or_insert_with(|| Site::new(handle.site))
-            .total_count += 1;
+            .or_insert_with(|| Site::new(handle.site));
+        if made {
+            site.total_count += 1;
+        }
         self.goroutines.entry(tgid).or_default().insert(g, handle);
     }
 

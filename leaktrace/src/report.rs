@@ -77,6 +77,10 @@ pub struct GoInfo {
     /// the Go heap is not sampled (not seen); `None` when it cannot be read
     /// (stripped binary: the default, 524288, is assumed for scaling).
     pub mem_profile_rate: Option<u64>,
+    /// Goroutines found alive when leaktrace attached to a running process;
+    /// `None` for a command it started, or when they could not be read
+    /// (stripped binary).
+    pub goroutines_before_attach: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -175,6 +175,8 @@ struct Go {
     runtime: GoRuntime,
     /// `runtime.MemProfileRate`; `None` until read, or when it cannot be (stripped).
     rate: Option<u64>,
+    /// Goroutines found alive at attach; `None` when they could not be read.
+    before_attach: Option<u64>,
 }
 
 /// Attaches what `target` needs: the allocator probes (`allocator` is the
@@ -213,6 +215,7 @@ fn attach(
     let go = runtime.map(|runtime| Go {
         runtime,
         rate: None,
+        before_attach: None,
     });
     Ok((allocator, go))
 }
@@ -285,12 +288,20 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         go_heap_sampling: opts.go_heap_sampling,
         started: now_ns(),
     };
-    if opts.families.fds {
-        // After the probes: a descriptor opened meanwhile is in both the scan and
-        // the ring buffer, whose events are applied later and win.
-        let pids: Vec<u32> = pump.traced.iter().map(|t| t.target.pid).collect();
-        for pid in pids {
+    // After the probes: a descriptor opened or a goroutine started meanwhile is
+    // in both the scan and the ring buffer, whose events are applied later and win.
+    let running: Vec<u32> = pump
+        .traced
+        .iter()
+        .filter(|t| t.child.is_none())
+        .map(|t| t.target.pid)
+        .collect();
+    for &pid in &running {
+        if opts.families.fds {
             pump.scan_fds(pid);
+        }
+        if opts.families.goroutines {
+            pump.scan_goroutines(pid);
         }
     }
     pump.trace(&opts, live).await?;
@@ -461,6 +472,7 @@ impl Pump {
                 go: t.go.as_ref().map(|go| GoInfo {
                     version: go.runtime.version.clone(),
                     mem_profile_rate: go.rate,
+                    goroutines_before_attach: go.before_attach,
                 }),
             })
             .collect();
@@ -701,6 +713,40 @@ impl Pump {
         self.model.refresh_handles(pid);
     }
 
+    /// The goroutines a Go target has alive at attach, each under a site of its
+    /// `go` statement (the one frame the runtime keeps of it).
+    fn scan_goroutines(&mut self, pid: u32) {
+        let Some(t) = self.traced.iter_mut().find(|t| t.target.pid == pid) else {
+            return;
+        };
+        let Some(go) = &mut t.go else { return };
+        let live = match go.runtime.goroutines(pid) {
+            Ok(live) => live,
+            Err(e) => {
+                warn!("goroutines started before attach are not counted: {e}");
+                return;
+            }
+        };
+        go.before_attach = Some(live.len() as u64);
+        self.refresh_maps_of(pid);
+        let now = now_ns();
+        for g in live {
+            let site = SiteId {
+                tgid: pid,
+                kind: Kind::Goroutine,
+                stack_id: self.intern(vec![g.gopc, STARTED_BEFORE_ATTACH]),
+            };
+            let handle = Handle {
+                site,
+                kind: handles::HandleKind::Goroutine,
+                detail: self.start_function(pid, g.start_pc),
+                ts: now,
+            };
+            self.model.start_goroutine(pid, g.g, handle, false);
+        }
+        self.model.refresh_handles(pid);
+    }
+
     /// Fills in sockets' protocol and addresses from /proc/PID/net, once they
     /// are connected or listening.
     fn resolve_sockets(&mut self) {
@@ -808,7 +854,7 @@ impl Pump {
             detail,
             ts: e.ts_ns,
         };
-        self.model.start_goroutine(e.tgid, e.g, handle);
+        self.model.start_goroutine(e.tgid, e.g, handle, true);
     }
 
     /// The id of `stack` followed by the creation chain of goroutine `g`, if

@@ -1,13 +1,13 @@
 // Go leaks as production services have them, beside what is not a leak.
 //
-//	leaks DIR ROUNDS INTERVAL
+//	leaks DIR ROUNDS INTERVAL [LINGER]
 //
 // Each round (one "request") leaks 1 MiB into a global slice, one goroutine
 // blocked forever on an unbuffered channel send and one sleeping for 24 hours;
 // it also uses a sync.Pool, a bounded cache, temporary garbage and a fixed
 // worker pool. After the rounds it collects garbage, writes its own heap
 // profile to DIR/heap.pprof (the runtime's view, to compare with), prints
-// "done" and exits a little later.
+// "done" and exits after LINGER (default 1.5 s).
 package main
 
 import (
@@ -79,6 +79,10 @@ func main() {
 	dir := os.Args[1]
 	rounds, _ := strconv.Atoi(os.Args[2])
 	interval, _ := time.ParseDuration(os.Args[3])
+	linger := 1500 * time.Millisecond
+	if len(os.Args) > 4 {
+		linger, _ = time.ParseDuration(os.Args[4])
+	}
 	startWorkers(4)
 	for i := 0; i < rounds; i++ {
 		appendRecord()
@@ -102,5 +106,5 @@ func main() {
 	}
 	f.Close()
 	fmt.Println("done", len(records))
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(linger)
 }
