@@ -23,7 +23,7 @@ use leaktrace_common::{Counter, EventKind, GoroutineEvent, SiteKey, SiteKind};
 
 use crate::{
     alloc::{release, track},
-    maps::{EVENTS, count, current_tgid_tid},
+    maps::{EVENTS, count, current_tgid_tid, take},
     stack,
 };
 
@@ -74,11 +74,9 @@ pub fn go_mprof_malloc(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_set_profile_bucket(ctx: ProbeContext) -> u32 {
     let (tgid, tid) = current_tgid_tid();
-    // SAFETY: per-thread entry, copied before it is removed.
-    let Some(stack_id) = (unsafe { GO_SAMPLED.get(tid) }).copied() else {
+    let Some(stack_id) = take(&GO_SAMPLED, tid) else {
         return 0;
     };
-    let _ = GO_SAMPLED.remove(tid);
     let (object, bucket) = (regs(&ctx).rax, regs(&ctx).rbx);
     let Some(size) = read_u64(bucket + BUCKET_SIZE) else {
         return 0;
@@ -103,9 +101,7 @@ pub fn go_free_special(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_mprof_free(_ctx: ProbeContext) -> u32 {
     let (tgid, tid) = current_tgid_tid();
-    // SAFETY: per-thread entry, copied before it is removed.
-    if let Some(object) = (unsafe { GO_FREEING.get(tid) }).copied() {
-        let _ = GO_FREEING.remove(tid);
+    if let Some(object) = take(&GO_FREEING, tid) {
         // Objects sampled before attach are not ours: nothing happens.
         let _ = release(tgid, object);
     }
@@ -133,11 +129,9 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     let (tgid, tid) = current_tgid_tid();
-    // SAFETY: per-thread entry, copied before it is removed.
-    let Some(spawn) = (unsafe { GO_SPAWNING.get(tid) }).copied() else {
+    let Some(spawn) = take(&GO_SPAWNING, tid) else {
         return 0;
     };
-    let _ = GO_SPAWNING.remove(tid);
     send(GoroutineEvent {
         kind: EventKind::GoroutineNew as u32,
         tgid,

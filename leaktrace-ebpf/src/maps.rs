@@ -92,6 +92,15 @@ unsafe fn atomic_add(dst: *mut i64, value: i64) {
     }
 }
 
+/// Removes and returns a thread's entry (state kept between two probes).
+#[inline(always)]
+pub fn take<V: Copy>(map: &LruHashMap<u32, V>, tid: u32) -> Option<V> {
+    // SAFETY: per-thread entry, copied before it is removed.
+    let value = (unsafe { map.get(tid) }).copied()?;
+    let _ = map.remove(tid);
+    Some(value)
+}
+
 #[inline(always)]
 pub fn current_tgid_tid() -> (u32, u32) {
     let id = aya_ebpf::helpers::bpf_get_current_pid_tgid();

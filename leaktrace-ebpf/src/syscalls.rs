@@ -11,7 +11,7 @@ use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SyscallAr
 
 use crate::{
     fd, fork,
-    maps::{SYSCALLS, TARGETS, count, current_tgid_tid},
+    maps::{SYSCALLS, TARGETS, count, current_tgid_tid, take},
     mmap,
 };
 
@@ -69,11 +69,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
-    // SAFETY: the value is copied before the entry is removed.
-    let Some(args) = (unsafe { SYSCALLS.get(tid) }).copied() else {
+    let Some(args) = take(&SYSCALLS, tid) else {
         return 0;
     };
-    let _ = SYSCALLS.remove(tid);
     let ret: i64 = ctx.arg(1);
     // -4095..-1 are errors; failed calls change nothing.
     if (-4095..0).contains(&ret) {

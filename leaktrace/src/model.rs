@@ -314,6 +314,12 @@ impl Model {
     /// number was closed implicitly, as dup2 does). `made` counts it in its
     /// site's total: false for descriptors found open at attach.
     pub fn open_fd(&mut self, tgid: u32, fd: i32, handle: Handle, made: bool) {
+        self.add_handle_site(&handle, made);
+        self.fds.entry(tgid).or_default().insert(fd, handle);
+    }
+
+    /// Makes sure the site of `handle` exists; `made` counts one more in its total.
+    fn add_handle_site(&mut self, handle: &Handle, made: bool) {
         let site = self
             .sites
             .entry(handle.site)
@@ -321,7 +327,6 @@ impl Model {
         if made {
             site.total_count += 1;
         }
-        self.fds.entry(tgid).or_default().insert(fd, handle);
     }
 
     pub fn close_fds(&mut self, tgid: u32, first: u32, last: u32) {
@@ -360,13 +365,7 @@ impl Model {
     /// A goroutine started: its `g` and what it is. `made` counts it in its
     /// site's total: false for goroutines found alive at attach.
     pub fn start_goroutine(&mut self, tgid: u32, g: u64, handle: Handle, made: bool) {
-        let site = self
-            .sites
-            .entry(handle.site)
-            .or_insert_with(|| Site::new(handle.site));
-        if made {
-            site.total_count += 1;
-        }
+        self.add_handle_site(&handle, made);
         self.goroutines.entry(tgid).or_default().insert(g, handle);
     }
 

@@ -421,7 +421,7 @@ mod tests {
         let p = build(&r, 0);
         assert_eq!(check(&p), Vec::<String>::new());
         let sample = &p.sample[0];
-        assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0]);
+        assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0, 0]);
         assert_eq!(sample.location_id.len(), 2);
         let loc = &p.location[sample.location_id[0] as usize - 1];
         let names: Vec<&str> = loc

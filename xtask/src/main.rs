@@ -3,7 +3,7 @@
 //! Every task installs what it needs first, so one command works on a fresh machine.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -26,9 +26,10 @@ enum Task {
     Demo,
     /// Build, then run every test (unit and integration, as root).
     Test,
-    /// Build, then measure ns added per malloc/free pair, traced vs untraced, side by side.
+    /// Build, then measure ns added per operation (malloc/free, open/close, Go
+    /// allocation, goroutine), traced vs untraced, side by side.
     Bench {
-        /// malloc/free pairs per run.
+        /// Operations per run.
         #[arg(long, default_value_t = 200_000)]
         pairs: u64,
         /// Runs of each variant (medians are reported).
@@ -199,6 +200,21 @@ fn compile_target(name: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Builds tests/targets/go/NAME.go to target/NAME-go with the newest Go installed.
+fn compile_go_target(name: &str) -> Result<PathBuf> {
+    let root = root();
+    let out = root.join("target").join(format!("{name}-go"));
+    run(
+        Command::new(root.join(format!("target/toolchains/go{}/bin/go", GO_VERSIONS[0])))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-buildvcs=false")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(root.join(format!("tests/targets/go/{name}.go"))),
+    )?;
+    Ok(out)
+}
+
 fn demo() -> Result<()> {
     build()?;
     let root = root();
@@ -237,37 +253,87 @@ fn test() -> Result<()> {
 
 fn bench(pairs: u64, runs: usize) -> Result<()> {
     build()?;
-    let load = compile_target("bench")?;
+    let c_load = compile_target("bench")?;
+    let go_load = compile_go_target("bench")?;
     let leaktrace = root().join("target/release/leaktrace");
-    let measure = |traced: bool| -> Result<f64> {
-        let mut cmd = if traced {
-            let mut c = Command::new(&leaktrace);
-            c.args(["-q", "--"]).arg(&load);
-            c
-        } else {
-            Command::new(&load)
+    // A process leaktrace traces while the load runs untraced beside it: what the
+    // syscall tracepoints cost everyone else.
+    let mut idle = Command::new("sleep").arg("3600").spawn()?;
+    let measure = |variant: Variant, load: &Path, args: &[&str]| -> Result<f64> {
+        let mut tracer = None;
+        let mut cmd = match variant {
+            Variant::Plain => Command::new(load),
+            Variant::Traced => {
+                let mut c = Command::new(&leaktrace);
+                c.args(["-q", "--"]).arg(load);
+                c
+            }
+            Variant::Bystander => {
+                tracer = Some(
+                    Command::new(&leaktrace)
+                        .args(["-q", "--pid", &idle.id().to_string()])
+                        .stdout(Stdio::null())
+                        .spawn()?,
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                Command::new(load)
+            }
         };
-        let out = cmd.arg(pairs.to_string()).output()?;
+        let out = cmd.arg(pairs.to_string()).args(args).output()?;
+        if let Some(mut t) = tracer {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
             .find_map(|l| l.strip_prefix("ns_per_pair "))
             .and_then(|v| v.trim().parse().ok())
             .with_context(|| format!("no ns_per_pair in output: {text}"))
     };
-    // Alternate the variants so machine noise hits both alike.
-    let (mut plain, mut traced) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        plain.push(measure(false)?);
-        traced.push(measure(true)?);
-    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (p, t) = (median(&mut plain), median(&mut traced));
-    println!("malloc(64)/free pairs: {pairs} per run, {runs} runs each, medians");
-    println!("untraced: {p:.1} ns/pair");
-    println!("traced:   {t:.1} ns/pair");
-    println!("added:    {:.1} ns/pair ({:.0}x untraced)", t - p, t / p);
+    let workloads: [(&str, &Path, &[&str]); 4] = [
+        ("malloc(64)/free", &c_load, &[]),
+        ("open/close", &c_load, &["fds"]),
+        ("Go new([64]byte)", &go_load, &["alloc"]),
+        ("Go goroutine start/end", &go_load, &["goroutines"]),
+    ];
+    println!("{pairs} operations per run, {runs} runs of each variant, medians");
+    for (name, load, args) in workloads {
+        // Alternate the variants so machine noise hits them alike.
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            for (i, v) in [Variant::Plain, Variant::Traced, Variant::Bystander]
+                .into_iter()
+                .enumerate()
+            {
+                times[i].push(measure(v, load, args)?);
+            }
+        }
+        let [p, t, b] = times.map(|mut v| median(&mut v));
+        println!("{name}:");
+        println!("  untraced:                  {p:9.1} ns/op");
+        println!(
+            "  traced:                    {t:9.1} ns/op  (+{:.1}, {:.1}x)",
+            t - p,
+            t / p
+        );
+        println!(
+            "  untraced, another traced:  {b:9.1} ns/op  (+{:.1})",
+            b - p
+        );
+    }
+    let _ = idle.kill();
+    let _ = idle.wait();
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Plain,
+    Traced,
+    /// Not traced, while leaktrace traces another process.
+    Bystander,
 }
