@@ -2,8 +2,8 @@
 //!
 //! Entry uprobes only: a uretprobe rewrites the return address on the goroutine
 //! stack, and the runtime, which copies and scans those stacks, crashes on it.
-//! newproc1's result is read at each of its RET instructions instead (userspace
-//! decodes the function to find them). Registers follow Go's ABIInternal on amd64:
+//! newproc1's result is read where newproc passes it on to `runqput`, or else at
+//! each of newproc1's RET instructions (userspace decodes the code to find them). Registers follow Go's ABIInternal on amd64:
 //! arguments in RAX, RBX, RCX…, the current `g` in R14.
 //!
 //! Go heap: the runtime samples allocations for its own heap profile (one per
@@ -125,26 +125,39 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// At each RET of newproc1: RAX is the new goroutine's g.
+/// At newproc's call of `runqput(pp, newg, next)`: RBX is the new goroutine's g.
+#[uprobe]
+pub fn go_newproc_queued(ctx: ProbeContext) -> u32 {
+    created(regs(&ctx).rbx);
+    0
+}
+
+/// At each RET of newproc1 (where the call above is not found): RAX is the new g.
 #[uprobe]
 pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
+    created(regs(&ctx).rax);
+    0
+}
+
+/// The goroutine newproc was creating on this thread has `g`.
+#[inline(always)]
+fn created(g: u64) {
     let (tgid, tid) = current_tgid_tid();
     let Some(spawn) = take(&GO_SPAWNING, tid) else {
-        return 0;
+        return;
     };
     send(GoroutineEvent {
         kind: EventKind::GoroutineNew as u32,
         tgid,
         // SAFETY: the helper reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        g: regs(&ctx).rax,
+        g,
         stack_id: spawn.stack_id,
         _pad: 0,
         caller: spawn.caller,
         start_pc: spawn.start_pc,
         parent: spawn.parent,
     });
-    0
 }
 
 /// `runtime.goexit1` runs on the exiting goroutine: its g is in R14.

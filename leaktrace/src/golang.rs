@@ -100,7 +100,13 @@ const ENTRY_POINTS: &[(&str, &str)] = &[
     ("runtime.newproc", "go_newproc"),
     ("runtime.goexit1", "go_goexit1"),
 ];
-/// Probed at each of its RET instructions.
+/// Where a new goroutine is first seen: the call of `runtime.runqput(pp, newg,
+/// next)` that queues it, in the closure newproc runs on the system stack (a
+/// `call` is emulated: ~1 µs); where that is not found, each RET of
+/// `runtime.newproc1` (RAX is newg), which the kernel single-steps: measured
+/// +25 µs per goroutine here (docs/performance.md).
+const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
+const RUNQPUT: &str = "runtime.runqput";
 const NEWPROC1: &str = "runtime.newproc1";
 
 /// The functions of a Go binary, from its pclntab.
@@ -220,15 +226,31 @@ impl GoRuntime {
             let shift = placement::go_entry_offset(image.bytes_at(offset, 32), start);
             points.extend(point(name, program, start, shift));
         }
-        let (start, end) = tab.function(NEWPROC1).ok_or_else(|| missing(NEWPROC1))?;
-        let offset = image.file_offset(start).ok_or_else(|| missing(NEWPROC1))?;
-        let code = image.bytes_at(offset, (end - start) as usize);
-        let rets = placement::return_offsets(code, start);
-        if rets.is_empty() {
-            return Err(missing(NEWPROC1));
-        }
-        for ret in rets {
-            points.extend(point(NEWPROC1, "go_newproc1_ret", start, ret));
+        let code = |name| -> Option<(u64, &[u8])> {
+            let (start, end) = tab.function(name)?;
+            let offset = image.file_offset(start)?;
+            Some((start, image.bytes_at(offset, (end - start) as usize)))
+        };
+        let queued = match (code(NEWPROC_CLOSURE), tab.function(RUNQPUT)) {
+            (Some((start, body)), Some((runqput, _))) => {
+                let calls = placement::call_offsets(body, start, runqput);
+                (calls.len() == 1)
+                    .then(|| point(NEWPROC_CLOSURE, "go_newproc_queued", start, calls[0]))
+            }
+            _ => None,
+        };
+        match queued.flatten() {
+            Some(p) => points.push(p),
+            None => {
+                let (start, body) = code(NEWPROC1).ok_or_else(|| missing(NEWPROC1))?;
+                let rets = placement::return_offsets(body, start);
+                if rets.is_empty() {
+                    return Err(missing(NEWPROC1));
+                }
+                for ret in rets {
+                    points.extend(point(NEWPROC1, "go_newproc1_ret", start, ret));
+                }
+            }
         }
         Ok(Some(Self {
             path: image.path.clone(),

@@ -30,6 +30,14 @@ fn main() -> ExitCode {
     let result = if live { run_top(opts) } else { run(opts) };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`leaktrace … | head`): nothing left to say.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("leaktrace: error: {err:#}");
             ExitCode::FAILURE

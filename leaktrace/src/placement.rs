@@ -83,6 +83,16 @@ pub fn go_entry_offset(code: &[u8], address: u64) -> u64 {
     }
 }
 
+/// Offsets of the direct calls to `target` in a function whose code is `code`.
+pub fn call_offsets(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|ins| !ins.is_invalid())
+        .filter(|ins| ins.mnemonic() == Mnemonic::Call && ins.near_branch_target() == target)
+        .map(|ins| ins.ip() - address)
+        .collect()
+}
+
 /// Offsets of the `ret` instructions of a function whose code is `code`.
 pub fn return_offsets(code: &[u8], address: u64) -> Vec<u64> {
     Decoder::with_ip(64, code, address, DecoderOptions::NONE)
@@ -222,6 +232,18 @@ mod tests {
         assert_eq!(go_entry_offset(&long, 0x1000), 18);
         // No check (a leaf): stays at the entry.
         assert_eq!(go_entry_offset(&[0x55, 0x48, 0x89, 0xe5], 0x1000), 0);
+    }
+
+    #[test]
+    fn calls_are_found_by_decoding() {
+        // runtime.newproc.func1 (Go 1.21): call newproc1; mov rbx,rax; call runqput
+        let code = [
+            0xe8, 0x41, 0x00, 0x00, 0x00, 0x48, 0x89, 0xc3, 0xe8, 0x93, 0x40, 0x00, 0x00,
+        ];
+        let start = 0x43bafa;
+        assert_eq!(call_offsets(&code, start, 0x43fba0), [8]);
+        assert_eq!(call_offsets(&code, start, 0x43bb40), [0]);
+        assert!(call_offsets(&code, start, 0x1000).is_empty());
     }
 
     #[test]

@@ -24,7 +24,12 @@ use crate::{
 };
 
 /// The Go programs that follow goroutines; the others follow the Go heap.
-const GOROUTINE_PROGRAMS: [&str; 3] = ["go_newproc", "go_newproc1_ret", "go_goexit1"];
+const GOROUTINE_PROGRAMS: [&str; 4] = [
+    "go_newproc",
+    "go_newproc_queued",
+    "go_newproc1_ret",
+    "go_goexit1",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
