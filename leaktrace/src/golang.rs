@@ -104,7 +104,7 @@ const ENTRY_POINTS: &[(&str, &str)] = &[
 /// next)` that queues it, in the closure newproc runs on the system stack (a
 /// `call` is emulated: ~1 µs); where that is not found, each RET of
 /// `runtime.newproc1` (RAX is newg), which the kernel single-steps: measured
-/// +25 µs per goroutine here (docs/performance.md).
+/// +28.6 µs per goroutine here (docs/performance.md).
 const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
 const RUNQPUT: &str = "runtime.runqput";
 const NEWPROC1: &str = "runtime.newproc1";
