@@ -1059,13 +1059,16 @@ fn go_heap_at(report: &Value, function: &str) -> u64 {
 
 /// Traces tests/targets/go/leaks.go built with Go `version` from its start to its
 /// exit and checks what it leaks against its own counts and its own heap profile.
-fn go_leaks(version: &str, stripped_pie: bool, rounds: u64, interval: &str) -> Value {
+/// Returns the report and the folder holding it and leaktrace's `leaks.pb.gz`.
+fn go_leaks(version: &str, stripped_pie: bool, rounds: u64, interval: &str) -> (Value, PathBuf) {
     let flavour = if stripped_pie { "-stripped-pie" } else { "" };
     let dir = scratch_dir(&format!("goleaks{version}{flavour}"));
     let json = dir.join("report.json");
     let out = run(leaktrace()
         .args(["-q", "-n", "100", "-o"])
         .arg(&json)
+        .arg("-o")
+        .arg(dir.join("leaks.pb.gz"))
         .arg("--")
         .arg(go_build("leaks", version, stripped_pie))
         .arg(&dir)
@@ -1116,14 +1119,20 @@ fn go_leaks(version: &str, stripped_pie: bool, rounds: u64, interval: &str) -> V
         theirs > 0.0 && (ours - theirs).abs() <= 0.01 * theirs,
         "go_heap at main.appendRecord: leaktrace {ours}, runtime {theirs}"
     );
-    r
+    (r, dir)
 }
 
 #[test]
 fn go_heap_and_goroutines_newest_go_with_verdicts() {
     // Five requests a second for 12 s: long enough for verdicts.
-    let r = go_leaks(GO_NEWEST, false, 60, "200ms");
+    let (r, dir) = go_leaks(GO_NEWEST, false, 60, "200ms");
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    // go tool pprof shows the Go heap and the goroutines of leaktrace's profile.
+    let profile = dir.join("leaks.pb.gz");
+    let goroutines = pprof(&["-top", "-sample_index=goroutine"], &profile);
+    assert!(goroutines.contains("main.blockForever"), "{goroutines}");
+    let go_heap = pprof(&["-top", "-tagfocus=kind=go_heap"], &profile);
+    assert!(go_heap.contains("main.appendRecord"), "{go_heap}");
     let verdict = |kind, f| verdict_of(&r, pid, kind, f)["verdict"].clone();
     for (kind, f) in [
         ("go_heap", "main.appendRecord"),
