@@ -81,6 +81,40 @@ pub struct SiteId {
     pub stack_id: u32,
 }
 
+impl SiteId {
+    /// The site of a kernel-accounted entry (heap or Go heap).
+    pub fn in_kernel(key: &SiteKey) -> Self {
+        SiteId {
+            tgid: key.tgid,
+            kind: if key.kind == SiteKind::GoHeap as u32 {
+                Kind::GoHeap
+            } else {
+                Kind::Heap
+            },
+            stack_id: key.stack_id,
+        }
+    }
+}
+
+/// How many objects and bytes `count` objects of `bytes` recorded at kernel
+/// site `key` stand for: themselves on the C heap; on the Go heap, where only
+/// samples are recorded, more, at the sampling rate of their process.
+pub fn stands_for(
+    key: &SiteKey,
+    count: f64,
+    bytes: f64,
+    go_rates: &HashMap<u32, u64>,
+) -> (f64, f64) {
+    if key.kind != SiteKind::GoHeap as u32 {
+        return (count, bytes);
+    }
+    let rate = go_rates
+        .get(&key.tgid)
+        .copied()
+        .unwrap_or(DEFAULT_MEM_PROFILE_RATE);
+    scale(count, u64::from(key.extra), rate)
+}
+
 #[derive(Clone, Debug)]
 pub struct Site {
     pub id: SiteId,
@@ -233,31 +267,19 @@ impl Model {
         // (live count, live bytes, total count, total bytes)
         let mut sums: HashMap<SiteId, [f64; 4]> = HashMap::new();
         for (key, stats) in entries {
-            let go = key.kind == SiteKind::GoHeap as u32;
-            let id = SiteId {
-                tgid: key.tgid,
-                kind: if go { Kind::GoHeap } else { Kind::Heap },
-                stack_id: key.stack_id,
-            };
-            let live = stats.live_count.max(0) as f64;
-            let [live_count, live_bytes, total_count, total_bytes] = if go {
-                let rate = go_rates
-                    .get(&key.tgid)
-                    .copied()
-                    .unwrap_or(DEFAULT_MEM_PROFILE_RATE);
-                let size = u64::from(key.extra);
-                let (n, b) = scale(live, size, rate);
-                let (tn, tb) = scale(stats.total_count as f64, size, rate);
-                [n, b, tn, tb]
-            } else {
-                [
-                    live,
-                    stats.live_bytes.max(0) as f64,
-                    stats.total_count as f64,
-                    stats.total_bytes as f64,
-                ]
-            };
-            let sum = sums.entry(id).or_default();
+            let (live_count, live_bytes) = stands_for(
+                key,
+                stats.live_count.max(0) as f64,
+                stats.live_bytes.max(0) as f64,
+                go_rates,
+            );
+            let (total_count, total_bytes) = stands_for(
+                key,
+                stats.total_count as f64,
+                stats.total_bytes as f64,
+                go_rates,
+            );
+            let sum = sums.entry(SiteId::in_kernel(key)).or_default();
             for (s, v) in sum
                 .iter_mut()
                 .zip([live_count, live_bytes, total_count, total_bytes])

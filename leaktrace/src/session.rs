@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
-    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK, SiteKind,
+    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK,
     USER_STACK_WORDS,
 };
 use log::{debug, info, warn};
@@ -19,10 +19,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     allocator::{self, Allocator, AllocatorError},
     elf::ElfImage,
-    golang::{self, DEFAULT_MEM_PROFILE_RATE, GoRuntime},
+    golang::{DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
     limits::{FdLimit, MemoryLimit},
-    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId},
+    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId, stands_for},
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
@@ -933,12 +933,7 @@ impl Pump {
         let allocs = self.probes.allocs()?;
         for entry in allocs.iter() {
             let Ok((_, info)) = entry else { continue }; // freed while walking
-            let go = info.site.kind == SiteKind::GoHeap as u32;
-            let id = SiteId {
-                tgid: info.site.tgid,
-                kind: if go { Kind::GoHeap } else { Kind::Heap },
-                stack_id: info.site.stack_id,
-            };
+            let id = SiteId::in_kernel(&info.site);
             let a = ages.entry(id).or_insert(HeapAges {
                 oldest_ns: info.ts_ns,
                 aged_bytes: 0.0,
@@ -946,15 +941,7 @@ impl Pump {
             });
             a.oldest_ns = a.oldest_ns.min(info.ts_ns);
             if info.ts_ns <= cutoff {
-                let (count, bytes) = if go {
-                    let rate = rates
-                        .get(&id.tgid)
-                        .copied()
-                        .unwrap_or(DEFAULT_MEM_PROFILE_RATE);
-                    golang::scale(1.0, info.size, rate)
-                } else {
-                    (1.0, info.size as f64)
-                };
+                let (count, bytes) = stands_for(&info.site, 1.0, info.size as f64, &rates);
                 a.aged_bytes += bytes;
                 a.aged_count += count;
             }
