@@ -191,7 +191,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<9} {:<6} {:>11} {:>9} {:>11} {:>8}  {:<7} SITE",
+            "{:<9} {:<9} {:>11} {:>9} {:>11} {:>8}  {:<7} SITE",
             "VERDICT", "KIND", "BYTES", "COUNT", "GROWTH/s", "OLDEST", "PID"
         );
         for s in self.outstanding().take(top) {
@@ -206,7 +206,7 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "{:<9} {:<6} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
+                "{:<9} {:<9} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
                 s.verdict.name(),
                 s.kind.name(),
                 if s.kind.is_handle() {

@@ -1044,8 +1044,11 @@ impl Pump {
             if id.kind == Kind::GoHeap {
                 // Like Go's own profile: the site is where user code allocated,
                 // not the runtime's allocator (mallocgc, growslice…) beneath it.
+                // The runtime's own allocations keep their whole stack.
                 let inner = frames.iter().take_while(|f| runtime(f)).count();
-                frames.drain(..inner.min(frames.len().saturating_sub(1)));
+                if inner < frames.len() {
+                    frames.drain(..inner);
+                }
             }
             if let Some(site) = self.model.sites.get_mut(&id) {
                 site.frames = frames;

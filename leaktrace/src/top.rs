@@ -304,11 +304,11 @@ impl App {
         let header = Row::new([
             "VERDICT",
             "KIND",
-            "OUTSTANDING",
+            "HELD",
             "COUNT",
-            "GROWTH/min",
+            "GROW/min",
             "TREND",
-            "OLDEST",
+            "AGE",
             "TOP FRAME",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
@@ -335,7 +335,7 @@ impl App {
                     Span::raw(amount),
                     Span::raw(s.outstanding_count.to_string()),
                     Span::raw(growth),
-                    Span::styled(sparkline(&s.history, 8), Style::new().fg(Color::Cyan)),
+                    Span::styled(sparkline(&s.history, 6), Style::new().fg(Color::Cyan)),
                     Span::raw(s.oldest_age_s.map_or("-".into(), age)),
                     Span::raw(top_frame(s)),
                 ])
@@ -345,12 +345,12 @@ impl App {
             body,
             [
                 Constraint::Length(9),
+                Constraint::Length(9),
+                Constraint::Length(9),
                 Constraint::Length(6),
-                Constraint::Length(11),
-                Constraint::Length(7),
-                Constraint::Length(10),
-                Constraint::Length(8),
+                Constraint::Length(9),
                 Constraint::Length(6),
+                Constraint::Length(5),
                 Constraint::Min(20),
             ],
         )
