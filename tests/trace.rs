@@ -1194,7 +1194,7 @@ fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
 }
 
 #[test]
-fn goroutines_started_before_attach_are_counted_by_their_go_statement() {
+fn goroutines_and_go_heap_from_before_attach_are_counted() {
     for version in [GO_OLDEST, GO_NEWEST] {
         goroutines_before_attach(version);
     }
@@ -1220,7 +1220,7 @@ fn goroutines_before_attach(version: &str) {
         .args([
             "-q",
             "-d",
-            "1500ms",
+            "4s",
             "--no-mmap",
             "--pid",
             &pid.to_string(),
@@ -1251,4 +1251,22 @@ fn goroutines_before_attach(version: &str) {
         before,
         "none started since"
     );
+    // The Go heap in use at attach, from the runtime's buckets: what its own
+    // profile said when the target finished.
+    let s = site(&r, pid, "go_heap", "main.appendRecord").expect("go_heap before attach");
+    let last = s["frames"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["function"], "[allocated before attach]", "{s}");
+    let ours = go_heap_at(&r, "main.appendRecord") as f64;
+    let theirs = runtime_inuse(&dir.join("heap.pprof"), "main.appendRecord") as f64;
+    eprintln!("go{version} before attach: main.appendRecord: leaktrace {ours}, runtime {theirs}");
+    assert!(
+        theirs > 0.0 && (ours - theirs).abs() <= 0.01 * theirs,
+        "leaktrace {ours}, runtime {theirs}"
+    );
+    // The garbage buffer in use at attach was dropped 2 s after "done": its
+    // free, of an object leaktrace did not see allocated, counts it down.
+    let garbage = site(&r, pid, "go_heap", "main.makeGarbage").expect("garbage at attach");
+    let last = garbage["frames"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["function"], "[allocated before attach]", "{garbage}");
+    assert_eq!(garbage["outstanding_bytes"], 0, "{garbage}");
 }

@@ -14,6 +14,7 @@ pub mod maps {
     pub const TARGETS: &str = "TARGETS";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const SYSCALLS: &str = "SYSCALLS";
+    pub const GO_BEFORE_ATTACH: &str = "GO_BEFORE_ATTACH";
 }
 
 /// What a site holds on to.

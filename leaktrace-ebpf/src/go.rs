@@ -16,14 +16,14 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
-use leaktrace_common::{Counter, EventKind, GoroutineEvent, SiteKey, SiteKind};
+use leaktrace_common::{AllocKey, Counter, EventKind, GoroutineEvent, SiteKey, SiteKind};
 
 use crate::{
     alloc::{release, track},
-    maps::{EVENTS, count, current_tgid_tid, take},
+    maps::{EVENTS, atomic_add, count, current_tgid_tid, take},
     stack,
 };
 
@@ -37,6 +37,12 @@ static GO_SAMPLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
 /// The object freeSpecial is releasing, per thread, until mProf_Free.
 #[map]
 static GO_FREEING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Go heap objects sampled before attach and still in use, per (tgid, profile
+/// bucket): userspace seeds it from the runtime's buckets at attach; frees of
+/// objects leaktrace did not see allocated count it down.
+#[map]
+static GO_BEFORE_ATTACH: HashMap<AllocKey, i64> = HashMap::with_max_entries(1 << 16, 0);
 
 /// A goroutine being created on this thread: newproc's stack, caller and function.
 #[repr(C)]
@@ -98,12 +104,29 @@ pub fn go_free_special(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `runtime.mProf_Free(b)`: the object freeSpecial named was a sampled one of bucket `b`.
 #[uprobe]
-pub fn go_mprof_free(_ctx: ProbeContext) -> u32 {
+pub fn go_mprof_free(ctx: ProbeContext) -> u32 {
     let (tgid, tid) = current_tgid_tid();
-    if let Some(object) = take(&GO_FREEING, tid) {
-        // Objects sampled before attach are not ours: nothing happens.
-        let _ = release(tgid, object);
+    let Some(object) = take(&GO_FREEING, tid) else {
+        return 0;
+    };
+    if release(tgid, object).is_some() {
+        return 0;
+    }
+    // Sampled before attach: one fewer of its bucket's objects in use.
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr: regs(&ctx).rax,
+    };
+    if let Some(left) = GO_BEFORE_ATTACH.get_ptr_mut(key) {
+        // SAFETY: a map value, alive while the program runs; naturally aligned.
+        unsafe {
+            if *left > 0 {
+                atomic_add(left, -1);
+            }
+        }
     }
     0
 }

@@ -77,7 +77,7 @@ pub fn site_add(stats: *mut SiteStats, bytes: i64, count: i64) {
 
 /// `lock xadd`: threads of the target on other CPUs update the same site.
 #[inline(always)]
-unsafe fn atomic_add(dst: *mut i64, value: i64) {
+pub unsafe fn atomic_add(dst: *mut i64, value: i64) {
     // core's atomics lack fetch_add on the BPF target; the intrinsic lowers to BPF_ATOMIC.
     #[cfg(target_arch = "bpf")]
     unsafe {

@@ -30,6 +30,44 @@ pub enum GoError {
     UnknownLayout(String),
 }
 
+/// A bucket of the runtime's heap profile with sampled objects in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapBucket {
+    /// Address of the `runtime.bucket`: what `mProf_Free` is given.
+    pub addr: u64,
+    /// Size of its objects.
+    pub size: u64,
+    /// Return addresses of the allocating stack, innermost first.
+    pub stack: Vec<u64>,
+    /// Sampled objects allocated and not yet freed.
+    pub in_use: u64,
+}
+
+/// `bucketType` of memory-profile buckets.
+const MEM_PROFILE: u64 = 1;
+/// Buckets read at most, and frames per bucket (the runtime keeps fewer).
+const MAX_BUCKETS: usize = 1 << 16;
+const MAX_BUCKET_FRAMES: u64 = 1024;
+/// Bytes of `runtime.bucket`'s header; its stack follows, then its memRecord.
+const BUCKET_HEADER: u64 = 48;
+/// A memRecord holds the active cycle and three future ones.
+const MEM_RECORD_CYCLES: usize = 4;
+
+/// Sampled objects in use per cycle of a memRecord: each cycle is `{allocs,
+/// frees}` (recent Go) or `{allocs, frees, alloc_bytes, free_bytes}` (Go 1.21).
+/// Told apart by the values: in the long form the bytes are the counts times
+/// the bucket's size. `None` while no cycle allocated anything.
+fn cycle_words(record: &[u64], size: u64) -> Option<usize> {
+    let (allocs, frees) = (record[0], record[1]);
+    (allocs > 0).then(|| {
+        if record[2] == allocs.wrapping_mul(size) && record[3] == frees.wrapping_mul(size) {
+            4
+        } else {
+            2
+        }
+    })
+}
+
 /// A goroutine found alive in `runtime.allgs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveGoroutine {
@@ -196,6 +234,8 @@ pub struct GoRuntime {
     rate_symbol: Option<u64>,
     /// `runtime.allgs`'s file address, when the binary has `.symtab`.
     allgs_symbol: Option<u64>,
+    /// `runtime.mbuckets`'s file address (the heap profile's buckets).
+    mbuckets_symbol: Option<u64>,
     /// Where the file asks to be loaded: a PIE's bias is measured from it.
     load_address: u64,
 }
@@ -258,6 +298,7 @@ impl GoRuntime {
             points,
             rate_symbol: image.symbol_address("runtime.MemProfileRate"),
             allgs_symbol: image.symbol_address("runtime.allgs"),
+            mbuckets_symbol: image.symbol_address("runtime.mbuckets"),
             load_address: image.load_address(),
         }))
     }
@@ -281,6 +322,58 @@ impl GoRuntime {
             .rate_symbol
             .ok_or_else(|| GoError::NoSymbol(self.path.display().to_string()))?;
         self.address(pid, symbol)
+    }
+
+    /// The buckets of process `pid`'s heap profile with sampled objects in use,
+    /// read from `runtime.mbuckets` (all cycles: in use now, unswept garbage too).
+    pub fn heap_buckets(&self, pid: u32) -> Result<Vec<HeapBucket>, GoError> {
+        let symbol = self
+            .mbuckets_symbol
+            .ok_or_else(|| GoError::NoSymbol(self.path.display().to_string()))?;
+        let memory = |source| GoError::Memory { pid, source };
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(memory)?;
+        let words = |addr: u64, n: u64| -> Result<Vec<u64>, GoError> {
+            let mut bytes = vec![0u8; n as usize * 8];
+            mem.read_exact_at(&mut bytes, addr).map_err(memory)?;
+            Ok(bytes
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect())
+        };
+        let mut layout = None;
+        let mut raw = Vec::new();
+        let mut next = words(self.address(pid, symbol)?, 1)?[0];
+        while next != 0 && raw.len() < MAX_BUCKETS {
+            // next, allnext, typ, hash, size, nstk
+            let head = words(next, BUCKET_HEADER / 8)?;
+            let (allnext, typ, size, nstk) = (head[1], head[2], head[4], head[5]);
+            if typ != MEM_PROFILE || nstk > MAX_BUCKET_FRAMES {
+                break; // not a heap-profile bucket: read mid-update, or not Go's layout
+            }
+            let rest = words(next + BUCKET_HEADER, nstk + 4 * MEM_RECORD_CYCLES as u64)?;
+            let (stack, record) = rest.split_at(nstk as usize);
+            if layout.is_none() {
+                layout = cycle_words(record, size);
+            }
+            raw.push((next, size, stack.to_vec(), record.to_vec()));
+            next = allnext;
+        }
+        let per_cycle = layout.unwrap_or(2);
+        Ok(raw
+            .into_iter()
+            .filter_map(|(addr, size, stack, record)| {
+                let in_use = record
+                    .chunks(per_cycle)
+                    .take(MEM_RECORD_CYCLES)
+                    .fold(0i64, |n, c| n + c[0] as i64 - c[1] as i64);
+                (in_use > 0).then_some(HeapBucket {
+                    addr,
+                    size,
+                    stack,
+                    in_use: in_use as u64,
+                })
+            })
+            .collect())
     }
 
     /// The goroutines of process `pid` alive now (not dead, not idle), read
@@ -402,6 +495,15 @@ mod tests {
         assert!((scale(3.0, 64 << 20, DEFAULT_MEM_PROFILE_RATE).0 - 3.0).abs() < 1e-6);
         // Rate 1 records every allocation.
         assert_eq!(scale(5.0, 100, 1), (5.0, 500.0));
+    }
+
+    #[test]
+    fn mem_record_layout_is_told_by_its_values() {
+        // Go 1.21: {allocs, frees, alloc_bytes, free_bytes} of 64-byte objects.
+        assert_eq!(cycle_words(&[3, 1, 192, 64, 0, 0, 0, 0], 64), Some(4));
+        // Go 1.27: {allocs, frees} × 4 cycles.
+        assert_eq!(cycle_words(&[3, 1, 2, 0, 5, 0, 0, 0], 64), Some(2));
+        assert_eq!(cycle_words(&[0; 8], 64), None);
     }
 
     #[test]

@@ -226,6 +226,28 @@ impl Probes {
         self.map(maps::ALLOCS)
     }
 
+    /// Go heap objects sampled before attach still in use, per (tgid, bucket).
+    pub fn go_before_attach(&self) -> Result<HashMap<&MapData, AllocKey, i64>, ProbeError> {
+        self.map(maps::GO_BEFORE_ATTACH)
+    }
+
+    /// Seeds the count of bucket `bucket`'s objects of `pid` in use at attach.
+    pub fn seed_go_before_attach(
+        &mut self,
+        pid: u32,
+        bucket: u64,
+        count: i64,
+    ) -> Result<(), ProbeError> {
+        let mut map: HashMap<&mut MapData, AllocKey, i64> = self.map_mut(maps::GO_BEFORE_ATTACH)?;
+        let key = AllocKey {
+            tgid: pid,
+            _pad: 0,
+            addr: bucket,
+        };
+        map.insert(key, count, 0)
+            .map_err(|e| ProbeError::Map(maps::GO_BEFORE_ATTACH, Box::new(e)))
+    }
+
     pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
         self.map(maps::STACKS)
     }

@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
-    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK,
-    USER_STACK_WORDS,
+    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK, SiteKey,
+    SiteKind, SiteStats, USER_STACK_WORDS,
 };
 use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
@@ -71,6 +71,7 @@ const MAX_CHAIN: usize = 128;
 /// user code never returns to these.
 const CREATED_BY: u64 = u64::MAX;
 const STARTED_BEFORE_ATTACH: u64 = u64::MAX - 1;
+const ALLOCATED_BEFORE_ATTACH: u64 = u64::MAX - 2;
 
 /// Return addresses found by following saved frame pointers from `rbp`: in the
 /// stack words copied at the syscall while they cover the frame, then in the
@@ -283,6 +284,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         interned: HashMap::new(),
         go_runtime_mmaps: Default::default(),
         go_ancestry: HashMap::new(),
+        go_heap_before: HashMap::new(),
         start_functions: HashMap::new(),
         traced,
         go_heap_sampling: opts.go_heap_sampling,
@@ -302,6 +304,9 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         }
         if opts.families.goroutines {
             pump.scan_goroutines(pid);
+        }
+        if opts.families.heap {
+            pump.scan_go_heap(pid);
         }
     }
     pump.trace(&opts, live).await?;
@@ -344,6 +349,9 @@ struct Pump {
     /// Each live goroutine's creation chain, by (tgid, g): the stack that
     /// created it, then what created that goroutine, and so on.
     go_ancestry: HashMap<(u32, u64), u32>,
+    /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
+    /// their site's stack id and object size.
+    go_heap_before: HashMap<(u32, u64), (u32, u64)>,
     /// Names of the functions goroutines run, by (tgid, entry address).
     start_functions: HashMap<(u32, u64), String>,
     traced: Vec<Traced>,
@@ -747,6 +755,41 @@ impl Pump {
         self.model.refresh_handles(pid);
     }
 
+    /// The Go heap a Go target has in use at attach, from the runtime's own heap
+    /// profile: each bucket's sampled objects still in use, under its stack and
+    /// "[allocated before attach]". The kernel counts them down as they are freed.
+    fn scan_go_heap(&mut self, pid: u32) {
+        let Some(go) = self
+            .traced
+            .iter()
+            .find(|t| t.target.pid == pid)
+            .and_then(|t| t.go.as_ref())
+        else {
+            return;
+        };
+        let buckets = match go.runtime.heap_buckets(pid) {
+            Ok(buckets) => buckets,
+            Err(e) => {
+                warn!("Go heap allocated before attach is not counted: {e}");
+                return;
+            }
+        };
+        for b in buckets {
+            if let Err(e) = self
+                .probes
+                .seed_go_before_attach(pid, b.addr, b.in_use as i64)
+            {
+                warn!("Go heap allocated before attach is partly counted: {e}");
+                return;
+            }
+            let mut stack = b.stack;
+            stack.push(ALLOCATED_BEFORE_ATTACH);
+            let stack_id = self.intern(stack);
+            self.go_heap_before
+                .insert((pid, b.addr), (stack_id, b.size));
+        }
+    }
+
     /// Fills in sockets' protocol and addresses from /proc/PID/net, once they
     /// are connected or listening.
     fn resolve_sockets(&mut self) {
@@ -906,10 +949,34 @@ impl Pump {
         self.read_go_rates();
         let rates = self.go_rates();
         let sites = self.probes.sites()?;
-        let entries = sites
+        let mut entries = sites
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .context("reading the sites map")?;
+        if !self.go_heap_before.is_empty() {
+            // Go heap from before attach: what is left of each bucket's objects.
+            let left = self.probes.go_before_attach()?;
+            for entry in left.iter() {
+                let (key, count) = entry.context("reading the Go heap before attach")?;
+                let Some(&(stack_id, size)) = self.go_heap_before.get(&(key.tgid, key.addr)) else {
+                    continue;
+                };
+                let site = SiteKey {
+                    tgid: key.tgid,
+                    stack_id,
+                    kind: SiteKind::GoHeap as u32,
+                    extra: size.min(u32::MAX as u64) as u32,
+                };
+                let count = count.max(0);
+                let stats = SiteStats {
+                    live_bytes: count * size as i64,
+                    live_count: count,
+                    total_bytes: 0,
+                    total_count: 0,
+                };
+                entries.push((site, stats));
+            }
+        }
         self.model.set_kernel_sites(&entries, &rates);
         let c = self.probes.counters()?;
         let lost = &mut self.model.lost;
@@ -1024,6 +1091,9 @@ impl Pump {
                 match addr {
                     CREATED_BY => frames.push(Frame::note("[goroutine created by]")),
                     STARTED_BEFORE_ATTACH => frames.push(Frame::note("[started before attach]")),
+                    ALLOCATED_BEFORE_ATTACH => {
+                        frames.push(Frame::note("[allocated before attach]"))
+                    }
                     _ => frames.extend(self.symbolizer.stack(id.tgid, maps, &[addr])),
                 }
             }

@@ -7,7 +7,8 @@
 // it also uses a sync.Pool, a bounded cache, temporary garbage and a fixed
 // worker pool. After the rounds it collects garbage, writes its own heap
 // profile to DIR/heap.pprof (the runtime's view, to compare with), prints
-// "done" and exits after LINGER (default 1.5 s).
+// "done", drops its last garbage buffer 2 s later (and collects it), and exits
+// after LINGER (default 2.5 s).
 package main
 
 import (
@@ -79,7 +80,7 @@ func main() {
 	dir := os.Args[1]
 	rounds, _ := strconv.Atoi(os.Args[2])
 	interval, _ := time.ParseDuration(os.Args[3])
-	linger := 1500 * time.Millisecond
+	linger := 2500 * time.Millisecond
 	if len(os.Args) > 4 {
 		linger, _ = time.ParseDuration(os.Args[4])
 	}
@@ -106,5 +107,8 @@ func main() {
 	}
 	f.Close()
 	fmt.Println("done", len(records))
-	time.Sleep(linger)
+	time.Sleep(2 * time.Second)
+	sink = nil
+	runtime.GC()
+	time.Sleep(linger - 2*time.Second)
 }
