@@ -1220,7 +1220,7 @@ fn goroutines_before_attach(version: &str) {
         .args([
             "-q",
             "-d",
-            "4s",
+            "5s",
             "--no-mmap",
             "--pid",
             &pid.to_string(),
@@ -1263,7 +1263,7 @@ fn goroutines_before_attach(version: &str) {
         theirs > 0.0 && (ours - theirs).abs() <= 0.01 * theirs,
         "leaktrace {ours}, runtime {theirs}"
     );
-    // The garbage buffer in use at attach was dropped 2 s after "done": its
+    // The garbage buffer in use at attach was dropped 3 s after "done": its
     // free, of an object leaktrace did not see allocated, counts it down.
     let garbage = site(&r, pid, "go_heap", "main.makeGarbage").expect("garbage at attach");
     let last = garbage["frames"].as_array().unwrap().last().unwrap();

@@ -7,8 +7,8 @@
 // it also uses a sync.Pool, a bounded cache, temporary garbage and a fixed
 // worker pool. After the rounds it collects garbage, writes its own heap
 // profile to DIR/heap.pprof (the runtime's view, to compare with), prints
-// "done", drops its last garbage buffer 2 s later (and collects it), and exits
-// after LINGER (default 2.5 s).
+// "done" and exits after LINGER (default 1.5 s); a LINGER over 3 s also drops
+// the last garbage buffer 3 s after "done" and collects it.
 package main
 
 import (
@@ -80,7 +80,7 @@ func main() {
 	dir := os.Args[1]
 	rounds, _ := strconv.Atoi(os.Args[2])
 	interval, _ := time.ParseDuration(os.Args[3])
-	linger := 2500 * time.Millisecond
+	linger := 1500 * time.Millisecond
 	if len(os.Args) > 4 {
 		linger, _ = time.ParseDuration(os.Args[4])
 	}
@@ -107,8 +107,11 @@ func main() {
 	}
 	f.Close()
 	fmt.Println("done", len(records))
-	time.Sleep(2 * time.Second)
-	sink = nil
-	runtime.GC()
-	time.Sleep(linger - 2*time.Second)
+	if linger > 3*time.Second {
+		time.Sleep(3 * time.Second)
+		sink = nil
+		runtime.GC()
+		linger -= 3 * time.Second
+	}
+	time.Sleep(linger)
 }
