@@ -25,8 +25,9 @@ Go programs (Go 1.21 to 1.27, stripped or not, PIE or not) are found by their \
 runtime: leaktrace adds the Go heap in use per allocation site (kind go_heap, \
 from the runtime's own heap-profile sampling, scaled like go tool pprof does) \
 and the goroutines alive per creation site (kind goroutine: the function holding \
-the `go` statement and its callers, with the function each goroutine runs). Only \
-entry uprobes touch Go code. A binary that never calls runtime.MemProfile has \
+the `go` statement and its callers, with the function each goroutine runs), \
+also what a running process (--pid) had in use and alive at attach. Only entry \
+uprobes touch Go code. A binary that never calls runtime.MemProfile has \
 sampling off (MemProfileRate 0): the report says so, and --go-heap-sampling \
 turns it on.
 
@@ -39,7 +40,8 @@ pprof, Pyroscope, Parca), as a flamegraph SVG, or as folded stacks.
 
 Nothing is left behind: probes are removed by the kernel when leaktrace exits, \
 however it exits. A command started with -- CMD is sent SIGTERM if it still \
-runs when tracing ends; processes given with --pid are never touched.
+runs when tracing ends; processes given with --pid are never signalled, and \
+their memory is written only with --go-heap-sampling.
 
 leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) and a kernel \
 with BTF.";
