@@ -285,6 +285,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         go_runtime_mmaps: Default::default(),
         go_ancestry: HashMap::new(),
         go_heap_before: HashMap::new(),
+        stale_handles: Vec::new(),
         start_functions: HashMap::new(),
         traced,
         go_heap_sampling: opts.go_heap_sampling,
@@ -352,6 +353,9 @@ struct Pump {
     /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
     /// their site's stack id and object size.
     go_heap_before: HashMap<(u32, u64), (u32, u64)>,
+    /// Processes whose descriptors or goroutines changed since their sites
+    /// were last recounted.
+    stale_handles: Vec<u32>,
     /// Names of the functions goroutines run, by (tgid, entry address).
     start_functions: HashMap<(u32, u64), String>,
     traced: Vec<Traced>,
@@ -577,11 +581,7 @@ impl Pump {
             }
         }
         self.model.apply_map_events(&maps);
-        touched.sort_unstable();
-        touched.dedup();
-        for tgid in touched {
-            self.model.refresh_handles(tgid);
-        }
+        self.stale_handles.extend(touched);
     }
 
     /// A process a target forked (already a target in the kernel): it gets the
@@ -946,6 +946,15 @@ impl Pump {
 
     /// Reads per-site totals and counters from the kernel.
     fn refresh(&mut self) -> Result<()> {
+        // Handle sites are recounted here, once a second (and before every
+        // report), not at every drain: a goroutine-heavy service keeps tens of
+        // thousands of them.
+        let mut stale = std::mem::take(&mut self.stale_handles);
+        stale.sort_unstable();
+        stale.dedup();
+        for tgid in stale {
+            self.model.refresh_handles(tgid);
+        }
         self.read_go_rates();
         let rates = self.go_rates();
         let sites = self.probes.sites()?;
