@@ -18,7 +18,7 @@ pub enum GoError {
         path: String,
         function: &'static str,
     },
-    #[error("runtime.MemProfileRate of PID {pid}: {source}")]
+    #[error("cannot read the Go runtime's state in PID {pid}: {source}")]
     Memory {
         pid: u32,
         #[source]
@@ -260,17 +260,17 @@ impl GoRuntime {
                 shift,
             })
         };
-        for &(name, program) in ENTRY_POINTS {
-            let (start, _) = tab.function(name).ok_or_else(|| missing(name))?;
-            let offset = image.file_offset(start).ok_or_else(|| missing(name))?;
-            let shift = placement::go_entry_offset(image.bytes_at(offset, 32), start);
-            points.extend(point(name, program, start, shift));
-        }
+        // A function's address and code.
         let code = |name| -> Option<(u64, &[u8])> {
             let (start, end) = tab.function(name)?;
             let offset = image.file_offset(start)?;
             Some((start, image.bytes_at(offset, (end - start) as usize)))
         };
+        for &(name, program) in ENTRY_POINTS {
+            let (start, body) = code(name).ok_or_else(|| missing(name))?;
+            let shift = placement::go_entry_offset(body, start);
+            points.extend(point(name, program, start, shift));
+        }
         let queued = match (code(NEWPROC_CLOSURE), tab.function(RUNQPUT)) {
             (Some((start, body)), Some((runqput, _))) => {
                 let calls = placement::call_offsets(body, start, runqput);

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        RawTracePoint, UProbe,
+        ProbeKind, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -195,6 +195,13 @@ impl Probes {
     ) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
         let probe: &mut UProbe = self.program(program)?;
+        // Only the allocator's shared return program may be a uretprobe: one on Go
+        // code crashes the target (leaktrace-ebpf/src/go.rs).
+        assert_eq!(
+            matches!(probe.kind(), ProbeKind::Return),
+            program == "alloc_return",
+            "{program}: return probes are for alloc_return only"
+        );
         probe
             .attach(
                 UProbeAttachLocation::AbsoluteOffset(file_offset),
