@@ -15,7 +15,12 @@ pub mod maps {
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const SYSCALLS: &str = "SYSCALLS";
     pub const GO_BEFORE_ATTACH: &str = "GO_BEFORE_ATTACH";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
+    pub const MAPPINGS: &str = "MAPPINGS";
 }
+
+pub mod unwind;
 
 /// What a site holds on to.
 #[repr(u32)]
@@ -27,21 +32,25 @@ pub enum SiteKind {
     GoHeap = 2,
 }
 
-/// `stack_id` value when the kernel could not record the stack
-/// (stack map full or hash collision; counted in [`Counter::StackLost`]).
-pub const NO_STACK: u32 = u32::MAX;
+/// A stack in the kernel's `STACKS` map: the 64-bit hash of its return
+/// addresses (top bit clear, never zero).
+pub type StackId = u64;
 
-/// One call site: the process, the stack, and (for syscalls made from a frameless
-/// libc wrapper) the return address the frame-pointer walk cannot see.
+/// `StackId` when the kernel could not record the stack (stack map full, or
+/// the unwinder busy; counted in [`Counter::StackLost`]).
+pub const NO_STACK: StackId = 0;
+
+/// One call site: the process, the stack, and what is held there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteKey {
     pub tgid: u32,
-    pub stack_id: u32,
     pub kind: u32,
+    pub stack_id: StackId,
     /// Go heap sites: the sampled objects' size, so userspace can scale each
     /// size class like pprof does. Zero otherwise.
     pub extra: u32,
+    pub _pad: u32,
 }
 
 /// Per-site totals, updated atomically by the probes.
@@ -106,7 +115,11 @@ pub struct Inflight {
     /// realloc's old pointer, posix_memalign's out-pointer.
     pub ptr: u64,
     /// User stack pointer at the outermost entry: nested calls run below it.
+    /// It is also where the return address sits, which the pending uretprobe
+    /// replaced with its trampoline.
     pub sp: u64,
+    /// The real return address of the outermost call, read at entry.
+    pub ret: u64,
 }
 
 /// Indexes of the per-CPU `COUNTERS` array: everything that was not accounted.
@@ -117,7 +130,8 @@ pub enum Counter {
     AllocsFull = 0,
     /// A new site could not be recorded: `SITES` was full.
     SitesFull = 1,
-    /// A stack could not be recorded (stack map full or collision); the site is "unknown stack".
+    /// A stack could not be recorded (stack map full, or the unwinder busy on
+    /// this CPU); the site is "unknown stack".
     StackLost = 2,
     /// An event could not be sent: the ring buffer was full.
     EventsLost = 3,
@@ -127,9 +141,15 @@ pub enum Counter {
     Allocs = 5,
     /// Frees of recorded allocations.
     Frees = 6,
+    /// User stacks walked.
+    StackWalks = 7,
+    /// Frames recorded by those walks.
+    StackFrames = 8,
+    /// First of one slot per [`unwind::StackEnd`]: why each walk ended.
+    StackEnds = 9,
 }
 
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = Counter::StackEnds as u32 + unwind::STACK_END_KINDS;
 
 /// Kind tag leading every ring-buffer event.
 #[repr(u32)]
@@ -163,8 +183,7 @@ pub struct GoroutineEvent {
     /// Address of the goroutine's `runtime.g`.
     pub g: u64,
     /// Stack at `runtime.newproc`, in the creating goroutine.
-    pub stack_id: u32,
-    pub _pad: u32,
+    pub stack_id: StackId,
     /// Return address into the function holding the `go` statement: the stack
     /// walk at newproc's entry cannot see it.
     pub caller: u64,
@@ -207,14 +226,12 @@ pub struct FdOpen {
     pub fd: i32,
     /// The second descriptor of a pair, or -1.
     pub fd2: i32,
-    pub stack_id: u32,
+    pub _pad: u32,
+    pub stack_id: StackId,
     /// The syscall's first three arguments (dirfd, socket family and type, old fd…).
     pub args: [u64; 3],
-    /// User stack pointer at the syscall instruction.
-    pub sp: u64,
     /// R14 at the syscall: in Go code, the calling goroutine's `runtime.g`.
     pub g: u64,
-    pub stack_words: [u64; USER_STACK_WORDS],
     /// The path (open family) or name (memfd_create), NUL-terminated.
     pub path: [u8; FD_PATH_LEN],
 }
@@ -230,14 +247,6 @@ pub struct FdClose {
     pub last: u32,
 }
 
-/// Words copied from the user stack at a syscall (1 KiB), so userspace can find
-/// the return address of a frameless libc wrapper (its frame size is known only
-/// after decoding the wrapper) and, when the wrapper reused rbp, follow the
-/// caller's frame pointers in this copy rather than in memory that has moved on.
-pub const USER_STACK_WORDS: usize = 128;
-/// When the whole copy would cross the top of the stack, this much is copied.
-pub const USER_STACK_WORDS_NEAR_TOP: usize = 16;
-
 /// An anonymous mapping was created, removed or moved by the target.
 ///
 /// For `Mmap`: `addr`/`len` is the new mapping. For `Munmap`: the range removed.
@@ -252,11 +261,7 @@ pub struct MapEvent {
     pub len: u64,
     pub old_addr: u64,
     pub old_len: u64,
-    pub stack_id: u32,
-    pub _pad: u32,
-    /// User stack pointer at the syscall instruction.
-    pub sp: u64,
-    pub stack_words: [u64; USER_STACK_WORDS],
+    pub stack_id: StackId,
 }
 
 /// Syscall arguments kept between `sys_enter` and `sys_exit`, per thread.
@@ -275,4 +280,21 @@ mod pod {
     unsafe impl aya::Pod for SiteStats {}
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for crate::unwind::UnwindRow {}
+    unsafe impl aya::Pod for crate::unwind::PageIndex {}
+    unsafe impl aya::Pod for crate::unwind::ProcMappings {}
+    unsafe impl aya::Pod for crate::unwind::StackTrace {}
 }
+
+// The layouts both sides rely on.
+const _: () = {
+    assert!(size_of::<SiteKey>() == 24);
+    assert!(size_of::<AllocInfo>() == 40);
+    assert!(size_of::<Inflight>() == 40);
+    assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
+    assert!(size_of::<MapEvent>() == 56);
+    assert!(size_of::<GoroutineEvent>() == 56);
+    assert!(size_of::<unwind::UnwindRow>() == 8);
+    assert!(size_of::<unwind::Mapping>() == 40);
+    assert!(size_of::<unwind::StackTrace>() == 8 + 8 * unwind::MAX_FRAMES);
+};

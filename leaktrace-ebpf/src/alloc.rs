@@ -5,15 +5,16 @@
 //! other processes sharing the same libc never hit a breakpoint.
 use aya_ebpf::{
     EbpfContext,
+    bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, RetProbeContext},
 };
 use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, SiteKey, SiteKind};
 
 use crate::{
     maps::{ALLOCS, INFLIGHT, count, current_tgid_tid, site_add, site_stats},
-    stack,
+    unwind,
 };
 
 #[inline(always)]
@@ -23,8 +24,14 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 
 #[inline(always)]
 fn user_sp(ctx: &ProbeContext) -> u64 {
+    user_regs(ctx).rsp
+}
+
+/// The user registers a uprobe or uretprobe program runs with.
+#[inline(always)]
+pub fn user_regs<C: EbpfContext>(ctx: &C) -> &pt_regs {
     // SAFETY: a uprobe's context is the user register set.
-    unsafe { (*ctx.regs).rsp }
+    unsafe { &*(ctx.as_ptr() as *const pt_regs) }
 }
 
 #[uprobe]
@@ -76,6 +83,9 @@ fn enter(ctx: &ProbeContext, func: AllocFn, size: u64, ptr: u64) {
         size,
         ptr,
         sp,
+        // SAFETY: reads the target's stack; a fault leaves 0 (the walk then
+        // stops at the trampoline, counted).
+        ret: unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0),
     };
     match INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: per-thread entry; only this thread writes it.
@@ -161,19 +171,15 @@ pub fn inside_allocator(tid: u32, sp: u64) -> bool {
 }
 
 #[inline(always)]
-fn record<C: EbpfContext + StackIdContext>(
-    ctx: &C,
-    tgid: u32,
-    addr: u64,
-    size: u64,
-    born: Option<u64>,
-) {
-    // At a uretprobe the user stack starts at the caller's return address.
+fn record(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, born: Option<u64>) {
+    // At a uretprobe the registers are the caller's, just after the call.
+    let regs = user_regs(ctx);
     let site = SiteKey {
         tgid,
-        stack_id: stack::id(ctx),
         kind: SiteKind::Heap as u32,
+        stack_id: unwind::stack_id(regs.rip, regs.rsp, regs.rbp),
         extra: 0,
+        _pad: 0,
     };
     track(tgid, addr, size, born, site);
 }

@@ -5,13 +5,12 @@
 use aya_ebpf::{
     bindings::{BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
-    programs::RawTracePointContext,
 };
 use leaktrace_common::{Counter, EventKind, FD_PATH_LEN, FdClose, FdOpen, SyscallArgs};
 
 use crate::{
     maps::{EVENTS, count},
-    stack,
+    unwind,
 };
 
 // x86-64 syscall numbers.
@@ -96,6 +95,12 @@ pub fn wants(nr: u64) -> bool {
     )
 }
 
+/// execve or execveat: the process gets a new image.
+#[inline(always)]
+pub fn is_exec(nr: u64) -> bool {
+    nr == EXECVE || nr == EXECVEAT
+}
+
 /// Whether to follow this call to its exit: calls that change no descriptor stay out.
 #[inline(always)]
 pub fn keep(call: &SyscallArgs) -> bool {
@@ -110,16 +115,16 @@ pub fn keep(call: &SyscallArgs) -> bool {
 }
 
 #[inline(always)]
-pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
+pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
     let [a0, a1, ..] = call.args;
     match call.nr {
         CLOSE => closed(EventKind::FdClose, tgid, a0 as u32, a0 as u32),
         CLOSE_RANGE => closed(EventKind::FdClose, tgid, a0 as u32, a1 as u32),
         EXECVE | EXECVEAT => closed(EventKind::FdExec, tgid, 0, u32::MAX),
         // Both descriptors are written to the caller's int[2].
-        PIPE | PIPE2 => opened(ctx, tgid, call, a0, regs),
-        SOCKETPAIR => opened(ctx, tgid, call, call.args[3], regs),
-        _ => send_open(ctx, tgid, call, ret as i32, -1, regs),
+        PIPE | PIPE2 => opened(tgid, call, a0, regs),
+        SOCKETPAIR => opened(tgid, call, call.args[3], regs),
+        _ => send_open(tgid, call, ret as i32, -1, regs),
     }
 }
 
@@ -142,23 +147,16 @@ fn closed(kind: EventKind, tgid: u32, first: u32, last: u32) {
 
 /// A pair written to the user array at `pair`.
 #[inline(always)]
-fn opened(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, pair: u64, regs: &pt_regs) {
+fn opened(tgid: u32, call: &SyscallArgs, pair: u64, regs: &pt_regs) {
     // SAFETY: reads the target's memory; a fault returns Err.
     let Ok(fds) = (unsafe { bpf_probe_read_user(pair as *const [i32; 2]) }) else {
         return;
     };
-    send_open(ctx, tgid, call, fds[0], fds[1], regs);
+    send_open(tgid, call, fds[0], fds[1], regs);
 }
 
 #[inline(always)]
-fn send_open(
-    ctx: &RawTracePointContext,
-    tgid: u32,
-    call: &SyscallArgs,
-    fd: i32,
-    fd2: i32,
-    regs: &pt_regs,
-) {
+fn send_open(tgid: u32, call: &SyscallArgs, fd: i32, fd2: i32, regs: &pt_regs) {
     let Some(mut entry) = EVENTS.reserve::<FdOpen>(0) else {
         count(Counter::EventsLost);
         return;
@@ -178,10 +176,10 @@ fn send_open(
         (*event).nr = call.nr as u32;
         (*event).fd = fd;
         (*event).fd2 = fd2;
+        (*event)._pad = 0;
         (*event).args = [a0, a1, a2];
-        (*event).sp = regs.rsp;
         (*event).g = regs.r14;
-        (*event).stack_id = stack::capture(ctx, regs.rsp, &mut (*event).stack_words);
+        (*event).stack_id = unwind::stack_id(regs.rip, regs.rsp, regs.rbp);
         let path = &mut (*event).path;
         path[0] = 0;
         if path_arg != 0

@@ -8,7 +8,10 @@ use aya_ebpf::{
 };
 use leaktrace_common::{Counter, EventKind, ForkEvent, SyscallArgs};
 
-use crate::maps::{EVENTS, TARGETS, count};
+use crate::{
+    maps::{EVENTS, TARGETS, count},
+    unwind,
+};
 
 const CLONE: u64 = 56;
 const FORK: u64 = 57;
@@ -46,6 +49,8 @@ pub fn exit(tgid: u32, child: u32) {
     if TARGETS.insert(child, 1, 0).is_err() {
         return;
     }
+    // Its first allocations unwind like the parent's, before userspace hears of it.
+    unwind::inherit(tgid, child);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count(Counter::EventsLost);
         return;

@@ -19,12 +19,14 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
-use leaktrace_common::{AllocKey, Counter, EventKind, GoroutineEvent, SiteKey, SiteKind};
+use leaktrace_common::{
+    AllocKey, Counter, EventKind, GoroutineEvent, NO_STACK, SiteKey, SiteKind, StackId,
+};
 
 use crate::{
-    alloc::{release, track},
+    alloc::{release, track, user_regs},
     maps::{EVENTS, atomic_add, count, current_tgid_tid, take},
-    stack,
+    unwind,
 };
 
 /// Offset of `size` in `runtime.bucket` (Go 1.21–1.27).
@@ -32,7 +34,7 @@ const BUCKET_SIZE: u64 = 32;
 
 /// Stack id at mProf_Malloc, per thread, until setprofilebucket.
 #[map]
-static GO_SAMPLED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+static GO_SAMPLED: LruHashMap<u32, StackId> = LruHashMap::with_max_entries(4096, 0);
 
 /// The object freeSpecial is releasing, per thread, until mProf_Free.
 #[map]
@@ -48,8 +50,7 @@ static GO_BEFORE_ATTACH: HashMap<AllocKey, i64> = HashMap::with_max_entries(1 <<
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Spawn {
-    stack_id: u32,
-    _pad: u32,
+    stack_id: StackId,
     caller: u64,
     start_pc: u64,
     parent: u64,
@@ -60,8 +61,13 @@ static GO_SPAWNING: LruHashMap<u32, Spawn> = LruHashMap::with_max_entries(4096, 
 
 #[inline(always)]
 fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
-    // SAFETY: a uprobe's context is the user register set.
-    unsafe { &*ctx.regs }
+    user_regs(ctx)
+}
+
+#[inline(always)]
+fn stack_id(ctx: &ProbeContext) -> StackId {
+    let r = regs(ctx);
+    unwind::stack_id(r.rip, r.rsp, r.rbp)
 }
 
 #[inline(always)]
@@ -73,7 +79,7 @@ fn read_u64(addr: u64) -> Option<u64> {
 #[uprobe]
 pub fn go_mprof_malloc(ctx: ProbeContext) -> u32 {
     let (_, tid) = current_tgid_tid();
-    let _ = GO_SAMPLED.insert(tid, stack::id(&ctx), 0);
+    let _ = GO_SAMPLED.insert(tid, stack_id(&ctx), 0);
     0
 }
 
@@ -89,9 +95,10 @@ pub fn go_set_profile_bucket(ctx: ProbeContext) -> u32 {
     };
     let site = SiteKey {
         tgid,
-        stack_id,
         kind: SiteKind::GoHeap as u32,
+        stack_id,
         extra: size.min(u32::MAX as u64) as u32,
+        _pad: 0,
     };
     track(tgid, object, size, None, site);
     0
@@ -136,8 +143,7 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
     let (_, tid) = current_tgid_tid();
     let r = regs(&ctx);
     let spawn = Spawn {
-        stack_id: stack::id(&ctx),
-        _pad: 0,
+        stack_id: stack_id(&ctx),
         // At the entry the return address is at [rsp], not yet in the frame chain.
         caller: read_u64(r.rsp).unwrap_or(0),
         // fn is a *funcval whose first word is the code pointer.
@@ -176,7 +182,6 @@ fn created(g: u64) {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
         stack_id: spawn.stack_id,
-        _pad: 0,
         caller: spawn.caller,
         start_pc: spawn.start_pc,
         parent: spawn.parent,
@@ -193,8 +198,7 @@ pub fn go_goexit1(ctx: ProbeContext) -> u32 {
         // SAFETY: the helper reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g: regs(&ctx).r14,
-        stack_id: 0,
-        _pad: 0,
+        stack_id: NO_STACK,
         caller: 0,
         start_pc: 0,
         parent: 0,

@@ -5,7 +5,7 @@
 //! - [`fd`]: descriptors created and closed (files, sockets, pipes, …), sent to userspace.
 //! - [`go`]: the Go runtime's sampled heap and goroutines (entry uprobes only).
 //! - [`fork`]: processes forked by targets become targets, in the kernel.
-//! - [`stack`]: the user stack of a syscall, shared by the syscall families.
+//! - [`unwind`]: user stacks, unwound from the modules' `.eh_frame` tables.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
@@ -17,8 +17,8 @@ mod fork;
 mod go;
 mod maps;
 mod mmap;
-mod stack;
 mod syscalls;
+mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, Counter, Inflight, SiteKey, SiteStats, SyscallArgs,
@@ -15,9 +15,6 @@ pub static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 <<
 /// Per-site totals: what userspace reads every tick instead of walking `ALLOCS`.
 #[map]
 pub static SITES: HashMap<SiteKey, SiteStats> = HashMap::with_max_entries(1 << 16, 0);
-
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(1 << 14, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -39,9 +36,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+    count_by(counter as u32, 1);
+}
+
+/// Adds `n` to counter slot `index` (a [`Counter`], or one past it for the
+/// counters that have several slots).
+#[inline(always)]
+pub fn count_by(index: u32, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // Per-CPU slot: no other CPU writes it.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

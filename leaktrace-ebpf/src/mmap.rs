@@ -6,14 +6,13 @@
 use aya_ebpf::{
     bindings::{BPF_RB_NO_WAKEUP, pt_regs},
     helpers::bpf_ktime_get_ns,
-    programs::RawTracePointContext,
 };
-use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs, USER_STACK_WORDS};
+use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs};
 
 use crate::{
     alloc,
     maps::{EVENTS, count},
-    stack,
+    unwind,
 };
 
 const SYS_MMAP: u64 = 9;
@@ -41,7 +40,7 @@ pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
 }
 
 #[inline(always)]
-pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64, sp: u64) {
+pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
     let [a0, a1, a2, ..] = call.args;
     let (kind, addr, len, old_addr, old_len) = match call.nr {
         SYS_MMAP => (EventKind::Mmap, ret, a1, 0, 0),
@@ -62,13 +61,11 @@ pub fn exit(ctx: &RawTracePointContext, tgid: u32, call: &SyscallArgs, ret: u64,
         (*event).len = len;
         (*event).old_addr = old_addr;
         (*event).old_len = old_len;
-        (*event).sp = sp;
-        (*event).stack_id = NO_STACK;
-        (*event)._pad = 0;
-        (*event).stack_words = [0; USER_STACK_WORDS];
-        if kind != EventKind::Munmap {
-            (*event).stack_id = stack::capture(ctx, sp, &mut (*event).stack_words);
-        }
+        (*event).stack_id = if kind == EventKind::Munmap {
+            NO_STACK
+        } else {
+            unwind::stack_id(regs.rip, regs.rsp, regs.rbp)
+        };
     }
     // Userspace drains on a timer: no wakeup per event.
     entry.submit(BPF_RB_NO_WAKEUP as u64);

@@ -12,7 +12,7 @@ use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SyscallAr
 use crate::{
     fd, fork,
     maps::{SYSCALLS, TARGETS, count, current_tgid_tid, take},
-    mmap,
+    mmap, unwind,
 };
 
 /// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`], [`FAMILY_FORKS`]):
@@ -37,7 +37,9 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let is_mmap = families & FAMILY_MMAP != 0 && mmap::wants(nr);
     let is_fd = families & FAMILY_FDS != 0 && fd::wants(nr);
     let is_fork = families & FAMILY_FORKS != 0 && fork::wants(nr);
-    if !is_mmap && !is_fd && !is_fork {
+    // An exec replaces the mappings the unwinder knows, whatever is followed.
+    let is_exec = fd::is_exec(nr);
+    if !is_mmap && !is_fd && !is_fork && !is_exec {
         return 0;
     }
     let Some(regs) = user_regs(&ctx) else {
@@ -52,7 +54,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     } else if is_fork {
         fork::keep(&args)
     } else {
-        fd::keep(&args)
+        is_exec || fd::keep(&args)
     };
     if !keep {
         return 0;
@@ -80,12 +82,18 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(regs) = user_regs(&ctx) else {
         return 0;
     };
+    if fd::is_exec(args.nr) {
+        unwind::forget(tgid);
+        if families() & FAMILY_FDS == 0 {
+            return 0;
+        }
+    }
     if mmap::wants(args.nr) {
-        mmap::exit(&ctx, tgid, &args, ret as u64, regs.rsp);
+        mmap::exit(tgid, &args, ret as u64, &regs);
     } else if fork::wants(args.nr) {
         fork::exit(tgid, ret as u32);
     } else {
-        fd::exit(&ctx, tgid, &args, ret as u64, &regs);
+        fd::exit(tgid, &args, ret as u64, &regs);
     }
     0
 }

@@ -180,9 +180,21 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_allocs: u32,
 
-    /// Distinct stacks the kernel map can hold.
+    /// Distinct stacks the kernel map can hold (about 1 KiB each).
     #[arg(long, value_name = "N", default_value_t = 1 << 14)]
     pub max_stacks: u32,
+
+    /// Frames a stack keeps at most, 1 to 127. Deeper stacks keep their
+    /// innermost frames and are counted as truncated by depth.
+    #[arg(long, value_name = "N", default_value_t = leaktrace_common::unwind::DEFAULT_DEPTH,
+          value_parser = clap::value_parser!(u32).range(1..=127))]
+    pub max_depth: u32,
+
+    /// Unwind-table rows the kernel holds for every mapped file together (8
+    /// bytes each; glibc needs ~28,000). Files beyond it are named in a
+    /// warning, and stacks stop in them, counted.
+    #[arg(long, value_name = "N", default_value_t = 1 << 21)]
+    pub max_unwind_rows: u32,
 
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
@@ -233,6 +245,8 @@ impl TraceArgs {
             limits: Limits {
                 max_allocs: self.max_allocs.max(1),
                 max_stacks: self.max_stacks.max(1),
+                max_depth: self.max_depth,
+                max_unwind_rows: self.max_unwind_rows.max(1),
             },
         })
     }

@@ -2,7 +2,10 @@
 //! the views (text, JSON); never touches the kernel itself.
 use std::collections::{BTreeMap, HashMap};
 
-use leaktrace_common::{EventKind, MapEvent, NO_STACK, SiteKey, SiteKind, SiteStats};
+use leaktrace_common::{
+    EventKind, MapEvent, SiteKey, SiteKind, SiteStats, StackId,
+    unwind::{STACK_END_KINDS, StackEnd},
+};
 use serde::Serialize;
 
 use crate::{
@@ -55,7 +58,7 @@ impl Kind {
 }
 
 /// The stack id of the site of descriptors found open at attach.
-pub const BEFORE_ATTACH: u32 = NO_STACK - 1;
+pub const BEFORE_ATTACH: StackId = u64::MAX;
 
 /// How many details (paths, peers) a handle site keeps, most frequent first.
 pub const TOP_DETAILS: usize = 5;
@@ -76,9 +79,9 @@ pub struct Handle {
 pub struct SiteId {
     pub tgid: u32,
     pub kind: Kind,
-    /// A kernel stack id (heap), or one the pump made (a repaired syscall stack,
-    /// a goroutine's creation stack).
-    pub stack_id: u32,
+    /// A kernel stack (the hash of its return addresses), or one the pump made
+    /// (a goroutine's creation stack; top bit set).
+    pub stack_id: StackId,
 }
 
 impl SiteId {
@@ -160,7 +163,7 @@ pub struct Lost {
     pub allocs_map_full: u64,
     /// Allocations not recorded because the sites map was full.
     pub sites_map_full: u64,
-    /// Allocations whose stack could not be recorded (stack map full or hash collision).
+    /// Stacks that could not be recorded (stack map full, or the unwinder busy).
     pub stacks_lost: u64,
     /// Events dropped because the ring buffer was full.
     pub ring_buffer_overruns: u64,
@@ -175,6 +178,58 @@ impl Lost {
             + self.stacks_lost
             + self.ring_buffer_overruns
             + self.syscalls_map_full
+    }
+}
+
+/// How the kernel's stack walks ended: a truncated stack is never silent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StackWalks {
+    pub walks: u64,
+    pub frames: u64,
+    /// Reached the outermost frame.
+    pub complete: u64,
+    /// Stopped at `--max-depth`.
+    pub depth_limit: u64,
+    /// Stopped at an address in no executable mapping leaktrace knew of yet.
+    pub no_mapping: u64,
+    /// Stopped at an unwind rule the walk cannot follow.
+    pub unsupported_rule: u64,
+    /// Stopped at stack memory that could not be read.
+    pub unreadable: u64,
+    /// Stopped where the frame address did not move up the stack.
+    pub not_advancing: u64,
+    /// Stopped in a module whose unwind table could not be loaded.
+    pub no_table: u64,
+}
+
+impl StackWalks {
+    /// From the kernel's counters: walks, frames, then one per [`StackEnd`].
+    pub fn from_counters(walks: u64, frames: u64, ends: &[u64]) -> Self {
+        let mut s = StackWalks {
+            walks,
+            frames,
+            ..Self::default()
+        };
+        for (end, &n) in StackEnd::ALL
+            .iter()
+            .zip(ends.iter().take(STACK_END_KINDS as usize))
+        {
+            *match end {
+                StackEnd::Complete => &mut s.complete,
+                StackEnd::Depth => &mut s.depth_limit,
+                StackEnd::NoMapping => &mut s.no_mapping,
+                StackEnd::Unsupported => &mut s.unsupported_rule,
+                StackEnd::Unreadable => &mut s.unreadable,
+                StackEnd::NotAdvancing => &mut s.not_advancing,
+                StackEnd::NoTable => &mut s.no_table,
+            } += n;
+        }
+        s
+    }
+
+    /// Walks that did not reach the outermost frame.
+    pub fn truncated(&self) -> u64 {
+        self.walks.saturating_sub(self.complete)
     }
 }
 
@@ -239,6 +294,7 @@ pub struct Model {
     /// Live goroutines per process, by the address of their `runtime.g`.
     goroutines: HashMap<u32, HashMap<u64, Handle>>,
     pub lost: Lost,
+    pub stack_walks: StackWalks,
     pub allocs: u64,
     pub frees: u64,
 }
@@ -464,7 +520,7 @@ impl Model {
 
     /// Applies anonymous mmap/munmap/mremap events, each with the stack id of its
     /// site; the sites of each process touched are recomputed once per batch.
-    pub fn apply_map_events(&mut self, events: &[(MapEvent, u32)]) {
+    pub fn apply_map_events(&mut self, events: &[(MapEvent, StackId)]) {
         let mut touched: Vec<u32> = Vec::new();
         for (ev, stack_id) in events {
             self.apply_map_event(ev, *stack_id);
@@ -477,7 +533,7 @@ impl Model {
         }
     }
 
-    fn apply_map_event(&mut self, ev: &MapEvent, stack_id: u32) {
+    fn apply_map_event(&mut self, ev: &MapEvent, stack_id: StackId) {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
         if ev.kind == EventKind::Mmap as u32 {
@@ -636,9 +692,6 @@ mod tests {
             old_addr,
             old_len,
             stack_id: 3,
-            _pad: 0,
-            sp: 0,
-            stack_words: [0; leaktrace_common::USER_STACK_WORDS],
         }
     }
 

@@ -126,68 +126,6 @@ pub fn is_emulated(ins: &Instruction) -> bool {
     }
 }
 
-/// The frame of a function that keeps no frame pointer, at one instruction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frameless {
-    /// How far below the return address the stack pointer is.
-    pub depth: u64,
-    /// Where the caller's `rbp` was pushed, as an offset from the stack pointer:
-    /// the function then uses `rbp` for something else, and a frame-pointer walk
-    /// from the register goes astray.
-    pub saved_rbp: Option<u64>,
-}
-
-/// The frame at `ip` of a function starting at `start` that keeps no frame
-/// pointer: the sum of its pushes and `sub rsp` along the straight-line code
-/// before `ip`. `None` when the function sets up `rbp` as a frame pointer (the
-/// frame-pointer walk then already sees its caller) or does something we cannot
-/// follow.
-pub fn frameless(code: &[u8], start: u64, ip: u64) -> Option<Frameless> {
-    let mut depth: i64 = 0;
-    let mut rbp_pushed_at = None;
-    for ins in Decoder::with_ip(64, code, start, DecoderOptions::NONE) {
-        if ins.ip() >= ip || ins.is_invalid() {
-            break;
-        }
-        match ins.mnemonic() {
-            Mnemonic::Push => {
-                depth += 8;
-                if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RBP {
-                    rbp_pushed_at = Some(depth);
-                }
-            }
-            Mnemonic::Pop => depth -= 8,
-            Mnemonic::Sub | Mnemonic::Add
-                if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP =>
-            {
-                let imm = ins.immediate(1) as i64;
-                depth += if ins.mnemonic() == Mnemonic::Sub {
-                    imm
-                } else {
-                    -imm
-                };
-            }
-            Mnemonic::Mov
-                if ins.op0_kind() == OpKind::Register
-                    && ins.op0_register() == Register::RBP
-                    && ins.op1_kind() == OpKind::Register
-                    && ins.op1_register() == Register::RSP =>
-            {
-                return None;
-            }
-            _ if ins.op0_kind() == OpKind::Register && ins.op0_register() == Register::RSP => {
-                return None;
-            }
-            _ => {}
-        }
-    }
-    let saved_rbp = rbp_pushed_at.and_then(|at| u64::try_from(depth - at).ok());
-    Some(Frameless {
-        depth: u64::try_from(depth).ok()?,
-        saved_rbp,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,37 +191,5 @@ mod tests {
             0x55, 0x48, 0x89, 0xe5, 0x85, 0xc0, 0x74, 0x02, 0x5d, 0xc3, 0x5d, 0xc3,
         ];
         assert_eq!(return_offsets(&code, 0x1000), [9, 11]);
-    }
-
-    #[test]
-    fn frame_depth_of_syscall_wrappers() {
-        // glibc mmap: mov r10d,ecx; test r9d,0xfff; jne; mov eax,9; syscall
-        let mmap = [
-            0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0x00, 0x00, 0x75, 0x14, 0xb8, 0x09,
-            0x00, 0x00, 0x00, 0x0f, 0x05,
-        ];
-        let depth = |code: &[u8]| frameless(code, 0, code.len() as u64).map(|f| f.depth);
-        assert_eq!(depth(&mmap), Some(0));
-        // sub rsp,0x58; mov [rsp+0x40],r8; syscall
-        let mremap = [
-            0x48, 0x83, 0xec, 0x58, 0x4c, 0x89, 0x44, 0x24, 0x40, 0x0f, 0x05,
-        ];
-        assert_eq!(depth(&mremap), Some(0x58));
-        // push rbp; mov rbp,rsp: a frame-pointer function
-        let framed = [0x55, 0x48, 0x89, 0xe5, 0x0f, 0x05];
-        assert_eq!(depth(&framed), None);
-        // glibc open64: push rbp; mov r10d,esi; mov rbp,rdi; push rbx; mov ebx,esi;
-        // sub rsp,0x68; syscall: rbp holds the path, the caller's is saved.
-        let open = [
-            0x55, 0x41, 0x89, 0xf2, 0x48, 0x89, 0xfd, 0x53, 0x89, 0xf3, 0x48, 0x83, 0xec, 0x68,
-            0x0f, 0x05,
-        ];
-        assert_eq!(
-            frameless(&open, 0, open.len() as u64),
-            Some(Frameless {
-                depth: 0x78,
-                saved_rbp: Some(0x70)
-            })
-        );
     }
 }

@@ -398,6 +398,7 @@ mod tests {
             targets: Vec::new(),
             duration_s: 1.0,
             lost: Default::default(),
+            stacks: Default::default(),
             totals: Totals::default(),
             sites: vec![site.clone(), SiteReport { pid: 43, ..site }],
             modules: vec![ModuleMap {

@@ -6,7 +6,7 @@ use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
@@ -14,7 +14,8 @@ use aya::{
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP,
-    SiteKey, SiteStats, maps,
+    SiteKey, SiteStats, StackId, maps,
+    unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
 use crate::{
@@ -53,12 +54,26 @@ pub enum ProbeError {
     Map(&'static str, #[source] Box<aya::maps::MapError>),
 }
 
-/// Sizes of the kernel maps.
+/// Sizes of the kernel maps, and the stack depth.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_allocs: u32,
     pub max_stacks: u32,
+    /// Frames a stack walk follows at most (≤ `MAX_FRAMES` − 1).
+    pub max_depth: u32,
+    /// Unwind rows the kernel keeps, for all modules together.
+    pub max_unwind_rows: u32,
 }
+
+impl Limits {
+    /// Pages of code the unwind tables can index: a page has ~80 rows in libc.
+    fn max_unwind_pages(self) -> u32 {
+        (self.max_unwind_rows / 16).max(1 << 12)
+    }
+}
+
+/// Name of the eBPF global holding the depth limit.
+const MAX_DEPTH_GLOBAL: &str = "MAX_DEPTH";
 
 /// What to trace.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +100,7 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Programs already loaded into the kernel.
     loaded: Vec<&'static str>,
+    limits: Limits,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -93,15 +109,20 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/le
 impl Probes {
     pub fn load(limits: Limits, families: Families) -> Result<Self, ProbeError> {
         let bits = families.syscall_bits();
+        let depth = limits.max_depth.clamp(1, MAX_FRAMES as u32 - 1);
         let ebpf = EbpfLoader::new()
             .override_global(FAMILIES_GLOBAL, &bits, true)
+            .override_global(MAX_DEPTH_GLOBAL, &depth, true)
             .map_max_entries(maps::ALLOCS, limits.max_allocs)
             .map_max_entries(maps::STACKS, limits.max_stacks)
+            .map_max_entries(maps::UNWIND_ROWS, limits.max_unwind_rows)
+            .map_max_entries(maps::UNWIND_PAGES, limits.max_unwind_pages())
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut probes = Self {
             ebpf,
             loaded: Vec::new(),
+            limits,
         };
         if bits != 0 {
             for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
@@ -255,8 +276,58 @@ impl Probes {
             .map_err(|e| ProbeError::Map(maps::GO_BEFORE_ATTACH, Box::new(e)))
     }
 
-    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>, ProbeError> {
-        self.map(maps::STACKS)
+    /// The return addresses of stack `id`, innermost first, and why its walk
+    /// ended; `None` when the kernel has no such stack.
+    pub fn stack(&self, id: StackId) -> Option<(Vec<u64>, u32)> {
+        let stacks: HashMap<&MapData, StackId, StackTrace> = self.map(maps::STACKS).ok()?;
+        let trace = stacks.get(&id, 0).ok()?;
+        let len = (trace.len as usize).min(MAX_FRAMES);
+        Some((trace.pcs[..len].to_vec(), trace.end))
+    }
+
+    /// How many unwind rows and pages the kernel's table maps hold.
+    pub fn unwind_capacity(&self) -> (u32, u32) {
+        (self.limits.max_unwind_rows, self.limits.max_unwind_pages())
+    }
+
+    /// Writes `rows` at `first` of the kernel's unwind rows.
+    pub fn append_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        let mut map: Array<&mut MapData, UnwindRow> = self.map_mut(maps::UNWIND_ROWS)?;
+        for (i, row) in rows.iter().enumerate() {
+            map.set(first + i as u32, *row, 0)
+                .map_err(|e| ProbeError::Map(maps::UNWIND_ROWS, Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `pages` at `first` of the kernel's unwind page index.
+    pub fn append_unwind_pages(
+        &mut self,
+        first: u32,
+        pages: &[PageIndex],
+    ) -> Result<(), ProbeError> {
+        let mut map: Array<&mut MapData, PageIndex> = self.map_mut(maps::UNWIND_PAGES)?;
+        for (i, page) in pages.iter().enumerate() {
+            map.set(first + i as u32, *page, 0)
+                .map_err(|e| ProbeError::Map(maps::UNWIND_PAGES, Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the executable mappings the unwinder uses for `pid`.
+    pub fn set_mappings(&mut self, pid: u32, value: &ProcMappings) -> Result<(), ProbeError> {
+        let mut map: HashMap<&mut MapData, u32, ProcMappings> = self.map_mut(maps::MAPPINGS)?;
+        map.insert(pid, value, 0)
+            .map_err(|e| ProbeError::Map(maps::MAPPINGS, Box::new(e)))
+    }
+
+    /// Drops `pid`'s mappings (it has exited, or exec'd: the kernel drops those itself).
+    pub fn remove_mappings(&mut self, pid: u32) {
+        if let Ok(mut map) =
+            self.map_mut::<HashMap<&mut MapData, u32, ProcMappings>>(maps::MAPPINGS)
+        {
+            let _ = map.remove(&pid);
+        }
     }
 
     /// Each counter summed over CPUs.

@@ -2,6 +2,36 @@
 //! Kept per target so stacks still symbolize after the target exits.
 use std::{fs, path::PathBuf};
 
+/// A file's identity: its device and inode. Paths are not: a file replaced on
+/// disk keeps its path, and containers see one file under different paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            inode: meta.ino(),
+        }
+    }
+
+    /// From the `major:minor` (hex) and inode fields of a maps line.
+    fn parse(dev: &str, inode: &str) -> Option<Self> {
+        let (major, minor) = dev.split_once(':')?;
+        let major = u32::from_str_radix(major, 16).ok()?;
+        let minor = u32::from_str_radix(minor, 16).ok()?;
+        let inode = inode.parse().ok().filter(|&i| i != 0)?;
+        Some(FileId {
+            dev: libc::makedev(major, minor),
+            inode,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
@@ -10,6 +40,8 @@ pub struct Mapping {
     pub executable: bool,
     /// Path as the target sees it; `None` for anonymous memory.
     pub path: Option<PathBuf>,
+    /// The mapped file; `None` for anonymous memory.
+    pub file: Option<FileId>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -31,8 +63,8 @@ impl ProcMaps {
                 let range = fields.next()?;
                 let perms = fields.next()?;
                 let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-                let _dev = fields.next()?;
-                let _inode = fields.next()?;
+                let dev = fields.next()?;
+                let inode = fields.next()?;
                 let path = fields
                     .next()
                     .map(str::trim_start)
@@ -44,6 +76,7 @@ impl ProcMaps {
                     offset,
                     executable: perms.as_bytes().get(2) == Some(&b'x'),
                     path: path.map(|p| PathBuf::from(p.trim_end_matches(" (deleted)"))),
+                    file: path.and(FileId::parse(dev, inode)),
                 })
             })
             .collect();
@@ -103,5 +136,13 @@ mod tests {
             Some(PathBuf::from("/lib/libc.so.6"))
         );
         assert!(maps.lookup(0x10).is_none());
+        assert_eq!(
+            m.file,
+            Some(FileId {
+                dev: libc::makedev(0xfe, 1),
+                inode: 123
+            })
+        );
+        assert_eq!(maps.lookup(0x7f0000000010).unwrap().file, None);
     }
 }

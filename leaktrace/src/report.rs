@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     handles::HandleKind,
     limits::{FdLimit, MemoryLimit},
-    model::{Kind, Lost, Model, Ns, Site},
+    model::{Kind, Lost, Model, Ns, Site, StackWalks},
     symbolize::Frame,
     verdict::{self, Assessment, Evidence, Verdict},
 };
@@ -20,6 +20,8 @@ pub struct Report {
     pub targets: Vec<TargetInfo>,
     pub duration_s: f64,
     pub lost: Lost,
+    /// How the kernel's stack walks ended.
+    pub stacks: StackWalks,
     pub totals: Totals,
     pub sites: Vec<SiteReport>,
     /// Where each target's code files were mapped, for exports that place
@@ -160,6 +162,7 @@ impl Report {
             targets,
             duration_s: seconds(now.saturating_sub(started)),
             lost: model.lost,
+            stacks: model.stack_walks,
             totals: Totals {
                 heap_bytes: model.live_bytes(Kind::Heap),
                 mmap_bytes: model.live_bytes(Kind::Mmap),
@@ -275,6 +278,7 @@ impl Report {
             self.totals.frees,
         );
         let _ = writeln!(out, "  {}", self.lost_line());
+        let _ = writeln!(out, "  stacks: {}", self.stacks_line());
         let _ = writeln!(out, "  verdicts: {}", self.verdict_line());
         let leaking: Vec<&SiteReport> = self.outstanding().collect();
         if leaking.is_empty() {
@@ -389,6 +393,39 @@ impl Report {
         } else {
             parts.join(", ")
         }
+    }
+
+    /// How many stacks were walked whole, and why the others stopped.
+    fn stacks_line(&self) -> String {
+        let s = &self.stacks;
+        if s.walks == 0 {
+            return "none walked".into();
+        }
+        let mut line = format!(
+            "{} walked, {:.1} frames on average, {} whole",
+            s.walks,
+            s.frames as f64 / s.walks as f64,
+            s.complete
+        );
+        let parts: Vec<String> = [
+            (s.depth_limit, "at --max-depth"),
+            (
+                s.no_mapping,
+                "at code not yet known (mapped since the last refresh, or JIT)",
+            ),
+            (s.unsupported_rule, "at an unwind rule not followed"),
+            (s.unreadable, "at unreadable stack memory"),
+            (s.not_advancing, "at a frame that did not move up"),
+            (s.no_table, "in a module whose table was not loaded"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        if !parts.is_empty() {
+            let _ = write!(line, "; stopped {}", parts.join(", "));
+        }
+        line
     }
 
     fn lost_line(&self) -> String {

@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
     Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK, SiteKey,
-    SiteKind, SiteStats, USER_STACK_WORDS,
+    SiteKind, SiteStats, StackId,
+    unwind::{STACK_END_KINDS, StackEnd},
 };
 use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
@@ -22,7 +23,7 @@ use crate::{
     golang::{DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
     limits::{FdLimit, MemoryLimit},
-    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId, stands_for},
+    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId, StackWalks, stands_for},
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
@@ -30,6 +31,7 @@ use crate::{
     report::{GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
     target::{Child, Launched, Target},
+    unwind::Unwinder,
 };
 
 /// Everything a session needs to know, from the command line.
@@ -61,10 +63,8 @@ async fn quit_asked(live: &mut Option<Live>) {
     }
 }
 
-/// Ids of repaired syscall stacks start here, far above the kernel's stack ids.
-const REPAIRED_STACKS: u32 = 1 << 31;
-/// Frames a userspace frame-pointer walk follows at most.
-const MAX_WALK: usize = 64;
+/// Ids of the stacks the pump makes have this bit set; the kernel's never do.
+const PUMP_STACKS: StackId = 1 << 63;
 /// Return addresses a goroutine's creation chain keeps at most.
 const MAX_CHAIN: usize = 128;
 /// Stand-ins for a note among the return addresses of stacks the pump makes:
@@ -72,49 +72,6 @@ const MAX_CHAIN: usize = 128;
 const CREATED_BY: u64 = u64::MAX;
 const STARTED_BEFORE_ATTACH: u64 = u64::MAX - 1;
 const ALLOCATED_BEFORE_ATTACH: u64 = u64::MAX - 2;
-
-/// Return addresses found by following saved frame pointers from `rbp`: in the
-/// stack words copied at the syscall while they cover the frame, then in the
-/// target's memory (best effort: outer frames are usually still live, unless the
-/// program has returned past them since). Stops at anything that does not look
-/// like a frame: a pointer below `sp` or not increasing, or a return address
-/// outside executable code.
-fn walk_frame_pointers(
-    pid: u32,
-    maps: &ProcMaps,
-    mut rbp: u64,
-    sp: u64,
-    words: &[u64; USER_STACK_WORDS],
-) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok();
-    let read = |addr: u64| -> Option<u64> {
-        let index = addr.checked_sub(sp)? / 8;
-        match words.get(index as usize) {
-            Some(&w) if w != 0 => Some(w),
-            _ => {
-                let mut word = [0u8; 8];
-                mem.as_ref()?.read_exact_at(&mut word, addr).ok()?;
-                Some(u64::from_ne_bytes(word))
-            }
-        }
-    };
-    let mut out = Vec::new();
-    while out.len() < MAX_WALK && rbp > sp && rbp.is_multiple_of(8) {
-        let (Some(next), Some(ret)) = (read(rbp), read(rbp + 8)) else {
-            break;
-        };
-        if !maps.lookup(ret).is_some_and(|m| m.executable) {
-            break;
-        }
-        out.push(ret);
-        if next <= rbp {
-            break;
-        }
-        rbp = next;
-    }
-    out
-}
 
 /// `openat`'s "relative to the working directory".
 const AT_FDCWD: i32 = -100;
@@ -233,9 +190,13 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     preflight::check()?;
     let mut probes = Probes::load(opts.limits, opts.families)?;
     let events = probes.take_events()?;
+    let mut unwinder = Unwinder::default();
+    let mut maps = HashMap::new();
     let mut traced = Vec::new();
     for &pid in &opts.pids {
         let target = Target::existing(pid)?;
+        // The unwinder knows the process's code before the first probe fires.
+        update_maps(&mut probes, &mut unwinder, &mut maps, pid);
         let (allocator, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
             target.allocator()
         })?;
@@ -264,7 +225,9 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         })?;
         probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
-        let child = launched.release();
+        let child = launched.release(|pid| {
+            update_maps(&mut probes, &mut unwinder, &mut maps, pid);
+        });
         traced.push(Traced {
             target,
             allocator,
@@ -278,9 +241,9 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         events,
         model: Model::new(opts.min_age.as_nanos() as Ns),
         symbolizer: Symbolizer::new(),
-        maps: HashMap::new(),
+        unwinder,
+        maps,
         stacks: HashMap::new(),
-        repaired: HashMap::new(),
         interned: HashMap::new(),
         go_runtime_mmaps: Default::default(),
         go_ancestry: HashMap::new(),
@@ -314,6 +277,26 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     Ok(pump.finish())
 }
 
+/// Re-reads `pid`'s memory map and tells the unwinder in the kernel about
+/// code mapped since.
+fn update_maps(
+    probes: &mut Probes,
+    unwinder: &mut Unwinder,
+    maps: &mut HashMap<u32, ProcMaps>,
+    pid: u32,
+) {
+    let Ok(read) = ProcMaps::read(pid) else {
+        return;
+    };
+    if read.is_empty() {
+        return;
+    }
+    if let Err(e) = unwinder.update(probes, pid, &read) {
+        warn!("PID {pid}: stacks through newly mapped code stop there: {e}");
+    }
+    maps.insert(pid, read);
+}
+
 fn preload_from_env() -> Vec<PathBuf> {
     std::env::var("LD_PRELOAD")
         .map(|v| allocator::preload_paths(&v).map(PathBuf::from).collect())
@@ -336,23 +319,22 @@ struct Pump {
     events: RingBuf<MapData>,
     model: Model,
     symbolizer: Symbolizer,
+    unwinder: Unwinder,
     /// Latest memory map of each target, kept after it exits.
     maps: HashMap<u32, ProcMaps>,
-    /// Return addresses of each stack id seen.
-    stacks: HashMap<u32, Vec<u64>>,
-    /// Repaired syscall stacks by (tgid, kernel stack id, caller, saved rbp).
-    repaired: HashMap<(u32, u32, u64, u64), u32>,
+    /// Return addresses of each stack seen, and how its walk ended.
+    stacks: HashMap<StackId, (Vec<u64>, u32)>,
     /// Ids of the stacks the pump made, by their return addresses.
-    interned: HashMap<Vec<u64>, u32>,
+    interned: HashMap<Vec<u64>, StackId>,
     /// mmap sites inside the Go runtime (heap arenas, stacks, GC metadata): the
     /// Go heap accounts for what they hold, so they are not shown.
     go_runtime_mmaps: std::collections::HashSet<SiteId>,
     /// Each live goroutine's creation chain, by (tgid, g): the stack that
     /// created it, then what created that goroutine, and so on.
-    go_ancestry: HashMap<(u32, u64), u32>,
+    go_ancestry: HashMap<(u32, u64), StackId>,
     /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
     /// their site's stack id and object size.
-    go_heap_before: HashMap<(u32, u64), (u32, u64)>,
+    go_heap_before: HashMap<(u32, u64), (StackId, u64)>,
     /// Processes whose descriptors or goroutines changed since their sites
     /// were last recounted.
     stale_handles: Vec<u32>,
@@ -529,23 +511,18 @@ impl Pump {
         };
         let execs: Vec<u32> = batch.iter().filter_map(exec).collect();
         self.refresh_maps(&execs);
-        let mut maps: Vec<(MapEvent, u32)> = Vec::new();
+        let mut maps: Vec<(MapEvent, StackId)> = Vec::new();
         let mut touched: Vec<u32> = Vec::new();
         for event in batch {
             match event {
                 Event::Map(e) => {
-                    let stack = if e.kind == EventKind::Munmap as u32 {
-                        NO_STACK
-                    } else {
-                        self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words)
-                    };
                     let site = SiteId {
                         tgid: e.tgid,
                         kind: Kind::Mmap,
-                        stack_id: stack,
+                        stack_id: e.stack_id,
                     };
                     if !self.go_runtime_mmaps.contains(&site) {
-                        maps.push((*e, stack));
+                        maps.push((*e, e.stack_id));
                     }
                 }
                 Event::FdOpen(e) => {
@@ -668,7 +645,7 @@ impl Pump {
             } else {
                 Kind::Fd
             },
-            stack_id: self.syscall_stack(e.tgid, e.stack_id, e.sp, &e.stack_words),
+            stack_id: e.stack_id,
         };
         // On a goroutine leaktrace saw start, the call site continues where the
         // goroutine was created (an HTTP connection is dialed on a goroutine of
@@ -818,54 +795,15 @@ impl Pump {
         }
     }
 
-    /// The id of a syscall's user stack: the kernel's frame-pointer walk, repaired
-    /// where a frameless libc wrapper (glibc's mmap, open, accept…) hid its caller
-    /// — its return address is among the stack words copied at the syscall — and,
-    /// when the wrapper reused rbp, walked again from the rbp it saved. Repaired
-    /// stacks get ids of their own, above the kernel's.
-    fn syscall_stack(
-        &mut self,
-        tgid: u32,
-        stack_id: u32,
-        sp: u64,
-        words: &[u64; USER_STACK_WORDS],
-    ) -> u32 {
-        let word = |offset: u64| words.get((offset / 8) as usize).copied();
-        let Some(&ip) = self.stack(stack_id).first() else {
-            return stack_id;
-        };
-        let Some(maps) = self.maps.get(&tgid) else {
-            return stack_id;
-        };
-        let Some(frame) = self.symbolizer.frameless(tgid, maps, ip) else {
-            return stack_id;
-        };
-        let Some(caller) = word(frame.depth) else {
-            return stack_id;
-        };
-        let saved_rbp = frame.saved_rbp.and_then(word);
-        let key = (tgid, stack_id, caller, saved_rbp.unwrap_or(0));
-        if let Some(&id) = self.repaired.get(&key) {
-            return id;
-        }
-        let mut addrs = vec![ip, caller];
-        match saved_rbp {
-            Some(rbp) => addrs.extend(walk_frame_pointers(tgid, maps, rbp, sp, words)),
-            None => addrs.extend_from_slice(&self.stacks[&stack_id][1..]),
-        }
-        let id = self.intern(addrs);
-        self.repaired.insert(key, id);
-        id
-    }
-
-    /// The id of a stack the pump made (ids above the kernel's); the same
-    /// addresses get the same id.
-    fn intern(&mut self, addrs: Vec<u64>) -> u32 {
+    /// The id of a stack the pump made (top bit set, unlike the kernel's); the
+    /// same addresses get the same id.
+    fn intern(&mut self, addrs: Vec<u64>) -> StackId {
         if let Some(&id) = self.interned.get(&addrs) {
             return id;
         }
-        let id = REPAIRED_STACKS + self.interned.len() as u32;
-        self.stacks.insert(id, addrs.clone());
+        let id = PUMP_STACKS | self.interned.len() as StackId;
+        self.stacks
+            .insert(id, (addrs.clone(), StackEnd::Complete as u32));
         self.interned.insert(addrs, id);
         id
     }
@@ -902,9 +840,9 @@ impl Pump {
 
     /// The id of `stack` followed by the creation chain of goroutine `g`, if
     /// it is one leaktrace saw start (and the whole stays short enough).
-    fn created_by(&mut self, tgid: u32, g: u64, mut stack: Vec<u64>) -> u32 {
+    fn created_by(&mut self, tgid: u32, g: u64, mut stack: Vec<u64>) -> StackId {
         if let Some(&chain) = self.go_ancestry.get(&(tgid, g)) {
-            let chain = &self.stacks[&chain];
+            let chain = &self.stacks[&chain].0;
             if stack.len() + chain.len() < MAX_CHAIN {
                 stack.push(CREATED_BY);
                 stack.extend_from_slice(chain);
@@ -927,19 +865,21 @@ impl Pump {
         name
     }
 
-    fn stack(&mut self, stack_id: u32) -> &[u64] {
+    /// The return addresses of a stack, innermost first.
+    fn stack(&mut self, stack_id: StackId) -> &[u64] {
+        &self.stack_and_end(stack_id).0
+    }
+
+    /// A stack and how its walk ended (a `StackEnd`).
+    fn stack_and_end(&mut self, stack_id: StackId) -> &(Vec<u64>, u32) {
         if stack_id == NO_STACK {
-            return &[];
+            return &NO_FRAMES;
         }
         if !self.stacks.contains_key(&stack_id) {
-            let ips = self
-                .probes
-                .stacks()
-                .ok()
-                .and_then(|s| s.get(&stack_id, 0).ok())
-                .map(|t| t.frames().iter().map(|f| f.ip).collect())
-                .unwrap_or_default();
-            self.stacks.insert(stack_id, ips);
+            match self.probes.stack(stack_id) {
+                Some(stack) => self.stacks.insert(stack_id, stack),
+                None => return &NO_FRAMES,
+            };
         }
         &self.stacks[&stack_id]
     }
@@ -972,9 +912,10 @@ impl Pump {
                 };
                 let site = SiteKey {
                     tgid: key.tgid,
-                    stack_id,
                     kind: SiteKind::GoHeap as u32,
+                    stack_id,
                     extra: size.min(u32::MAX as u64) as u32,
+                    _pad: 0,
                 };
                 let count = count.max(0);
                 let stats = SiteStats {
@@ -994,6 +935,12 @@ impl Pump {
         lost.stacks_lost = c[Counter::StackLost as usize];
         lost.ring_buffer_overruns = c[Counter::EventsLost as usize];
         lost.syscalls_map_full = c[Counter::SyscallsFull as usize];
+        let ends = Counter::StackEnds as usize;
+        self.model.stack_walks = StackWalks::from_counters(
+            c[Counter::StackWalks as usize],
+            c[Counter::StackFrames as usize],
+            &c[ends..ends + STACK_END_KINDS as usize],
+        );
         self.model.allocs = c[Counter::Allocs as usize];
         self.model.frees = c[Counter::Frees as usize];
         Ok(())
@@ -1074,11 +1021,7 @@ impl Pump {
     }
 
     fn refresh_maps_of(&mut self, pid: u32) {
-        if let Ok(maps) = ProcMaps::read(pid)
-            && !maps.is_empty()
-        {
-            self.maps.insert(pid, maps);
-        }
+        update_maps(&mut self.probes, &mut self.unwinder, &mut self.maps, pid);
     }
 
     /// Symbolizes sites seen for the first time.
@@ -1091,7 +1034,7 @@ impl Pump {
             .map(|s| s.id)
             .collect();
         for id in pending {
-            let addrs = self.stack(id.stack_id).to_vec();
+            let (addrs, end) = self.stack_and_end(id.stack_id).clone();
             let Some(maps) = self.maps.get(&id.tgid) else {
                 continue;
             };
@@ -1105,6 +1048,9 @@ impl Pump {
                     }
                     _ => frames.extend(self.symbolizer.stack(id.tgid, maps, &[addr])),
                 }
+            }
+            if let Some(why) = truncation(end) {
+                frames.push(Frame::note(why));
             }
             let runtime = |f: &Frame| {
                 f.function
@@ -1147,8 +1093,25 @@ impl Pump {
             };
             if t.exited {
                 debug!("PID {} exited", t.target.pid);
+                self.unwinder.remove(&mut self.probes, t.target.pid);
             }
         }
         self.traced.iter().all(|t| t.exited)
     }
+}
+
+/// The stack of a site whose stack was not recorded.
+static NO_FRAMES: (Vec<u64>, u32) = (Vec::new(), StackEnd::Complete as u32);
+
+/// The note ending a stack whose walk stopped before the outermost frame.
+fn truncation(end: u32) -> Option<&'static str> {
+    Some(match StackEnd::ALL.get(end as usize)? {
+        StackEnd::Complete => return None,
+        StackEnd::Depth => "[stack truncated: --max-depth reached]",
+        StackEnd::NoMapping => "[stack ends: return address in no known code]",
+        StackEnd::Unsupported => "[stack ends: unwind rule not followed]",
+        StackEnd::Unreadable => "[stack ends: stack memory unreadable]",
+        StackEnd::NotAdvancing => "[stack ends: frame did not move up the stack]",
+        StackEnd::NoTable => "[stack ends: unwind table not loaded]",
+    })
 }

@@ -14,13 +14,7 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::{
-    elf::ElfImage,
-    golang::Pclntab,
-    placement::{self, Frameless},
-    procmaps::ProcMaps,
-    target::in_root,
-};
+use crate::{elf::ElfImage, golang::Pclntab, procmaps::ProcMaps, target::in_root};
 
 /// One stack frame, innermost first in a stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -99,7 +93,6 @@ pub struct Symbolizer {
     /// Go function tables of modules, for Go binaries without other symbols.
     go_tables: HashMap<PathBuf, Option<Pclntab>>,
     cache: HashMap<(PathBuf, u64), Vec<Frame>>,
-    depths: HashMap<(PathBuf, u64), Option<Frameless>>,
     build_ids: HashMap<PathBuf, Option<String>>,
 }
 
@@ -120,7 +113,6 @@ impl Symbolizer {
             blaze,
             go_tables: HashMap::new(),
             cache: HashMap::new(),
-            depths: HashMap::new(),
             build_ids: HashMap::new(),
         }
     }
@@ -217,32 +209,6 @@ impl Symbolizer {
             .collect();
         frames.push(with_code(&sym.name, sym.code_info.as_deref(), false));
         frames
-    }
-
-    /// For an address inside a function that keeps no frame pointer (a libc
-    /// syscall wrapper): how far the stack pointer is below its return address.
-    /// `None` when the function keeps a frame pointer or cannot be read.
-    pub fn frameless(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Option<Frameless> {
-        let (module, offset) = resolve(pid, maps, addr)?;
-        let key = (module.shown.clone(), offset);
-        if let Some(depth) = self.depths.get(&key) {
-            return *depth;
-        }
-        let depth = self.read_depth(&module, offset);
-        self.depths.insert(key, depth);
-        depth
-    }
-
-    fn read_depth(&self, module: &Module, offset: u64) -> Option<Frameless> {
-        let src = Source::Elf(Elf::new(&module.open));
-        let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, Input::FileOffset(offset))
-        else {
-            return None;
-        };
-        let start = offset.checked_sub(sym.offset as u64)?;
-        let image = ElfImage::open(&module.open).ok()?;
-        let code = image.bytes_at(start, (offset - start) as usize);
-        placement::frameless(code, start, offset)
     }
 }
 

@@ -101,7 +101,9 @@ impl Target {
     }
 }
 
-/// A command started by leaktrace, held before `execve` until the probes are in.
+/// A command started by leaktrace, held before `execve` until the probes are in,
+/// and again at its entry point until the unwinder knows the libraries the
+/// dynamic loader mapped (see [`Launched::release`]).
 ///
 /// Forked by hand: std's `Command::spawn` waits for the exec, which we must delay.
 pub struct Launched {
@@ -141,6 +143,10 @@ impl Launched {
                 let mut byte = 0u8;
                 libc::read(fd, (&raw mut byte).cast(), 1);
                 libc::close(fd);
+                // Stops at the exec (SIGTRAP) for `release`; without ptrace it just runs.
+                if byte == HOLD_AT_ENTRY {
+                    ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                }
                 libc::execv(c_exe.as_ptr(), c_argv.as_ptr());
                 libc::_exit(127);
             }
@@ -167,14 +173,113 @@ impl Launched {
         }
     }
 
-    /// Lets the command run (it execs now).
-    pub fn release(self) -> Child {
+    /// Lets the command exec, and calls `mapped` twice: right after the exec
+    /// (the executable and the dynamic loader are mapped), and at its entry
+    /// point (the loader has mapped the libraries; `main` has not run). Held at
+    /// both under ptrace (a breakpoint at `AT_ENTRY`), then let go; if ptrace is
+    /// refused it runs on at once and `mapped` runs late.
+    pub fn release(self, mut mapped: impl FnMut(u32)) -> Child {
         let mut pipe = std::io::PipeWriter::from(self.release);
-        let _ = pipe.write_all(b"x");
-        Child {
+        let _ = pipe.write_all(&[HOLD_AT_ENTRY]);
+        drop(pipe);
+        let mut child = Child {
             pid: self.pid,
             status: None,
+        };
+        if let Err(e) = hold_at_entry(&mut child, &mut mapped) {
+            log::debug!("PID {}: not held at its entry point: {e}", self.pid);
         }
+        mapped(self.pid);
+        // SAFETY: detaching our own tracee (an error means it was not one).
+        unsafe { ptrace(libc::PTRACE_DETACH, self.pid as i32, 0, 0) };
+        child
+    }
+}
+
+/// The byte that lets the held child go, asking it to stop at its exec.
+const HOLD_AT_ENTRY: u8 = b'e';
+
+/// `AT_ENTRY` in the auxiliary vector: the executable's entry point.
+const AT_ENTRY: u64 = 9;
+
+/// Runs the traced child from its exec stop (calling `at_exec` there) to a
+/// breakpoint at its entry point and undoes the breakpoint, leaving it stopped.
+fn hold_at_entry(child: &mut Child, at_exec: &mut impl FnMut(u32)) -> std::io::Result<()> {
+    let pid = child.pid as i32;
+    let err = std::io::Error::other;
+    let stopped = |child: &mut Child| -> std::io::Result<i32> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::WIFSTOPPED(status) {
+            Ok(libc::WSTOPSIG(status))
+        } else {
+            child.status = Some(status); // the exec failed: it has exited
+            Err(err("exited before its entry point"))
+        }
+    };
+    if stopped(child)? != libc::SIGTRAP {
+        return Err(err("not stopped at its exec"));
+    }
+    at_exec(child.pid);
+    let auxv = fs::read(format!("/proc/{pid}/auxv"))?;
+    let entry = auxv
+        .chunks_exact(16)
+        .map(|kv| {
+            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+            (word(&kv[..8]), word(&kv[8..]))
+        })
+        .find(|&(key, _)| key == AT_ENTRY)
+        .map(|(_, value)| value)
+        .ok_or_else(|| err("no AT_ENTRY"))?;
+    // SAFETY: ptrace on our stopped tracee; PEEKTEXT's result is data, errors
+    // are told by errno.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let word = ptrace(libc::PTRACE_PEEKTEXT, pid, entry, 0);
+        if *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let trap = (word & !0xff) | 0xcc;
+        if ptrace(libc::PTRACE_POKETEXT, pid, entry, trap as u64) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut signal = 0;
+        loop {
+            ptrace(libc::PTRACE_CONT, pid, 0, signal as u64);
+            match stopped(child)? {
+                libc::SIGTRAP => break,
+                // Anything else the loader meets is the program's to handle.
+                other => signal = other,
+            }
+        }
+        ptrace(libc::PTRACE_POKETEXT, pid, entry, word as u64);
+        let mut regs: libc::user_regs_struct = std::mem::zeroed();
+        ptrace(libc::PTRACE_GETREGS, pid, 0, (&raw mut regs) as u64);
+        if regs.rip != entry + 1 {
+            return Err(err("stopped away from its entry point"));
+        }
+        regs.rip = entry;
+        ptrace(libc::PTRACE_SETREGS, pid, 0, (&raw const regs) as u64);
+    }
+    Ok(())
+}
+
+/// `ptrace(2)` with its address and data as the full-width words the kernel reads.
+///
+/// # Safety
+/// As `ptrace(2)`: `addr`/`data` must be what `request` expects.
+unsafe fn ptrace(request: libc::c_uint, pid: i32, addr: u64, data: u64) -> libc::c_long {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        libc::ptrace(
+            request,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
     }
 }
 

@@ -641,6 +641,7 @@ mod tests {
             targets: Vec::new(),
             duration_s: 30.0,
             lost: Default::default(),
+            stacks: Default::default(),
             totals: Totals::default(),
             sites: vec![
                 site("remember_session", Kind::Heap, 4096, 4, Verdict::Leak),
