@@ -143,10 +143,11 @@ pub fn stack_id(pc: u64, sp: u64, bp: u64) -> StackId {
         id = 1;
     }
     // SAFETY: a map value copied into the map; EEXIST (the same stack stored
-    // meanwhile) is fine.
-    if unsafe { STACKS.get(&id) }.is_none()
-        && STACKS.insert(&id, &walk.stack, BPF_NOEXIST as u64).is_err()
-        && unsafe { STACKS.get(&id) }.is_none()
+    // meanwhile) is fine. By reference: a copy would not fit the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if unsafe { STACKS.get(id) }.is_none()
+        && STACKS.insert(id, &walk.stack, BPF_NOEXIST as u64).is_err()
+        && unsafe { STACKS.get(id) }.is_none()
     {
         id = NO_STACK;
         count(Counter::StackLost);
@@ -298,7 +299,7 @@ fn push(walk: &mut Walk, pc: u64) {
 #[inline(always)]
 fn find_mapping(tgid: u32, pc: u64) -> Option<Mapping> {
     // SAFETY: read-only use of a map value.
-    let procs = unsafe { MAPPINGS.get(&tgid) }?;
+    let procs = unsafe { MAPPINGS.get(tgid) }?;
     let (mut lo, mut hi) = (0usize, (procs.n as usize).min(MAX_MAPPINGS));
     if hi == 0 {
         return None;
@@ -369,14 +370,16 @@ fn read(walk: &Walk, addr: u64) -> Option<u64> {
 /// A fork's child has the parent's address space: and its mappings.
 #[inline(always)]
 pub fn inherit(parent: u32, child: u32) {
-    if let Some(maps) = MAPPINGS.get_ptr(&parent) {
-        // SAFETY: a map value, copied by the helper.
-        let _ = MAPPINGS.insert(&child, unsafe { &*maps }, 0);
+    if let Some(maps) = MAPPINGS.get_ptr(parent) {
+        // SAFETY: a map value, copied by the helper (by reference: a copy
+        // would not fit the BPF stack).
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = MAPPINGS.insert(child, unsafe { &*maps }, 0);
     }
 }
 
 /// An exec replaced the process's image: its old mappings mean nothing now.
 #[inline(always)]
 pub fn forget(tgid: u32) {
-    let _ = MAPPINGS.remove(&tgid);
+    let _ = MAPPINGS.remove(tgid);
 }

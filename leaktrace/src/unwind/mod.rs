@@ -175,10 +175,26 @@ impl Unwinder {
         let FileUnwind { table, segments } = match unwind {
             Ok(u) => u,
             Err(e) => {
-                warn!("{}: unwind info not used: {e}", m.path.display());
+                warn!(
+                    "{}: not an ELF file leaktrace can read: {e}",
+                    m.path.display()
+                );
                 return Ok(KnownFile {
                     loaded: Loaded::Missing,
                     segments: table::Segments::default(),
+                });
+            }
+        };
+        let table = match table {
+            Ok(table) => table,
+            Err(e) => {
+                warn!(
+                    "{}: unwind info not used, stacks stop in it: {e}",
+                    m.path.display()
+                );
+                return Ok(KnownFile {
+                    loaded: Loaded::Missing,
+                    segments,
                 });
             }
         };

@@ -12,15 +12,15 @@ use gimli::{
     UnwindContext, UnwindSection, X86_64,
 };
 use leaktrace_common::unwind::{PAGE_SHIFT, RBP_SAME, RowKind, UnwindRow};
-use object::{Object, ObjectSection, ObjectSegment, ReadRef};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
 
 /// Rows a module may have: bounds the work a hostile file can cause.
 const MAX_ROWS: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("not an ELF file leaktrace can read: {0}")]
-    Elf(#[from] object::Error),
+    #[error("cannot read its section: {0}")]
+    Section(#[from] object::Error),
     #[error("unwind info: {0}")]
     Dwarf(#[from] gimli::Error),
     #[error("more than {MAX_ROWS} unwind rows")]
@@ -54,15 +54,15 @@ impl Segments {
 }
 
 /// What the walk needs of one file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct FileUnwind {
     /// `None`: no unwind info (Go code, hand-written assembly): frame pointers.
-    pub table: Option<ModuleTable>,
+    pub table: Result<Option<ModuleTable>, TableError>,
     pub segments: Segments,
 }
 
-/// Reads the unwind info of the ELF file `data`.
-pub fn read<'d, R: ReadRef<'d>>(data: R) -> Result<FileUnwind, TableError> {
+/// Reads the segments and the unwind info of the ELF file `data`.
+pub fn read<'d, R: ReadRef<'d>>(data: R) -> Result<FileUnwind, object::Error> {
     let obj = object::File::parse(data)?;
     let segments = Segments(
         obj.segments()
@@ -72,6 +72,14 @@ pub fn read<'d, R: ReadRef<'d>>(data: R) -> Result<FileUnwind, TableError> {
             })
             .collect(),
     );
+    Ok(FileUnwind {
+        table: table(&obj),
+        segments,
+    })
+}
+
+/// The unwind table of `obj`; `None` when it has no unwind info.
+fn table<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<Option<ModuleTable>, TableError> {
     let plt: Vec<(u64, u64)> = obj
         .sections()
         .filter(|s| s.name().is_ok_and(|n| n.starts_with(".plt")))
@@ -85,21 +93,41 @@ pub fn read<'d, R: ReadRef<'d>>(data: R) -> Result<FileUnwind, TableError> {
         bases = bases.set_got(got.address());
     }
     let mut raw = Vec::new();
+    // Go compresses its DWARF sections (.debug_frame among them).
     if let Some(eh) = obj.section_by_name(".eh_frame") {
         let bases = bases.clone().set_eh_frame(eh.address());
-        let section = EhFrame::new(eh.data()?, LittleEndian);
-        collect(&section, &bases, &plt, &mut raw)?;
+        let data = eh.uncompressed_data()?;
+        collect(&EhFrame::new(&data, LittleEndian), &bases, &plt, &mut raw)?;
     } else if let Some(debug) = obj.section_by_name(".debug_frame") {
-        let section = DebugFrame::new(debug.data()?, LittleEndian);
-        collect(&section, &bases, &plt, &mut raw)?;
+        let data = debug.uncompressed_data()?;
+        collect(
+            &DebugFrame::new(&data, LittleEndian),
+            &bases,
+            &plt,
+            &mut raw,
+        )?;
     }
-    let table = if raw.is_empty() {
-        None
-    } else {
-        Some(index(raw)?)
-    };
-    Ok(FileUnwind { table, segments })
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    // Go's outermost functions are entered by a jump: their CFI does not say
+    // the stack ends there.
+    for sym in obj.symbols() {
+        if sym
+            .name()
+            .is_ok_and(|n| OUTERMOST.contains(&n.trim_end_matches(".abi0")))
+        {
+            let (start, end) = (sym.address(), sym.address() + sym.size());
+            for (_, _, row) in raw.iter_mut().filter(|r| r.0 >= start && r.0 < end) {
+                row.kind = RowKind::Stop as u8;
+            }
+        }
+    }
+    index(raw).map(Some)
 }
+
+/// Functions where a stack starts though their unwind info does not say so.
+const OUTERMOST: [&str; 3] = ["runtime.rt0_go", "runtime.mstart", "runtime.goexit"];
 
 /// Every row of every FDE of `section`, as (start, end, row).
 fn collect<R: Reader, S: UnwindSection<R>>(
@@ -262,7 +290,6 @@ impl ModuleTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::ObjectSymbol;
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
@@ -282,7 +309,7 @@ mod tests {
     fn every_function_of_libc_starts_with_the_return_address_at_rsp() {
         let data = std::fs::read(LIBC).unwrap();
         let unwind = read(&*data).unwrap();
-        let table = unwind.table.expect("libc has .eh_frame");
+        let table = unwind.table.unwrap().expect("libc has .eh_frame");
         assert!(table.rows.len() > 5_000, "{}", table.rows.len());
         let obj = object::File::parse(&*data).unwrap();
         let mut checked = 0;
@@ -324,7 +351,7 @@ mod tests {
         // glibc 2.36 open64 moves the path pointer into rbp: the CFA is rsp-based
         // and rbp is saved on the stack, never a frame pointer.
         let data = std::fs::read(LIBC).unwrap();
-        let table = read(&*data).unwrap().table.unwrap();
+        let table = read(&*data).unwrap().table.unwrap().unwrap();
         let obj = object::File::parse(&*data).unwrap();
         let open = obj
             .dynamic_symbols()
@@ -340,7 +367,7 @@ mod tests {
     #[test]
     fn pages_point_at_the_rows_covering_them() {
         let data = std::fs::read(LIBC).unwrap();
-        let table = read(&*data).unwrap().table.unwrap();
+        let table = read(&*data).unwrap().table.unwrap().unwrap();
         for (i, &(lo, hi)) in table.pages.iter().enumerate() {
             let start = (u64::from(table.first_page) + i as u64) << PAGE_SHIFT;
             assert!(lo < hi && (hi as usize) <= table.rows.len());
