@@ -27,7 +27,8 @@ enum Task {
     /// Build, then run every test (unit and integration, as root).
     Test,
     /// Build, then measure ns added per operation (malloc/free, open/close, Go
-    /// allocation, goroutine), traced vs untraced, side by side.
+    /// allocation, goroutine), traced vs untraced, side by side; and malloc/free
+    /// from a deep stack against an earlier leaktrace built from git history.
     Bench {
         /// Operations per run.
         #[arg(long, default_value_t = 200_000)]
@@ -35,12 +36,30 @@ enum Task {
         /// Runs of each variant (medians are reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The earlier leaktrace to compare with (a git revision); the default
+        /// is the last one that walked stacks with frame pointers only.
+        #[arg(long, default_value = BASELINE)]
+        baseline: String,
     },
 }
 
 const BPF_LINKER: &str = "0.13.0";
-const DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("bpftool", "bpftool"), ("gcc", "gcc"), ("tmux", "tmux")];
+/// The last commit whose tracer walked stacks with frame pointers
+/// (`bpf_get_stackid`) instead of unwind tables.
+const BASELINE: &str = "3eaf458";
+/// Nested calls below `main` in the deep malloc/free load: with main and libc's
+/// start-up frames, a 21-frame stack.
+const DEEP_CALLS: &str = "16";
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
+    ("gcc", "gcc"),
+    ("g++", "g++"),
+    ("tmux", "tmux"),
+    ("redis-server", "redis-server"),
+];
+/// Packages without a command, checked with dpkg: glibc's full symbol table,
+/// which names its internal frames in stacks.
+const DEBIAN_LIBRARIES: &[&str] = &["libc6-dbg"];
 
 fn main() -> Result<()> {
     match Args::parse().task {
@@ -48,7 +67,11 @@ fn main() -> Result<()> {
         Task::Build => build(),
         Task::Demo => demo(),
         Task::Test => test(),
-        Task::Bench { pairs, runs } => bench(pairs, runs),
+        Task::Bench {
+            pairs,
+            runs,
+            baseline,
+        } => bench(pairs, runs, &baseline),
     }
 }
 
@@ -104,6 +127,10 @@ fn setup() -> Result<()> {
             output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
         })
         .map(|(_, pkg)| *pkg)
+        .chain(DEBIAN_LIBRARIES.iter().copied().filter(|pkg| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        }))
         .collect();
     if !missing.is_empty() {
         apt_install(&missing)?;
@@ -191,13 +218,49 @@ fn build() -> Result<()> {
 
 /// Compiles tests/targets/NAME.c to target/NAME.
 fn compile_target(name: &str) -> Result<PathBuf> {
+    compile_target_as(name, name, &["-O1", "-g", "-fno-omit-frame-pointer"])
+}
+
+/// Compiles tests/targets/NAME.c to target/OUT with `flags`.
+fn compile_target_as(name: &str, out: &str, flags: &[&str]) -> Result<PathBuf> {
     let root = root();
-    let out = root.join("target").join(name);
+    let out = root.join("target").join(out);
     run(Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(root.join(format!("tests/targets/{name}.c"))))?;
     Ok(out)
+}
+
+/// Builds leaktrace as of git revision `rev` (in target/baseline-src, a git
+/// worktree) and returns its binary.
+fn build_baseline(rev: &str) -> Result<PathBuf> {
+    let root = root();
+    let src = root.join("target/baseline-src");
+    if src.exists() {
+        run(Command::new("git")
+            .args(["checkout", "--quiet", "--detach", rev])
+            .current_dir(&src))?;
+    } else {
+        run(Command::new("git")
+            .args(["worktree", "add", "--detach"])
+            .arg(&src)
+            .arg(rev)
+            .current_dir(&root))?;
+    }
+    let target = root.join("target/baseline");
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "leaktrace",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(&src))?;
+    Ok(target.join("release/leaktrace"))
 }
 
 /// Builds tests/targets/go/NAME.go to target/NAME-go with the newest Go installed.
@@ -251,11 +314,19 @@ fn test() -> Result<()> {
         .current_dir(root()))
 }
 
-fn bench(pairs: u64, runs: usize) -> Result<()> {
+fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     build()?;
     let c_load = compile_target("bench")?;
+    // Production flags; frame pointers kept so the earlier tracer sees the
+    // same depth.
+    let deep_load = compile_target_as(
+        "bench",
+        "bench-deep",
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    )?;
     let go_load = compile_go_target("bench")?;
     let leaktrace = root().join("target/release/leaktrace");
+    let earlier = build_baseline(baseline)?;
     // A process leaktrace traces while the load runs untraced beside it: what the
     // syscall tracepoints cost everyone else.
     let mut idle = Command::new("sleep").arg("3600").spawn()?;
@@ -263,8 +334,13 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         let mut tracer = None;
         let mut cmd = match variant {
             Variant::Plain => Command::new(load),
-            Variant::Traced => {
-                let mut c = Command::new(&leaktrace);
+            Variant::Traced | Variant::Earlier => {
+                let bin = if matches!(variant, Variant::Traced) {
+                    &leaktrace
+                } else {
+                    &earlier
+                };
+                let mut c = Command::new(bin);
                 c.args(["-q", "--"]).arg(load);
                 c
             }
@@ -301,6 +377,31 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
         ("Go goroutine start/end", &go_load, &["goroutines"]),
     ];
     println!("{pairs} operations per run, {runs} runs of each variant, medians");
+    let deep_args = ["deep", DEEP_CALLS];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, v) in [Variant::Plain, Variant::Traced, Variant::Earlier]
+            .into_iter()
+            .enumerate()
+        {
+            times[i].push(measure(v, &deep_load, &deep_args)?);
+        }
+    }
+    let [p, t, e] = times.map(|mut v| median(&mut v));
+    let frames = stack_depth(&leaktrace, &deep_load, pairs, &deep_args)?;
+    println!("malloc(64)/free from {frames:.1} frames deep (gcc -O2 -fno-omit-frame-pointer):");
+    println!("  untraced:                  {p:9.1} ns/op");
+    println!(
+        "  traced, earlier ({baseline}): {e:9.1} ns/op  (+{:.1}, {:.1}x)",
+        e - p,
+        e / p
+    );
+    println!(
+        "  traced, unwind tables:     {t:9.1} ns/op  (+{:.1}, {:.1}x; {:+.1}% per pair over the earlier)",
+        t - p,
+        t / p,
+        ((t - p) / (e - p) - 1.0) * 100.0
+    );
     for (name, load, args) in workloads {
         // Alternate the variants so machine noise hits them alike.
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
@@ -328,6 +429,34 @@ fn bench(pairs: u64, runs: usize) -> Result<()> {
     let _ = idle.kill();
     let _ = idle.wait();
     tracer_cpu(&leaktrace)
+}
+
+/// Frames per stack walk when leaktrace traces `load args`, from its report.
+fn stack_depth(leaktrace: &Path, load: &Path, pairs: u64, args: &[&str]) -> Result<f64> {
+    let json = root().join("target/bench-deep.json");
+    run(Command::new(leaktrace)
+        .args(["-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(load)
+        .arg(pairs.to_string())
+        .args(args)
+        .stdout(Stdio::null()))?;
+    let text = std::fs::read_to_string(&json)?;
+    // `"stacks":{"walks":N,"frames":M,…}`: two numbers, no JSON parser needed.
+    let number = |key: &str| -> Option<f64> {
+        let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let digits: String = text[at..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let (walks, frames) = number("walks")
+        .zip(number("frames"))
+        .context("no stack counts in the report")?;
+    Ok(frames / walks.max(1.0))
 }
 
 /// leaktrace's own CPU time while it traces a goroutine-heavy Go process.
@@ -379,6 +508,8 @@ fn children_cpu_s() -> f64 {
 enum Variant {
     Plain,
     Traced,
+    /// Traced by the earlier leaktrace (`--baseline`).
+    Earlier,
     /// Not traced, while leaktrace traces another process.
     Bystander,
 }

@@ -12,7 +12,9 @@ use gimli::{
     UnwindContext, UnwindSection, X86_64,
 };
 use leaktrace_common::unwind::{PAGE_SHIFT, RBP_SAME, RowKind, UnwindRow};
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef};
+use object::{
+    Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, SegmentFlags, elf::PF_X,
+};
 
 /// Rows a module may have: bounds the work a hostile file can cause.
 const MAX_ROWS: usize = 4 << 20;
@@ -38,18 +40,20 @@ pub struct ModuleTable {
     pub pages: Vec<(u32, u32)>,
 }
 
-/// How far (offset, vaddr, size) each loadable segment of a file maps: turns a
-/// mapping's file offset into the module's addresses.
+/// Where (file offset, vaddr, size) each executable segment of a file lies:
+/// turns a code mapping's file offset into the module's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Segments(pub Vec<(u64, u64, u64)>);
 
 impl Segments {
-    /// The module address at file offset `offset`.
+    /// The module address at file offset `offset` of a code mapping. The
+    /// mapping starts at the page holding the segment's first byte, which may
+    /// lie before it (lld puts code at offset 0x13840, address 0x14840).
     pub fn address_of(&self, offset: u64) -> Option<u64> {
         self.0
             .iter()
-            .find(|&&(o, _, size)| offset >= o && offset < o + size.max(1))
-            .map(|&(o, vaddr, _)| vaddr + (offset - o))
+            .find(|&&(o, _, size)| offset >= o & !0xfff && offset < o + size.max(1))
+            .map(|&(o, vaddr, _)| (offset + vaddr).wrapping_sub(o))
     }
 }
 
@@ -66,6 +70,7 @@ pub fn read<'d, R: ReadRef<'d>>(data: R) -> Result<FileUnwind, object::Error> {
     let obj = object::File::parse(data)?;
     let segments = Segments(
         obj.segments()
+            .filter(|s| matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0))
             .map(|s| {
                 let (offset, size) = s.file_range();
                 (offset, s.address(), size)
@@ -362,6 +367,18 @@ mod tests {
             .collect();
         assert!(rows.iter().all(|r| kind(*r) == RowKind::Rsp), "{rows:?}");
         assert!(rows.iter().any(|r| r.cfa_off > 8 && r.rbp_off != RBP_SAME));
+    }
+
+    #[test]
+    fn code_mappings_find_their_segment_when_it_starts_mid_page() {
+        // lld: code at file offset 0x13840, address 0x14840; the kernel maps it
+        // from offset 0x13000.
+        let lld = Segments(vec![(0x13840, 0x14840, 0x3000)]);
+        assert_eq!(lld.address_of(0x13000), Some(0x14000));
+        // GNU ld: offset and address agree.
+        let bfd = Segments(vec![(0x1000, 0x1000, 0x2000)]);
+        assert_eq!(bfd.address_of(0x1000), Some(0x1000));
+        assert_eq!(bfd.address_of(0x4000), None);
     }
 
     #[test]

@@ -1,0 +1,724 @@
+//! Stacks on production builds: real probes on programs built the way they ship
+//! (gcc and g++ -O2 without frame pointers, Rust's default release profile,
+//! Debian's redis-server), asserting each leak's whole call chain. Run as root.
+//! The targets are in tests/targets/prod/; each leaks three calls deep, never
+//! in tail position, next to distractors of the same shape that give back what
+//! they make.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn leaktrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leaktrace"))
+}
+
+/// Probes need root: without it each test says so and passes.
+fn is_root() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: eBPF probes need root");
+    }
+    root
+}
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn prod_sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/targets/prod")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let d = tmp().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles tests/targets/prod/SOURCE (C with gcc, C++ with g++) the way
+/// production builds are made: `opt` and -g, frame pointers left to the
+/// compiler (omitted at -O1 and up).
+fn cc_target(source: &str, opt: &str) -> PathBuf {
+    let compiler = if source.ends_with(".cpp") {
+        "g++"
+    } else {
+        "gcc"
+    };
+    let dir = tmp().join("prod");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{}{opt}", source.replace('.', "-")));
+    let src = prod_sources().join(source);
+    let status = Command::new(compiler)
+        .arg(opt)
+        .args(["-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("{compiler}: {e} (run cargo xtask setup)"));
+    assert!(status.success(), "compiling {}", src.display());
+    out
+}
+
+/// Builds tests/targets/prod/rust-leaks with `cargo build --release`: the
+/// default release profile (no frame pointers, no debug info, symbols kept).
+fn rust_target() -> PathBuf {
+    let target_dir = tmp().join("rust-leaks");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--manifest-path",
+        ])
+        .arg(prod_sources().join("rust-leaks/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // The default profile, whatever flags the outer build was given.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "building rust-leaks");
+    target_dir.join("release/rust-leaks")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run leaktrace");
+    eprintln!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn report(json: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(json).expect("report written")).expect("valid JSON")
+}
+
+/// Starts `exe ARGS` under leaktrace in `dir` and traces it until it exits;
+/// the report and the target's PID.
+fn trace_command(dir: &Path, exe: &Path, args: &[&str]) -> (Value, u64) {
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .current_dir(dir)
+        .args(["-q", "-d", "60s", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(exe)
+        .args(args));
+    assert!(out.status.success());
+    let r = report(&json);
+    assert_eq!(r["targets"][0]["exit_code"], 0, "the target ran to its end");
+    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    (r, pid)
+}
+
+/// A frame's function without C++ parameters or Rust hash:
+/// `create_session(int)` is `create_session`, `rust_leaks::make_row::h06b9700d8eae88f3`
+/// is `rust_leaks::make_row`.
+fn function(frame: &Value) -> Option<&str> {
+    let f = frame["function"].as_str()?;
+    let f = f.split_once('(').map_or(f, |(name, _)| name);
+    Some(match f.rsplit_once("::h") {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => f,
+    })
+}
+
+/// The functions of a site's stack, innermost first, without the frames
+/// inlined into them.
+fn functions(site: &Value) -> Vec<Option<&str>> {
+    site["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["inlined"] != true)
+        .map(function)
+        .collect()
+}
+
+/// A stack to read in a failure message.
+fn stack(site: &Value) -> String {
+    let mut s = format!(
+        "{} site, {} outstanding, {} in all, {}:\n",
+        site["kind"], site["outstanding_count"], site["total_count"], site["verdict"]
+    );
+    for f in site["frames"].as_array().unwrap() {
+        s += &format!(
+            "    {} ({}:{}) [{}+{}]{}\n",
+            f["function"].as_str().unwrap_or("?"),
+            f["file"].as_str().unwrap_or("?"),
+            f["line"],
+            f["module"].as_str().unwrap_or("?"),
+            f["address"].as_str().unwrap_or("?"),
+            if f["inlined"] == true { " inlined" } else { "" }
+        );
+    }
+    s
+}
+
+fn stacks(sites: &[&Value]) -> String {
+    sites.iter().map(|s| stack(s)).collect()
+}
+
+fn sites<'a>(r: &'a Value, pid: u64, kind: &str) -> Vec<&'a Value> {
+    r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == pid && s["kind"] == kind)
+        .collect()
+}
+
+/// The sites of `kind` whose stack passes through `function`.
+fn sites_through<'a>(r: &'a Value, pid: u64, kind: &str, function: &str) -> Vec<&'a Value> {
+    sites(r, pid, kind)
+        .into_iter()
+        .filter(|s| functions(s).contains(&Some(function)))
+        .collect()
+}
+
+/// Asserts that `chain` (a leaf and its callers, innermost first) is in the
+/// stack as consecutive frames; returns the leaf's index among the frames not inlined.
+fn assert_chain(site: &Value, chain: &[&str]) -> usize {
+    let names = functions(site);
+    let leaf = names.iter().position(|f| *f == Some(chain[0]));
+    let leaf = leaf.unwrap_or_else(|| panic!("no {} in {}", chain[0], stack(site)));
+    let want: Vec<Option<&str>> = chain.iter().map(|f| Some(*f)).collect();
+    assert!(
+        names[leaf..].starts_with(&want),
+        "not {} in {}",
+        chain.join(" ← "),
+        stack(site)
+    );
+    leaf
+}
+
+/// Every site of `kind` through `chain[0]` holds the whole chain; at least one does.
+fn chain_sites<'a>(r: &'a Value, pid: u64, kind: &str, chain: &[&str]) -> Vec<&'a Value> {
+    let found = sites_through(r, pid, kind, chain[0]);
+    assert!(
+        !found.is_empty(),
+        "no {kind} site through {}; the {kind} sites:\n{}",
+        chain[0],
+        stacks(&sites(r, pid, kind))
+    );
+    for s in &found {
+        assert_chain(s, chain);
+    }
+    found
+}
+
+/// The one site of `kind` made by `chain[0]`, with its whole chain.
+fn chain_site<'a>(r: &'a Value, pid: u64, kind: &str, chain: &[&str]) -> &'a Value {
+    let found = chain_sites(r, pid, kind, chain);
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} site per call site, not:\n{}",
+        stacks(&found)
+    );
+    found[0]
+}
+
+/// tests/targets/prod/leaks.c: what each round leaks, by kind and chain
+/// (innermost first); fopen leaks a FILE and its descriptor.
+const C_LEAKS: &[(&str, &[&str])] = &[
+    (
+        "heap",
+        &["build_record", "handle_request", "serve_requests", "main"],
+    ),
+    ("heap", &["open_log", "rotate_log", "run_logger", "main"]),
+    ("fd", &["open_log", "rotate_log", "run_logger", "main"]),
+    (
+        "fd",
+        &["open_config_file", "read_config", "load_configs", "main"],
+    ),
+    (
+        "fd",
+        &["open_spool_entry", "scan_spool_dir", "scan_spool", "main"],
+    ),
+];
+
+/// The same shapes, given back in the same round.
+const C_DISTRACTORS: &[(&str, &[&str])] = &[
+    (
+        "heap",
+        &["build_reply", "handle_ping", "serve_pings", "main"],
+    ),
+    (
+        "heap",
+        &["open_probe_log", "check_log", "probe_logger", "main"],
+    ),
+    (
+        "fd",
+        &["open_probe_log", "check_log", "probe_logger", "main"],
+    ),
+    (
+        "fd",
+        &[
+            "open_temp_file",
+            "read_temp_config",
+            "check_configs",
+            "main",
+        ],
+    ),
+    (
+        "fd",
+        &["open_sweep_entry", "sweep_spool_dir", "sweep_spool", "main"],
+    ),
+];
+
+/// One site per call site, each with its whole chain; above the leaf only the
+/// C library's own frames (malloc's caller in fopen, the open64 wrapper…); the
+/// leaks hold one allocation or descriptor per round, the distractors none.
+fn assert_c_target(r: &Value, pid: u64, rounds: u64) -> Vec<&Value> {
+    let exe = r["targets"][0]["exe"].as_str().unwrap();
+    let mut leaks = Vec::new();
+    for (kind, chain) in C_LEAKS {
+        let s = chain_site(r, pid, kind, chain);
+        let leaf = s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|f| function(f) == Some(chain[0]))
+            .unwrap();
+        assert!(
+            s["frames"].as_array().unwrap()[..leaf]
+                .iter()
+                .all(|f| f["module"].as_str().is_some_and(|m| m != exe)),
+            "only libc above {}: {}",
+            chain[0],
+            stack(s)
+        );
+        assert_eq!(s["outstanding_count"], rounds, "{}", stack(s));
+        leaks.push(s);
+    }
+    for (kind, chain) in C_DISTRACTORS {
+        let s = chain_site(r, pid, kind, chain);
+        assert_eq!(s["outstanding_count"], 0, "{}", stack(s));
+        assert_eq!(s["total_count"], rounds, "{}", stack(s));
+    }
+    leaks
+}
+
+#[test]
+fn c_o2_leaks_have_their_whole_call_chain_and_leak_verdicts() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_target("leaks.c", "-O2");
+    let dir = scratch_dir("unwind-c-O2");
+    // 12 s of steady leaking: long enough for a leak verdict (docs/verdicts.md).
+    let (r, pid) = trace_command(&dir, &exe, &["120", "100"]);
+    for s in assert_c_target(&r, pid, 120) {
+        assert_eq!(s["verdict"], "leak", "{}", stack(s));
+    }
+}
+
+#[test]
+fn c_o1_descriptors_through_glibc_wrappers_have_one_site_per_call_and_no_unnamed_frame() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_target("leaks.c", "-O1");
+    let dir = scratch_dir("unwind-c-O1");
+    let (r, pid) = trace_command(&dir, &exe, &["40", "50"]);
+    assert_c_target(&r, pid, 40);
+    for s in r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == pid)
+    {
+        assert!(
+            s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["function"].is_string()),
+            "a frame without a function: {}",
+            stack(s)
+        );
+    }
+}
+
+#[test]
+fn cpp_o2_leaks_are_each_under_their_own_function_not_operator_new() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_target("leaks.cpp", "-O2");
+    let dir = scratch_dir("unwind-cpp-O2");
+    const ROUNDS: u64 = 40;
+    let (r, pid) = trace_command(&dir, &exe, &[&ROUNDS.to_string(), "50"]);
+    // new Session, kept in a std::map.
+    let session = [
+        "create_session",
+        "register_client",
+        "accept_clients",
+        "main",
+    ];
+    let s = chain_site(&r, pid, "heap", &session);
+    assert_eq!(s["outstanding_count"], ROUNDS, "{}", stack(s));
+    // A string a round (its characters, made in libstdc++) and the vector's
+    // buffer, grown through std::vector's out-of-line _M_realloc_insert.
+    let lines = ["store_line", "append_line", "ingest_lines", "main"];
+    let held: u64 = chain_sites(&r, pid, "heap", &lines)
+        .iter()
+        .map(|s| s["outstanding_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, ROUNDS + 1, "a string a round and one vector buffer");
+    // new std::ifstream left open: the object, and what libstdc++ and libc make
+    // for it (buffer, FILE), each once a round; its descriptor under the same chain.
+    let input = ["open_input", "track_input", "open_inputs", "main"];
+    for s in chain_sites(&r, pid, "heap", &input) {
+        assert_eq!(s["outstanding_count"], ROUNDS, "{}", stack(s));
+    }
+    let s = chain_site(&r, pid, "fd", &input);
+    assert_eq!(s["outstanding_count"], ROUNDS, "{}", stack(s));
+    // Distractors: the same shapes, deleted.
+    for (kind, chain) in [
+        (
+            "heap",
+            &["create_ping_session", "answer_ping", "ping_clients", "main"],
+        ),
+        (
+            "heap",
+            &[
+                "store_scratch_line",
+                "scratch_line",
+                "scratch_lines",
+                "main",
+            ],
+        ),
+        (
+            "heap",
+            &["open_probe_input", "check_input", "probe_inputs", "main"],
+        ),
+        (
+            "fd",
+            &["open_probe_input", "check_input", "probe_inputs", "main"],
+        ),
+    ] {
+        for s in chain_sites(&r, pid, kind, chain) {
+            assert_eq!(s["outstanding_count"], 0, "{}", stack(s));
+        }
+    }
+}
+
+#[test]
+fn rust_release_leaks_have_their_whole_call_chain() {
+    if !is_root() {
+        return;
+    }
+    let exe = rust_target();
+    let dir = scratch_dir("unwind-rust");
+    const ROUNDS: u64 = 40;
+    let (r, pid) = trace_command(&dir, &exe, &[&ROUNDS.to_string(), "50"]);
+    for chain in [
+        // A Vec<u8> a round, pushed onto a global Mutex<Vec<Vec<u8>>>.
+        [
+            "rust_leaks::make_row",
+            "rust_leaks::grow_table",
+            "rust_leaks::ingest_batches",
+            "rust_leaks::main",
+        ],
+        // Box::leak.
+        [
+            "rust_leaks::make_handler",
+            "rust_leaks::install_handler",
+            "rust_leaks::register_handlers",
+            "rust_leaks::main",
+        ],
+    ] {
+        let s = chain_site(&r, pid, "heap", &chain);
+        assert_eq!(s["outstanding_count"], ROUNDS, "{}", stack(s));
+    }
+    // The same shapes, dropped.
+    for chain in [
+        [
+            "rust_leaks::make_scratch_row",
+            "rust_leaks::fill_scratch",
+            "rust_leaks::scratch_batches",
+            "rust_leaks::main",
+        ],
+        [
+            "rust_leaks::make_probe",
+            "rust_leaks::check_handler",
+            "rust_leaks::probe_handlers",
+            "rust_leaks::main",
+        ],
+    ] {
+        let s = chain_site(&r, pid, "heap", &chain);
+        assert_eq!(s["outstanding_count"], 0, "{}", stack(s));
+        assert_eq!(s["total_count"], ROUNDS, "{}", stack(s));
+    }
+}
+
+/// redis-server, killed however the test ends.
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A RESP command.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("redis-server on {port}: {e}"),
+            Err(_) => sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Sends `commands` in one write and checks each is answered `+OK`.
+fn pipeline(conn: &mut TcpStream, commands: &[Vec<u8>]) {
+    conn.write_all(&commands.concat()).unwrap();
+    let mut replies = vec![0; 5 * commands.len()];
+    conn.read_exact(&mut replies).unwrap();
+    assert!(replies.chunks(5).all(|r| r == b"+OK\r\n"), "redis said no");
+}
+
+/// The number of keys the test sets: one dict entry and one 100-byte value each.
+const KEYS: u64 = 20_000;
+
+#[test]
+fn redis_from_debian_has_few_sites_named_after_its_own_functions() {
+    if !is_root() {
+        return;
+    }
+    let port = free_port();
+    let dir = scratch_dir("unwind-redis");
+    let redis = Redis(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (run cargo xtask setup)"),
+    );
+    let pid = redis.0.id() as u64;
+    let mut conn = connect(port);
+    conn.write_all(&resp(&[b"PING"])).unwrap();
+    let mut pong = [0; 7];
+    conn.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+
+    // leaktrace logs "tracing PID …" once its probes are attached.
+    let json = dir.join("r.json");
+    let mut tracer = leaktrace()
+        .env("RUST_LOG", "info")
+        .args(["--pid", &pid.to_string(), "-d", "12s", "-q", "-o"])
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (attached, on_attach) = mpsc::channel();
+    let stderr = BufReader::new(tracer.stderr.take().unwrap());
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains(&format!("tracing PID {pid}")) {
+                let _ = attached.send(());
+            }
+            log += &line;
+            log.push('\n');
+        }
+        log
+    });
+    on_attach
+        .recv_timeout(Duration::from_secs(30))
+        .expect("leaktrace attached to redis");
+
+    let start = Instant::now();
+    let value = [b'v'; 100];
+    for batch in 0..KEYS / 1000 {
+        let commands: Vec<Vec<u8>> = (batch * 1000..(batch + 1) * 1000)
+            .map(|i| resp(&[b"SET", format!("key:{i}").as_bytes(), &value]))
+            .collect();
+        pipeline(&mut conn, &commands);
+    }
+    let filled = start.elapsed();
+    eprintln!("{KEYS} keys set in {filled:?}");
+    // ~0.1 s untraced, ~5 s traced on a 2-core VM (each malloc and free traps).
+    assert!(
+        filled < Duration::from_secs(10),
+        "{KEYS} SETs took {filled:?} traced: too slow for the 12 s trace"
+    );
+    let out = tracer.wait_with_output().unwrap();
+    eprintln!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        log.join().unwrap()
+    );
+    assert!(out.status.success());
+    let r = report(&json);
+
+    // One site per call path: a few dozen, not one per stack of garbage.
+    let heap = sites(&r, pid, "heap");
+    eprintln!("{} heap sites", heap.len());
+    assert!(heap.len() <= 300, "{} heap sites", heap.len());
+    for (cause, n) in r["lost"].as_object().unwrap() {
+        assert_eq!(n, 0, "lost: {cause}");
+    }
+
+    // Each SET adds a dict entry: zmalloc in dictAddRaw, under the command.
+    let entry = [
+        "zmalloc",
+        "dictAddRaw",
+        "dbAdd",
+        "setKey",
+        "setGenericCommand",
+        "setCommand",
+        "call",
+        "processCommand",
+        "processInputBuffer",
+        "readQueryFromClient",
+    ]
+    .map(Some);
+    let entries: Vec<&Value> = heap
+        .iter()
+        .copied()
+        .filter(|s| functions(s).starts_with(&entry))
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one site for SET's dict entries; the sites through dictAddRaw:\n{}",
+        stacks(&sites_through(&r, pid, "heap", "dictAddRaw"))
+    );
+    assert_eq!(
+        entries[0]["outstanding_count"],
+        KEYS,
+        "{}",
+        stack(entries[0])
+    );
+
+    // The biggest heap site is the values: an sds each, made as the query is
+    // parsed, held for good by the keys (100 bytes: no trim, one allocation each).
+    let top = heap
+        .iter()
+        .max_by_key(|s| s["outstanding_bytes"].as_u64())
+        .unwrap();
+    let leaf = assert_chain(
+        top,
+        &[
+            "zmalloc_usable",
+            "_sdsnewlen",
+            "createStringObject",
+            "processMultibulkBuffer",
+            "processInputBuffer",
+            "readQueryFromClient",
+        ],
+    );
+    assert_eq!(leaf, 0, "the caller of malloc first: {}", stack(top));
+    assert!(
+        functions(top)
+            .windows(2)
+            .any(|w| w == [Some("aeMain"), Some("main")]),
+        "down to the event loop: {}",
+        stack(top)
+    );
+    assert_eq!(top["outstanding_count"], KEYS, "{}", stack(top));
+    drop(redis);
+}
+
+#[test]
+fn a_library_loaded_later_with_dlopen_unwinds_like_the_rest() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("unwind-dlopen");
+    let plugin = dir.join("libplugin.so");
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-shared", "-fPIC", "-o"])
+        .arg(&plugin)
+        .arg(prod_sources().join("plugin.c"))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "building the plugin");
+    let host = cc_target("host.c", "-O2");
+    // Loaded 1 s in: leaktrace learns of it from the memory map refreshes.
+    let (r, pid) = trace_command(&dir, &host, &[plugin.to_str().unwrap(), "1000", "100"]);
+    // Calls made before the next memory-map refresh (every 100 ms) find the
+    // library unknown: their stacks stop at its frame, and say so.
+    let chain = [
+        "make_entry",
+        "remember_entry",
+        "plugin_handle",
+        "dispatch",
+        "main",
+    ];
+    let (whole, early): (Vec<&Value>, Vec<&Value>) = sites_through(&r, pid, "heap", chain[0])
+        .into_iter()
+        .partition(|s| functions(s).len() > 2);
+    assert_eq!(whole.len(), 1, "{}", stacks(&whole));
+    assert_chain(whole[0], &chain);
+    assert_eq!(
+        whole[0]["frames"][0]["module"]
+            .as_str()
+            .map(|m| m.ends_with("libplugin.so")),
+        Some(true),
+        "{}",
+        stack(whole[0])
+    );
+    for s in &early {
+        assert_eq!(
+            functions(s),
+            [
+                Some("make_entry"),
+                Some("[stack ends: return address in no known code]")
+            ],
+            "{}",
+            stack(s)
+        );
+    }
+    let held = |sites: &[&Value]| -> u64 {
+        sites
+            .iter()
+            .map(|s| s["outstanding_count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(held(&whole) + held(&early), 100);
+    assert!(held(&whole) >= 90, "{}", stack(whole[0]));
+}
