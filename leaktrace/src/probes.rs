@@ -165,18 +165,22 @@ impl Probes {
         target: &Target,
         allocator: &Allocator,
     ) -> Result<(), ProbeError> {
+        // Return probes first: a call whose entry probe records it then always
+        // has its return armed. The other way round, a call entered between the
+        // two attachments leaves its thread's state looking inside the allocator,
+        // and the calls after it on that thread would be taken for nested ones.
+        for point in allocator.points.iter().filter(|p| p.returns) {
+            self.attach_uprobe(
+                "alloc_return",
+                point.file_offset,
+                point,
+                &allocator.path,
+                target.pid,
+            )?;
+        }
         for point in &allocator.points {
             let entry = point.file_offset + point.shift;
             self.attach_uprobe(point.program, entry, point, &allocator.path, target.pid)?;
-            if point.returns {
-                self.attach_uprobe(
-                    "alloc_return",
-                    point.file_offset,
-                    point,
-                    &allocator.path,
-                    target.pid,
-                )?;
-            }
         }
         Ok(())
     }
