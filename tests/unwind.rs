@@ -722,3 +722,119 @@ fn a_library_loaded_later_with_dlopen_unwinds_like_the_rest() {
     assert_eq!(held(&whole) + held(&early), 100);
     assert!(held(&whole) >= 90, "{}", stack(whole[0]));
 }
+
+#[test]
+fn a_stack_through_a_pending_return_probe_goes_on_to_the_callers() {
+    if !is_root() {
+        return;
+    }
+    // malloc (the program's own, probed with a return probe) opens a file: at
+    // that open, malloc's return address is leaktrace's uretprobe trampoline.
+    let exe = cc_target("inner_open.c", "-O2");
+    let dir = scratch_dir("unwind-trampoline");
+    let (r, pid) = trace_command(&dir, &exe, &["20", "10"]);
+    let fd = chain_site(
+        &r,
+        pid,
+        "fd",
+        &["malloc", "make_buffer", "fill_buffers", "main"],
+    );
+    assert_eq!(fd["outstanding_count"], 20, "{}", stack(fd));
+    let heap = chain_site(&r, pid, "heap", &["make_buffer", "fill_buffers", "main"]);
+    assert_eq!(heap["outstanding_count"], 20, "{}", stack(heap));
+}
+
+/// The frames of each stack gdb printed (`bt`) that lie in `source`, as
+/// (function, line), innermost first.
+fn gdb_stacks(bt: &str, source: &str) -> Vec<Vec<(String, u64)>> {
+    let mut stacks: Vec<Vec<(String, u64)>> = Vec::new();
+    for line in bt.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let (number, frame) = rest.split_once(' ').unwrap_or((rest, ""));
+        if number == "0" {
+            stacks.push(Vec::new());
+        }
+        // `#1  0x… in handle_request (i=3) at /src/leaks.c:52`, or without
+        // the address for a frame at the start of a line.
+        let frame = frame.trim_start();
+        let frame = frame.split_once(" in ").map_or(frame, |(_, f)| f);
+        let (Some((function, _)), Some((_, place))) =
+            (frame.split_once(" ("), frame.rsplit_once(" at "))
+        else {
+            continue;
+        };
+        let Some((file, line)) = place.rsplit_once(':') else {
+            continue;
+        };
+        if file.ends_with(source)
+            && let (Some(stack), Ok(line)) = (stacks.last_mut(), line.trim().parse())
+        {
+            stack.push((function.to_string(), line));
+        }
+    }
+    stacks
+}
+
+#[test]
+fn stacks_agree_with_gdb_backtraces_at_the_same_calls() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_target("leaks.c", "-O2");
+    // gdb stops at every malloc and every openat syscall of three rounds and
+    // prints the backtrace, unwound by its own DWARF unwinder.
+    let gdb_dir = scratch_dir("unwind-gdb");
+    let script = gdb_dir.join("bt.gdb");
+    std::fs::write(
+        &script,
+        "set pagination off\nset backtrace past-main on\n\
+         catch syscall openat\ncommands\nbt\ncontinue\nend\n\
+         break malloc\ncommands\nbt\ncontinue\nend\nrun\n",
+    )
+    .unwrap();
+    let gdb = Command::new("gdb")
+        .args(["-batch", "-nx", "-x"])
+        .arg(&script)
+        .arg("--args")
+        .arg(&exe)
+        .args(["3", "10"])
+        .current_dir(&gdb_dir)
+        .output()
+        .expect("gdb (run cargo xtask setup)");
+    let bt = String::from_utf8_lossy(&gdb.stdout);
+    let truth = gdb_stacks(&bt, "leaks.c");
+    assert!(truth.len() > 20, "gdb stopped {} times:\n{bt}", truth.len());
+
+    let dir = scratch_dir("unwind-gdb-leaktrace");
+    let (r, pid) = trace_command(&dir, &exe, &["3", "10"]);
+    let mut compared = 0;
+    for kind in ["heap", "fd"] {
+        for s in sites(&r, pid, kind) {
+            let ours: Vec<(String, u64)> = s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["file"].as_str().is_some_and(|f| f.ends_with("leaks.c")))
+                .map(|f| {
+                    (
+                        function(f).unwrap().to_string(),
+                        f["line"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            if ours.is_empty() {
+                continue; // before main: the loader's and libc's own
+            }
+            assert!(
+                truth.contains(&ours),
+                "no gdb backtrace has {ours:?}: {}",
+                stack(s)
+            );
+            compared += 1;
+        }
+    }
+    // Five leaks and five distractors, heap and descriptors.
+    assert!(compared >= 10, "{compared} sites compared");
+}

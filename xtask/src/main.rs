@@ -56,6 +56,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("g++", "g++"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
+    ("gdb", "gdb"),
 ];
 /// Packages without a command, checked with dpkg: glibc's full symbol table,
 /// which names its internal frames in stacks.
