@@ -1,20 +1,19 @@
 //! End-to-end tests: real probes on real processes (run as root).
 //! The C targets in tests/targets/ leak known amounts from known functions.
+mod common;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Mutex, OnceLock},
     thread::sleep,
     time::Duration,
 };
 
+use common::{leaktrace, report, run, scratch_dir};
 use serde_json::Value;
 
 const PAGE: u64 = 4096;
-
-fn leaktrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_leaktrace"))
-}
 
 /// Compiles a C target once per test run (-O0 keeps every allocation).
 fn target(name: &str) -> PathBuf {
@@ -41,20 +40,6 @@ fn target(name: &str) -> PathBuf {
         .status()
         .expect("gcc");
     assert!(status.success(), "compiling {}", src.display());
-    out
-}
-
-fn report(json: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(json).expect("report written")).expect("valid JSON")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run leaktrace");
-    eprintln!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     out
 }
 
@@ -637,13 +622,6 @@ fn listener() -> u16 {
         }
     });
     port
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn details(site: &Value) -> Vec<(String, String, u64)> {

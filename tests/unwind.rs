@@ -4,21 +4,20 @@
 //! The targets are in tests/targets/prod/; each leaks three calls deep, never
 //! in tail position, next to distractors of the same shape that give back what
 //! they make.
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread::sleep,
     time::{Duration, Instant},
 };
 
+use common::{leaktrace, report, run, scratch_dir};
 use serde_json::Value;
-
-fn leaktrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_leaktrace"))
-}
 
 /// Probes need root: without it each test says so and passes.
 fn is_root() -> bool {
@@ -35,13 +34,6 @@ fn tmp() -> PathBuf {
 
 fn prod_sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/targets/prod")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = tmp().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Compiles tests/targets/prod/SOURCE (C with gcc, C++ with g++) the way
@@ -90,20 +82,6 @@ fn rust_target() -> PathBuf {
         .expect("cargo");
     assert!(status.success(), "building rust-leaks");
     target_dir.join("release/rust-leaks")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run leaktrace");
-    eprintln!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn report(json: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(json).expect("report written")).expect("valid JSON")
 }
 
 /// Starts `exe ARGS` under leaktrace in `dir` and traces it until it exits;
