@@ -325,6 +325,12 @@ impl Probes {
             .map_err(|e| ProbeError::Map(maps::MAPPINGS, Box::new(e)))
     }
 
+    /// Whether the unwinder has mappings for `pid`.
+    pub fn has_mappings(&self, pid: u32) -> bool {
+        self.map::<HashMap<&MapData, u32, ProcMappings>>(maps::MAPPINGS)
+            .is_ok_and(|map| map.get(&pid, 0).is_ok())
+    }
+
     /// Drops `pid`'s mappings (it has exited, or exec'd: the kernel drops those itself).
     pub fn remove_mappings(&mut self, pid: u32) {
         if let Ok(mut map) =

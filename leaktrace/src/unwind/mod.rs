@@ -77,7 +77,9 @@ impl Unwinder {
                 })
             })
             .collect();
-        if self.pushed.get(&pid) == Some(&code) {
+        // Unchanged, unless an exec made the kernel drop the entry (an image
+        // without ASLR maps where the last one did).
+        if self.pushed.get(&pid) == Some(&code) && probes.has_mappings(pid) {
             return Ok(());
         }
         let mut entries = Vec::with_capacity(code.len());
@@ -133,11 +135,11 @@ impl Unwinder {
         Ok(())
     }
 
-    /// Forgets a process that has exited.
+    /// Forgets a process that has exited (also one whose entry the kernel
+    /// copied at its fork before userspace pushed one).
     pub fn remove(&mut self, probes: &mut Probes, pid: u32) {
-        if self.pushed.remove(&pid).is_some() {
-            probes.remove_mappings(pid);
-        }
+        self.pushed.remove(&pid);
+        probes.remove_mappings(pid);
     }
 
     /// Reads the file behind mapping `m` of `pid` (the mapped file itself, even
