@@ -1175,9 +1175,10 @@ fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
     let (on, _) = trace(&["--go-heap-sampling"], &dir.join("on.json"));
     assert_eq!(on["targets"][0]["go"]["mem_profile_rate"], 512 * 1024);
     assert_eq!(on["targets"][0]["exit_code"], 0);
-    // Sampling starts once leaktrace has seen the runtime up: most of the 30 MiB.
+    // Sampling starts once leaktrace has seen the runtime up: most of the 30 MiB,
+    // estimated from ~60 samples of 512 KiB (so up to 20 % over).
     let kept = go_heap_at(&on, "main.keep");
-    assert!((10 << 20..=32 << 20).contains(&kept), "{kept}");
+    assert!((10 << 20..=36 << 20).contains(&kept), "{kept}");
 }
 
 #[test]

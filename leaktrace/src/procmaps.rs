@@ -47,6 +47,9 @@ pub struct Mapping {
 #[derive(Clone, Debug, Default)]
 pub struct ProcMaps {
     mappings: Vec<Mapping>,
+    /// Code the previous snapshot had and this one has not (an exec, a
+    /// dlclose): events read before the change still point into it.
+    replaced: Vec<Mapping>,
 }
 
 impl ProcMaps {
@@ -80,14 +83,36 @@ impl ProcMaps {
                 })
             })
             .collect();
-        Self { mappings }
+        Self {
+            mappings,
+            replaced: Vec::new(),
+        }
     }
 
-    /// The mapping holding `addr`.
+    /// This snapshot, taken after `previous`: code `previous` had and this one
+    /// has not is kept aside for addresses seen before the change.
+    pub fn succeeding(mut self, previous: &ProcMaps) -> Self {
+        let gone: Vec<Mapping> = previous
+            .code()
+            .filter(|m| !self.mappings.contains(m))
+            .cloned()
+            .collect();
+        self.replaced = if gone.is_empty() {
+            previous.replaced.clone()
+        } else {
+            gone
+        };
+        self
+    }
+
+    /// The mapping holding `addr`: a current one, else one the last change
+    /// replaced.
     pub fn lookup(&self, addr: u64) -> Option<&Mapping> {
+        let holds = |m: &&Mapping| addr >= m.start && addr < m.end;
         self.mappings
             .iter()
-            .find(|m| addr >= m.start && addr < m.end)
+            .find(holds)
+            .or_else(|| self.replaced.iter().find(holds))
     }
 
     /// A mapped file whose name is `name` (a `DT_NEEDED` entry).
@@ -144,5 +169,24 @@ mod tests {
             })
         );
         assert_eq!(maps.lookup(0x7f0000000010).unwrap().file, None);
+    }
+
+    #[test]
+    fn code_an_exec_replaced_still_resolves_addresses_seen_before() {
+        let old =
+            ProcMaps::parse("55d0c0001000-55d0c0002000 r-xp 00001000 fe:01 123 /usr/bin/old\n");
+        let new =
+            ProcMaps::parse("56000000a000-56000000b000 r-xp 00001000 fe:01 456 /usr/bin/new\n")
+                .succeeding(&old);
+        assert_eq!(
+            new.lookup(0x55d0c0001234).unwrap().path,
+            Some(PathBuf::from("/usr/bin/old"))
+        );
+        assert_eq!(new.code().count(), 1, "only what is mapped now is code");
+        // Kept until the next change.
+        let same =
+            ProcMaps::parse("56000000a000-56000000b000 r-xp 00001000 fe:01 456 /usr/bin/new\n")
+                .succeeding(&new);
+        assert!(same.lookup(0x55d0c0001234).is_some());
     }
 }

@@ -294,6 +294,10 @@ fn update_maps(
     if let Err(e) = unwinder.update(probes, pid, &read) {
         warn!("PID {pid}: stacks through newly mapped code stop there: {e}");
     }
+    let read = match maps.get(&pid) {
+        Some(previous) => read.succeeding(previous),
+        None => read,
+    };
     maps.insert(pid, read);
 }
 
