@@ -303,12 +303,15 @@ fn demo() -> Result<()> {
 fn test() -> Result<()> {
     build()?;
     // One test at a time: the probe-cleanup test reads the kernel's global program list.
+    // Unit and integration tests; the crate has no doc tests.
     run(Command::new("cargo")
         .args([
             "test",
             "--release",
             "--package",
             "leaktrace",
+            "--lib",
+            "--tests",
             "--",
             "--test-threads=1",
         ])
