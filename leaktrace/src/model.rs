@@ -226,11 +226,6 @@ impl StackWalks {
         }
         s
     }
-
-    /// Walks that did not reach the outermost frame.
-    pub fn truncated(&self) -> u64 {
-        self.walks.saturating_sub(self.complete)
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -518,12 +513,13 @@ impl Model {
         }
     }
 
-    /// Applies anonymous mmap/munmap/mremap events, each with the stack id of its
-    /// site; the sites of each process touched are recomputed once per batch.
-    pub fn apply_map_events(&mut self, events: &[(MapEvent, StackId)]) {
+    /// Applies anonymous mmap/munmap/mremap events (a new mapping's site is its
+    /// event's stack); the sites of each process touched are recomputed once
+    /// per batch.
+    pub fn apply_map_events(&mut self, events: &[MapEvent]) {
         let mut touched: Vec<u32> = Vec::new();
-        for (ev, stack_id) in events {
-            self.apply_map_event(ev, *stack_id);
+        for ev in events {
+            self.apply_map_event(ev);
             if !touched.contains(&ev.tgid) {
                 touched.push(ev.tgid);
             }
@@ -533,14 +529,14 @@ impl Model {
         }
     }
 
-    fn apply_map_event(&mut self, ev: &MapEvent, stack_id: StackId) {
+    fn apply_map_event(&mut self, ev: &MapEvent) {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
         if ev.kind == EventKind::Mmap as u32 {
             let id = SiteId {
                 tgid: ev.tgid,
                 kind: Kind::Mmap,
-                stack_id,
+                stack_id: ev.stack_id,
             };
             regions.insert(
                 ev.addr,
@@ -696,7 +692,7 @@ mod tests {
     }
 
     fn apply(model: &mut Model, ev: MapEvent, _: u64) {
-        model.apply_map_events(&[(ev, ev.stack_id)]);
+        model.apply_map_events(&[ev]);
     }
 
     fn mmap_site(model: &Model) -> &Site {

@@ -296,12 +296,7 @@ impl Probes {
 
     /// Writes `rows` at `first` of the kernel's unwind rows.
     pub fn append_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
-        let mut map: Array<&mut MapData, UnwindRow> = self.map_mut(maps::UNWIND_ROWS)?;
-        for (i, row) in rows.iter().enumerate() {
-            map.set(first + i as u32, *row, 0)
-                .map_err(|e| ProbeError::Map(maps::UNWIND_ROWS, Box::new(e)))?;
-        }
-        Ok(())
+        self.write_array(maps::UNWIND_ROWS, first, rows)
     }
 
     /// Writes `pages` at `first` of the kernel's unwind page index.
@@ -310,10 +305,20 @@ impl Probes {
         first: u32,
         pages: &[PageIndex],
     ) -> Result<(), ProbeError> {
-        let mut map: Array<&mut MapData, PageIndex> = self.map_mut(maps::UNWIND_PAGES)?;
-        for (i, page) in pages.iter().enumerate() {
-            map.set(first + i as u32, *page, 0)
-                .map_err(|e| ProbeError::Map(maps::UNWIND_PAGES, Box::new(e)))?;
+        self.write_array(maps::UNWIND_PAGES, first, pages)
+    }
+
+    /// Writes `values` into array map `name` from index `first` on.
+    fn write_array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        first: u32,
+        values: &[T],
+    ) -> Result<(), ProbeError> {
+        let mut map: Array<&mut MapData, T> = self.map_mut(name)?;
+        for (i, value) in values.iter().enumerate() {
+            map.set(first + i as u32, *value, 0)
+                .map_err(|e| ProbeError::Map(name, Box::new(e)))?;
         }
         Ok(())
     }

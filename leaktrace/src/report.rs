@@ -407,7 +407,7 @@ impl Report {
             s.frames as f64 / s.walks as f64,
             s.complete
         );
-        let parts: Vec<String> = [
+        let parts = counted(&[
             (s.depth_limit, "at --max-depth"),
             (
                 s.no_mapping,
@@ -417,11 +417,7 @@ impl Report {
             (s.unreadable, "at unreadable stack memory"),
             (s.not_advancing, "at a frame that did not move up"),
             (s.no_table, "in a module whose table was not loaded"),
-        ]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, why)| format!("{n} {why}"))
-        .collect();
+        ]);
         if !parts.is_empty() {
             let _ = write!(line, "; stopped {}", parts.join(", "));
         }
@@ -433,7 +429,7 @@ impl Report {
         if l.total() == 0 {
             return "nothing lost".into();
         }
-        let parts: Vec<String> = [
+        let parts = counted(&[
             (
                 l.allocs_map_full,
                 "allocations (map full: raise --max-allocs)",
@@ -442,13 +438,18 @@ impl Report {
             (l.stacks_lost, "stacks (stack map full: raise --max-stacks)"),
             (l.ring_buffer_overruns, "events (ring buffer overrun)"),
             (l.syscalls_map_full, "syscalls (per-thread map full)"),
-        ]
+        ]);
+        format!("LOST: {}", parts.join(", "))
+    }
+}
+
+/// "N what" for each count that is not zero.
+fn counted(counts: &[(u64, &str)]) -> Vec<String> {
+    counts
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, what)| format!("{n} {what}"))
-        .collect();
-        format!("LOST: {}", parts.join(", "))
-    }
+        .collect()
 }
 
 impl SiteReport {

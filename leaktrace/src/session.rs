@@ -515,7 +515,7 @@ impl Pump {
         };
         let execs: Vec<u32> = batch.iter().filter_map(exec).collect();
         self.refresh_maps(&execs);
-        let mut maps: Vec<(MapEvent, StackId)> = Vec::new();
+        let mut maps: Vec<MapEvent> = Vec::new();
         let mut touched: Vec<u32> = Vec::new();
         for event in batch {
             match event {
@@ -526,7 +526,7 @@ impl Pump {
                         stack_id: e.stack_id,
                     };
                     if !self.go_runtime_mmaps.contains(&site) {
-                        maps.push((*e, e.stack_id));
+                        maps.push(*e);
                     }
                 }
                 Event::FdOpen(e) => {

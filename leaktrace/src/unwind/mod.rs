@@ -35,6 +35,16 @@ struct KnownFile {
     segments: table::Segments,
 }
 
+impl KnownFile {
+    /// A file whose table is not in the kernel: walks stop in it.
+    fn missing(segments: table::Segments) -> Self {
+        KnownFile {
+            loaded: Loaded::Missing,
+            segments,
+        }
+    }
+}
+
 /// One executable mapping as /proc/PID/maps shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct CodeMapping {
@@ -168,10 +178,7 @@ impl Unwinder {
             }
             Err(e) => {
                 warn!("{}: cannot read its unwind info: {e}", m.path.display());
-                return Ok(KnownFile {
-                    loaded: Loaded::Missing,
-                    segments: table::Segments::default(),
-                });
+                return Ok(KnownFile::missing(table::Segments::default()));
             }
         };
         let FileUnwind { table, segments } = match unwind {
@@ -181,10 +188,7 @@ impl Unwinder {
                     "{}: not an ELF file leaktrace can read: {e}",
                     m.path.display()
                 );
-                return Ok(KnownFile {
-                    loaded: Loaded::Missing,
-                    segments: table::Segments::default(),
-                });
+                return Ok(KnownFile::missing(table::Segments::default()));
             }
         };
         let table = match table {
@@ -194,10 +198,7 @@ impl Unwinder {
                     "{}: unwind info not used, stacks stop in it: {e}",
                     m.path.display()
                 );
-                return Ok(KnownFile {
-                    loaded: Loaded::Missing,
-                    segments,
-                });
+                return Ok(KnownFile::missing(segments));
             }
         };
         let Some(table) = table else {
@@ -215,10 +216,7 @@ impl Unwinder {
                 "{}: no room for its {rows} unwind rows: stacks stop in it (raise --max-unwind-rows)",
                 m.path.display()
             );
-            return Ok(KnownFile {
-                loaded: Loaded::Missing,
-                segments,
-            });
+            return Ok(KnownFile::missing(segments));
         }
         let row_base = self.rows_used;
         let page_base = self.pages_used;
