@@ -20,6 +20,7 @@ pub mod maps {
     pub const MAPPINGS: &str = "MAPPINGS";
 }
 
+pub mod args;
 pub mod unwind;
 
 /// What a site holds on to.

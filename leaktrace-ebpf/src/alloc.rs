@@ -6,20 +6,30 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, SiteKey, SiteKind};
+use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, SiteKey, SiteKind, args};
 
 use crate::{
     maps::{ALLOCS, INFLIGHT, count, current_tgid_tid, site_add, site_stats},
     unwind,
 };
 
+/// Argument `slot` of the probed call, from the register this attachment's
+/// cookie names (the probe may sit past a copy of it: leaktrace-common's `args`).
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+fn arg(ctx: &ProbeContext, slot: usize) -> u64 {
+    // SAFETY: the helper reads only the attachment's cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let r = user_regs(ctx);
+    // Indexed by `Reg` code; an array, not a match: BPF has no jump tables.
+    let by_code = [
+        0, r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9, r.rax, r.rbx, r.rbp, r.r10, r.r11, r.r12, r.r13,
+        r.r14, r.r15,
+    ];
+    by_code[args::reg(cookie, slot) as usize & 15]
 }
 
 #[inline(always)]

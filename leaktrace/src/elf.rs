@@ -1,6 +1,7 @@
 //! What leaktrace needs from an ELF file: symbols, their file offsets and code,
 //! and the libraries it asks for.
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -38,6 +39,8 @@ pub struct Function {
     pub address: u64,
     /// Where the first instruction lives in the file: what uprobes attach by.
     pub file_offset: u64,
+    /// `st_size`: 0 when the symbol does not say (hand-written assembly).
+    pub size: u64,
 }
 
 impl ElfImage {
@@ -85,7 +88,57 @@ impl ElfImage {
             name: name.into(),
             address,
             file_offset: self.file_offset(address)?,
+            size: sym.size(),
         })
+    }
+
+    /// The defined functions whose names `wanted` maps to a name of ours, in
+    /// one pass over `.dynsym` and `.symtab` (`.dynsym` wins; versioned names
+    /// are passed without their version).
+    pub fn functions(
+        &self,
+        wanted: impl Fn(&str) -> Option<&'static str>,
+    ) -> HashMap<&'static str, Function> {
+        let mut found = HashMap::new();
+        let Ok(file) = self.parse() else {
+            return found;
+        };
+        for sym in file.dynamic_symbols().chain(file.symbols()) {
+            if !sym.is_definition() || sym.kind() != object::SymbolKind::Text {
+                continue;
+            }
+            let Some(name) = sym
+                .name()
+                .ok()
+                .and_then(|n| n.split('@').next())
+                .and_then(&wanted)
+            else {
+                continue;
+            };
+            if found.contains_key(name) {
+                continue;
+            }
+            let address = sym.address();
+            if let Some(file_offset) = self.file_offset(address) {
+                found.insert(
+                    name,
+                    Function {
+                        name: name.into(),
+                        address,
+                        file_offset,
+                        size: sym.size(),
+                    },
+                );
+            }
+        }
+        found
+    }
+
+    /// `PT_INTERP`: the dynamic loader a dynamic executable asks for.
+    pub fn interpreter(&self) -> Option<String> {
+        let (_, bytes) = self.section(".interp")?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
     }
 
     /// The address of a defined symbol of any kind (a variable too), from `.symtab`.

@@ -258,6 +258,7 @@ impl GoRuntime {
                 returns: false,
                 file_offset: image.file_offset(address)?,
                 shift,
+                cookie: 0,
             })
         };
         // A function's address and code.

@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use leaktrace_common::{
@@ -169,18 +169,13 @@ impl Probes {
         // has its return armed. The other way round, a call entered between the
         // two attachments leaves its thread's state looking inside the allocator,
         // and the calls after it on that thread would be taken for nested ones.
+        // Both at the placed point: the return address is still on top of the
+        // stack there (see placement.rs).
         for point in allocator.points.iter().filter(|p| p.returns) {
-            self.attach_uprobe(
-                "alloc_return",
-                point.file_offset,
-                point,
-                &allocator.path,
-                target.pid,
-            )?;
+            self.attach_uprobe("alloc_return", point, &allocator.path, target.pid)?;
         }
         for point in &allocator.points {
-            let entry = point.file_offset + point.shift;
-            self.attach_uprobe(point.program, entry, point, &allocator.path, target.pid)?;
+            self.attach_uprobe(point.program, point, &allocator.path, target.pid)?;
         }
         Ok(())
     }
@@ -202,18 +197,17 @@ impl Probes {
                 heap
             };
             if wanted {
-                let at = point.file_offset + point.shift;
-                self.attach_uprobe(point.program, at, point, &go.path, target.pid)?;
+                self.attach_uprobe(point.program, point, &go.path, target.pid)?;
             }
         }
         Ok(())
     }
 
-    /// Attaches `program` at `file_offset` of `path` for process `pid` only.
+    /// Attaches `program` at `point` (its function's offset in `path` plus
+    /// its shift, with its cookie) for process `pid` only.
     fn attach_uprobe(
         &mut self,
         program: &'static str,
-        file_offset: u64,
         point: &ProbePoint,
         path: &Path,
         pid: u32,
@@ -229,7 +223,10 @@ impl Probes {
         );
         probe
             .attach(
-                UProbeAttachLocation::AbsoluteOffset(file_offset),
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.file_offset + point.shift),
+                    cookie: (point.cookie != 0).then_some(point.cookie),
+                },
                 path,
                 scope,
             )

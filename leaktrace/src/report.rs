@@ -55,8 +55,12 @@ pub struct TargetInfo {
     pub pid: u32,
     pub comm: String,
     pub exe: PathBuf,
-    /// The allocator file probed, if heap tracing was on for this target.
-    pub allocator: Option<PathBuf>,
+    /// The allocators probed (none with --no-heap, or for a Go program
+    /// without cgo).
+    pub allocators: Vec<AllocatorInfo>,
+    /// Allocators found and not probed: "rpmalloc in /srv/app".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unprobed_allocators: Vec<String>,
     pub exited: bool,
     /// A command leaktrace started that has exited: its exit code (128 plus the
     /// signal number when a signal ended it).
@@ -69,6 +73,24 @@ pub struct TargetInfo {
     /// Go programs: the runtime's version and heap sampling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go: Option<GoInfo>,
+}
+
+/// One allocator probed in a target.
+#[derive(Clone, Debug, Serialize)]
+pub struct AllocatorInfo {
+    /// "glibc", "musl", "jemalloc", "tcmalloc", "mimalloc", "Rust global
+    /// allocator", or "malloc" for one of unknown origin.
+    pub name: String,
+    /// Symbol prefixes of its API probed (`_rjem_`), besides plain names.
+    pub prefixes: Vec<String>,
+    /// The file that defines it.
+    pub file: PathBuf,
+    /// Functions probed.
+    pub functions: usize,
+    /// Functions whose probe is single-stepped (no emulated instruction on
+    /// their fast path): each call costs a second trap.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub single_stepped: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -244,6 +266,33 @@ impl Report {
                 t.comm,
                 t.exe.display(),
             );
+            for a in &t.allocators {
+                let prefixes = if a.prefixes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({}*)", a.prefixes.join("*, "))
+                };
+                let _ = writeln!(
+                    out,
+                    "    heap: {}{prefixes} in {}, {} functions probed",
+                    a.name,
+                    a.file.display(),
+                    a.functions
+                );
+                if !a.single_stepped.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "      single-stepped (slower): {}",
+                        a.single_stepped.join(", ")
+                    );
+                }
+            }
+            for u in &t.unprobed_allocators {
+                let _ = writeln!(
+                    out,
+                    "    heap: {u} NOT probed: its allocations are not seen"
+                );
+            }
             if let Some(l) = &t.memory_limit {
                 let _ = writeln!(
                     out,

@@ -18,7 +18,7 @@ use log::{debug, info, warn};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    allocator::{self, Allocator, AllocatorError},
+    allocator::{self, AllocatorError, Found},
     elf::ElfImage,
     golang::{DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
@@ -28,7 +28,7 @@ use crate::{
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::ProcMaps,
-    report::{GoInfo, ModuleMap, Report, TargetInfo},
+    report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
     target::{Child, Launched, Target},
     unwind::Unwinder,
@@ -122,7 +122,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 struct Traced {
     target: Target,
-    allocator: Option<Allocator>,
+    /// Allocators probed and those seen but not probed (see allocator.rs).
+    allocators: Found,
     go: Option<Go>,
     child: Option<Child>,
     exited: bool,
@@ -137,7 +138,7 @@ struct Go {
     before_attach: Option<u64>,
 }
 
-/// Attaches what `target` needs: the allocator probes (`allocator` is the
+/// Attaches what `target` needs: the allocator probes (`allocators` is the
 /// lookup's result; a Go program may have none) and, for a Go program (`exe` as
 /// leaktrace opens it), the Go runtime probes.
 fn attach(
@@ -145,23 +146,42 @@ fn attach(
     opts: &Options,
     target: &Target,
     exe: &std::path::Path,
-    allocator: impl FnOnce() -> Result<Allocator, AllocatorError>,
-) -> Result<(Option<Allocator>, Option<Go>)> {
+    allocators: impl FnOnce() -> Result<Found, AllocatorError>,
+) -> Result<(Found, Option<Go>)> {
     let image = ElfImage::open(exe)?;
     let runtime = GoRuntime::inspect(&image)?;
-    let allocator = if opts.families.heap {
-        match allocator() {
-            Ok(alloc) => {
-                probes.attach_allocator(target, &alloc)?;
-                Some(alloc)
-            }
+    let found = if opts.families.heap {
+        match allocators() {
+            Ok(found) => found,
             // A Go program without cgo has no malloc: its heap is Go's.
-            Err(AllocatorError::NotFound { .. }) if runtime.is_some() => None,
+            Err(AllocatorError::NotFound { .. }) if runtime.is_some() => Found::default(),
             Err(e) => return Err(e).with_context(|| format!("PID {}", target.pid)),
         }
     } else {
-        None
+        Found::default()
     };
+    for alloc in &found.allocators {
+        probes
+            .attach_allocator(target, alloc)
+            .with_context(|| format!("PID {}: {}", target.pid, alloc.describe()))?;
+        info!("PID {}: probing {}", target.pid, alloc.describe());
+        if !alloc.stepped.is_empty() {
+            warn!(
+                "PID {}: {} single-stepped (no instruction the kernel emulates on their \
+                 fast path): {}",
+                target.pid,
+                alloc.describe(),
+                alloc.stepped.join(", ")
+            );
+        }
+    }
+    for unsupported in &found.unsupported {
+        warn!(
+            "PID {}: {unsupported} is an allocator leaktrace does not probe: its \
+             allocations are not seen",
+            target.pid
+        );
+    }
     if let Some(go) = &runtime {
         probes.attach_go(target, go, opts.families.heap, opts.families.goroutines)?;
         info!(
@@ -175,7 +195,7 @@ fn attach(
         rate: None,
         before_attach: None,
     });
-    Ok((allocator, go))
+    Ok((found, go))
 }
 
 /// A live view of the session (`leaktrace top`): the pump publishes a fresh
@@ -197,17 +217,14 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         let target = Target::existing(pid)?;
         // The unwinder knows the process's code before the first probe fires.
         update_maps(&mut probes, &mut unwinder, &mut maps, pid);
-        let (allocator, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
-            target.allocator()
+        let (allocators, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
+            target.allocators()
         })?;
         probes.add_target(pid)?;
-        info!(
-            "tracing PID {pid} ({}): allocator {:?}",
-            target.comm, allocator
-        );
+        info!("tracing PID {pid} ({})", target.comm);
         traced.push(Traced {
             target,
-            allocator,
+            allocators,
             go,
             child: None,
             exited: false,
@@ -216,7 +233,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     if !opts.command.is_empty() {
         let launched = Launched::spawn(&opts.command)?;
         let target = launched.target();
-        let (allocator, go) = attach(&mut probes, &opts, &target, &launched.exe, || {
+        let (allocators, go) = attach(&mut probes, &opts, &target, &launched.exe, || {
             allocator::find(
                 &launched.exe,
                 &preload_from_env(),
@@ -230,7 +247,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         });
         traced.push(Traced {
             target,
-            allocator,
+            allocators,
             go,
             child: Some(child),
             exited: false,
@@ -462,7 +479,19 @@ impl Pump {
                 pid: t.target.pid,
                 comm: t.target.comm.clone(),
                 exe: t.target.exe.clone(),
-                allocator: t.allocator.as_ref().map(|a| a.path.clone()),
+                allocators: t
+                    .allocators
+                    .allocators
+                    .iter()
+                    .map(|a| AllocatorInfo {
+                        name: a.family.to_string(),
+                        prefixes: a.prefixes.iter().map(|p| p.to_string()).collect(),
+                        file: a.path.clone(),
+                        functions: a.points.len(),
+                        single_stepped: a.stepped.clone(),
+                    })
+                    .collect(),
+                unprobed_allocators: t.allocators.unsupported.clone(),
                 exited: t.exited,
                 exit_code: t.child.as_ref().and_then(Child::exit_code),
                 memory_limit: (!t.exited).then(|| MemoryLimit::of(t.target.pid)).flatten(),
@@ -575,15 +604,19 @@ impl Pump {
                 return;
             }
         };
-        let allocator = self
+        let allocators = self
             .traced
             .iter()
             .find(|t| t.target.pid == parent)
-            .and_then(|t| t.allocator.clone());
-        if let Some(alloc) = &allocator
-            && let Err(e) = self.probes.attach_allocator(&target, alloc)
-        {
-            warn!("PID {child} (forked by {parent}): heap not traced: {e}");
+            .map(|t| t.allocators.clone())
+            .unwrap_or_default();
+        for alloc in &allocators.allocators {
+            if let Err(e) = self.probes.attach_allocator(&target, alloc) {
+                warn!(
+                    "PID {child} (forked by {parent}): {} not traced: {e}",
+                    alloc.describe()
+                );
+            }
         }
         if let Some(maps) = self.maps.get(&parent).cloned() {
             self.maps.insert(child, maps);
@@ -592,7 +625,7 @@ impl Pump {
         info!("following PID {child}, forked by {parent}");
         self.traced.push(Traced {
             target,
-            allocator,
+            allocators,
             go: None,
             child: None,
             exited: false,

@@ -81,11 +81,14 @@ impl Target {
             .is_some_and(|s| s.state != 'Z' && s.state != 'X' && s.start_time == self.start_time)
     }
 
-    /// The target's allocator, found through the libraries it has mapped.
-    pub fn allocator(&self) -> Result<allocator::Allocator, allocator::AllocatorError> {
+    /// The target's allocators, found through the libraries it has mapped.
+    pub fn allocators(&self) -> Result<allocator::Found, allocator::AllocatorError> {
         let maps = ProcMaps::read(self.pid).unwrap_or_default();
         let pid = self.pid;
         let mapped = move |name: &str, requester: &ElfImage| {
+            if name.contains('/') {
+                return Some(in_root(pid, Path::new(name)));
+            }
             maps.find_file(name)
                 .map(|p| in_root(pid, &p))
                 .or_else(|| allocator::search_library(name, requester))
@@ -106,10 +109,27 @@ impl Target {
 /// dynamic loader mapped (see [`Launched::release`]).
 ///
 /// Forked by hand: std's `Command::spawn` waits for the exec, which we must delay.
+///
+/// Dropped without [`Launched::release`] (an attach failed), the command is
+/// killed before it ever runs: it never runs untraced.
 pub struct Launched {
     pub pid: u32,
-    release: OwnedFd,
+    release: Option<OwnedFd>,
     pub exe: PathBuf,
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if self.release.take().is_some() {
+            let mut status = 0;
+            // SAFETY: kill and waitpid on our own child, still blocked before
+            // its exec (the pipe it waits on is open until after the kill).
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+                libc::waitpid(self.pid as i32, &mut status, 0);
+            }
+        }
+    }
 }
 
 impl Launched {
@@ -154,7 +174,7 @@ impl Launched {
         drop(hold);
         Ok(Self {
             pid: pid as u32,
-            release: release.into(),
+            release: Some(release.into()),
             exe,
         })
     }
@@ -178,8 +198,9 @@ impl Launched {
     /// point (the loader has mapped the libraries; `main` has not run). Held at
     /// both under ptrace (a breakpoint at `AT_ENTRY`), then let go; if ptrace is
     /// refused it runs on at once and `mapped` runs late.
-    pub fn release(self, mut mapped: impl FnMut(u32)) -> Child {
-        let mut pipe = std::io::PipeWriter::from(self.release);
+    pub fn release(mut self, mut mapped: impl FnMut(u32)) -> Child {
+        let release = self.release.take().expect("released once");
+        let mut pipe = std::io::PipeWriter::from(release);
         let _ = pipe.write_all(&[HOLD_AT_ENTRY]);
         drop(pipe);
         let mut child = Child {
