@@ -7,6 +7,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod prod;
+
 pub fn leaktrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_leaktrace"))
 }
