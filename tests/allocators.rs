@@ -188,3 +188,69 @@ fn a_command_whose_allocator_cannot_be_probed_never_runs() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!dir.join("ran").exists(), "the command ran untraced");
 }
+
+#[test]
+fn an_allocator_loaded_later_with_dlopen_is_probed() {
+    if !is_root() {
+        return;
+    }
+    const ROUNDS: u64 = 50;
+    let exe = cc_build("gcc", "late_alloc.c", &["-O2", "-g"], &[], "late-alloc");
+    let dir = scratch_dir("allocators-late");
+    let mimalloc = format!("{LIB}/libmimalloc.so.2");
+    let (r, pid) = trace_command(&dir, &exe, &[&mimalloc, &ROUNDS.to_string()]);
+    let probed = allocators(&r);
+    assert!(
+        probed
+            .iter()
+            .any(|(name, file)| name == "mimalloc" && file.contains("libmimalloc")),
+        "mimalloc probed once loaded: {probed:?}"
+    );
+    let kept = site(&r, pid, "keep_late");
+    assert_eq!(kept["outstanding_bytes"], ROUNDS * 700, "{}", stack(kept));
+    let churned = site(&r, pid, "churn_late");
+    assert_eq!(churned["total_count"], ROUNDS, "{}", stack(churned));
+    assert_eq!(churned["outstanding_count"], 0, "{}", stack(churned));
+}
+
+#[test]
+fn a_malloc_probed_single_stepped_is_said_with_its_measured_cost() {
+    if !is_root() {
+        return;
+    }
+    const ROUNDS: u64 = 30;
+    let exe = cc_build("gcc", "own_malloc.c", &["-O2", "-g"], &[], "own-malloc");
+    let dir = scratch_dir("allocators-stepped");
+    let json = dir.join("r.json");
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "-d", "60s", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .arg(ROUNDS.to_string()));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("single-stepped"))
+        .collect();
+    assert_eq!(warning.len(), 1, "said once: {stderr}");
+    assert!(
+        warning[0].contains("malloc") && warning[0].contains("µs per call here"),
+        "{stderr}"
+    );
+    let r = common::report(&json);
+    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    let own = &r["targets"][0]["allocators"][0];
+    assert_eq!(own["name"], "malloc", "{own}");
+    assert!(
+        own["single_stepped"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("malloc")),
+        "{own}"
+    );
+    let kept = site(&r, pid, "keep_own");
+    assert_eq!(kept["outstanding_bytes"], ROUNDS * 200, "{}", stack(kept));
+}

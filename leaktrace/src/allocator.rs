@@ -25,6 +25,7 @@ use std::{
 use crate::{
     elf::{ElfError, ElfImage, Function},
     placement,
+    procmaps::FileId,
 };
 
 /// One allocator function: its name, the eBPF program that handles it, and
@@ -256,6 +257,17 @@ pub struct Allocator {
 }
 
 impl Allocator {
+    /// The single-stepped functions that run on every allocation or free
+    /// (not the rare ones: memalign, posix_memalign, reallocarray).
+    pub fn stepped_hot(&self) -> Vec<&str> {
+        self.points
+            .iter()
+            .filter(|p| matches!(p.program, MALLOC | CALLOC | REALLOC | FREE))
+            .filter(|p| self.stepped.contains(&p.function))
+            .map(|p| p.function.as_str())
+            .collect()
+    }
+
     /// "jemalloc (_rjem_*) in /srv/app".
     pub fn describe(&self) -> String {
         let prefix = if self.prefixes.is_empty() {
@@ -274,6 +286,17 @@ pub struct Found {
     pub allocators: Vec<Allocator>,
     /// Allocators seen and not probed: "rpmalloc in /srv/app".
     pub unsupported: Vec<String>,
+    /// The files looked at: a library mapped later is looked at once.
+    pub files: HashSet<FileId>,
+}
+
+impl Found {
+    /// Adds what was found in one more file.
+    pub fn extend(&mut self, more: Found) {
+        self.allocators.extend(more.allocators);
+        self.unsupported.extend(more.unsupported);
+        self.files.extend(more.files);
+    }
 }
 
 /// Finds the allocators of `exe`. `preload` are the `LD_PRELOAD` entries and
@@ -319,9 +342,7 @@ pub fn find(
                 }
             }
         };
-        let file = inspect(&current, &mut plain_bound, &mut new_bound);
-        found.allocators.extend(file.allocators);
-        found.unsupported.extend(file.unsupported);
+        found.extend(inspect(&current, &mut plain_bound, &mut new_bound));
         for name in current.needed() {
             // musl's loader is also the `libc.so` its programs ask for.
             let path = if musl && name.starts_with("libc.") {
@@ -423,6 +444,10 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
     Found {
         allocators: file.allocators,
         unsupported,
+        files: std::fs::metadata(&image.path)
+            .map(|m| FileId::of(&m))
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -19,7 +19,10 @@ valloc, pvalloc, free), the anonymous mappings (mmap, munmap, mremap) and the \
 file descriptors (files, sockets, pipes, eventfds, epoll, timerfds, …: every \
 call that creates one, close, close_range, dup2, exec) that are still \
 outstanding, with the paths and peer addresses of what is open. The target is not restarted, recompiled or ptraced; its \
-allocator is found through its memory map (glibc, or a static or bundled malloc).
+allocators are found through its memory map: glibc, musl, jemalloc, tcmalloc, \
+mimalloc (also with their je_/_rjem_/tc_/mi_ prefixes), an allocator \
+library's operator new/delete, Rust's shim for any #[global_allocator]; the \
+report names each.
 
 Go programs (Go 1.21 to 1.27, stripped or not, PIE or not) are found by their \
 runtime: leaktrace adds the Go heap in use per allocation site (kind go_heap, \

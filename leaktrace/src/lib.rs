@@ -20,6 +20,7 @@ pub mod procmaps;
 pub mod report;
 pub mod series;
 pub mod session;
+pub mod stepcost;
 pub mod symbolize;
 pub mod target;
 pub mod top;

@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use leaktrace_common::{
@@ -21,6 +21,7 @@ use leaktrace_common::{
 use crate::{
     allocator::{Allocator, ProbePoint},
     golang::GoRuntime,
+    stepcost::{self, Costs},
     target::Target,
 };
 
@@ -101,6 +102,8 @@ pub struct Probes {
     /// Programs already loaded into the kernel.
     loaded: Vec<&'static str>,
     limits: Limits,
+    /// What a probe costs here, measured the first time it is asked.
+    step_costs: Option<Costs>,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -123,6 +126,7 @@ impl Probes {
             ebpf,
             loaded: Vec::new(),
             limits,
+            step_costs: None,
         };
         if bits != 0 {
             for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
@@ -237,6 +241,52 @@ impl Probes {
                 pid,
                 source: Box::new(e),
             })
+    }
+
+    /// Attaches `free_enter`, which returns at once for a NULL argument, at
+    /// `offset` of `path` for leaktrace itself (see stepcost.rs).
+    pub fn attach_calibration(
+        &mut self,
+        path: &Path,
+        offset: u64,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let me = NonZeroU32::new(std::process::id()).expect("our PID is not 0");
+        let probe: &mut UProbe = self.program("free_enter")?;
+        probe
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                path,
+                UProbeScope::OneProcess(me),
+            )
+            .map_err(|e| ProbeError::Attach {
+                function: "leaktrace's calibration function".into(),
+                path: path.display().to_string(),
+                pid: me.get(),
+                source: Box::new(e),
+            })
+    }
+
+    pub fn detach_calibration(&mut self, link: UProbeLinkId) {
+        if let Ok(probe) = self.program::<UProbe>("free_enter") {
+            let _ = probe.detach(link);
+        }
+    }
+
+    /// What a single-stepped and an emulated probe cost per call here
+    /// (measured once; NaN when it could not be).
+    pub fn step_costs(&mut self) -> Costs {
+        if let Some(c) = self.step_costs {
+            return c;
+        }
+        let costs = stepcost::measure(self).unwrap_or_else(|e| {
+            log::debug!("probe costs not measured: {e}");
+            Costs {
+                stepped_ns: f64::NAN,
+                emulated_ns: f64::NAN,
+            }
+        });
+        self.step_costs = Some(costs);
+        costs
     }
 
     /// Lets the syscall tracepoints see `pid`.

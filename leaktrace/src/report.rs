@@ -12,7 +12,7 @@ use crate::{
     verdict::{self, Assessment, Evidence, Verdict},
 };
 
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -87,8 +87,9 @@ pub struct AllocatorInfo {
     pub file: PathBuf,
     /// Functions probed.
     pub functions: usize,
-    /// Functions whose probe is single-stepped (no emulated instruction on
-    /// their fast path): each call costs a second trap.
+    /// Functions called on every allocation or free (malloc, calloc, realloc,
+    /// free and their kin) whose probe is single-stepped (no emulated
+    /// instruction on their fast path): each call costs a second trap.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub single_stepped: Vec<String>,
 }

@@ -30,7 +30,7 @@ use crate::{
     procmaps::ProcMaps,
     report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
-    target::{Child, Launched, Target},
+    target::{Child, Launched, Target, in_root},
     unwind::Unwinder,
 };
 
@@ -165,13 +165,18 @@ fn attach(
             .attach_allocator(target, alloc)
             .with_context(|| format!("PID {}: {}", target.pid, alloc.describe()))?;
         info!("PID {}: probing {}", target.pid, alloc.describe());
-        if !alloc.stepped.is_empty() {
+        let hot = alloc.stepped_hot();
+        if !hot.is_empty() {
+            let costs = probes.step_costs();
             warn!(
-                "PID {}: {} single-stepped (no instruction the kernel emulates on their \
-                 fast path): {}",
+                "PID {}: {}: {} single-stepped (no instruction the kernel emulates before \
+                 their arguments are lost): ~{:.1} µs per call here, against ~{:.1} µs \
+                 emulated",
                 target.pid,
                 alloc.describe(),
-                alloc.stepped.join(", ")
+                hot.join(", "),
+                costs.stepped_ns / 1000.0,
+                costs.emulated_ns / 1000.0,
             );
         }
     }
@@ -269,6 +274,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         start_functions: HashMap::new(),
         traced,
         go_heap_sampling: opts.go_heap_sampling,
+        heap: opts.families.heap,
         started: now_ns(),
     };
     // After the probes: a descriptor opened or a goroutine started meanwhile is
@@ -363,6 +369,8 @@ struct Pump {
     start_functions: HashMap<(u32, u64), String>,
     traced: Vec<Traced>,
     go_heap_sampling: bool,
+    /// Whether the heap is traced: allocators of libraries loaded later are probed.
+    heap: bool,
     started: Ns,
 }
 
@@ -488,7 +496,7 @@ impl Pump {
                         prefixes: a.prefixes.iter().map(|p| p.to_string()).collect(),
                         file: a.path.clone(),
                         functions: a.points.len(),
-                        single_stepped: a.stepped.clone(),
+                        single_stepped: a.stepped_hot().iter().map(|f| f.to_string()).collect(),
                     })
                     .collect(),
                 unprobed_allocators: t.allocators.unsupported.clone(),
@@ -1059,6 +1067,50 @@ impl Pump {
 
     fn refresh_maps_of(&mut self, pid: u32) {
         update_maps(&mut self.probes, &mut self.unwinder, &mut self.maps, pid);
+        if self.heap {
+            self.probe_loaded_allocators(pid);
+        }
+    }
+
+    /// Probes the allocators of libraries `pid` mapped since its allocators
+    /// were found (`dlopen`, or before attach): their prefixed APIs and Rust
+    /// shims (see allocator.rs).
+    fn probe_loaded_allocators(&mut self, pid: u32) {
+        let Some(maps) = self.maps.get(&pid) else {
+            return;
+        };
+        let Some(t) = self
+            .traced
+            .iter_mut()
+            .find(|t| t.target.pid == pid && !t.exited)
+        else {
+            return;
+        };
+        let new: Vec<PathBuf> = maps
+            .code()
+            .filter_map(|m| Some((m.file?, m.path.clone()?)))
+            .filter(|(id, _)| t.allocators.files.insert(*id))
+            .map(|(_, path)| in_root(pid, &path))
+            .collect();
+        for path in new {
+            let Ok(image) = ElfImage::open(&path) else {
+                continue;
+            };
+            let mut found = allocator::find_loaded(&image);
+            found.allocators.retain(
+                |alloc| match self.probes.attach_allocator(&t.target, alloc) {
+                    Ok(()) => {
+                        info!("PID {pid}: probing {} (loaded later)", alloc.describe());
+                        true
+                    }
+                    Err(e) => {
+                        warn!("PID {pid}: {} not traced: {e}", alloc.describe());
+                        false
+                    }
+                },
+            );
+            t.allocators.extend(found);
+        }
     }
 
     /// Symbolizes sites seen for the first time.

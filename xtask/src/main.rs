@@ -56,11 +56,19 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("g++", "g++"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
     ("gdb", "gdb"),
+    ("musl-gcc", "musl-tools"),
 ];
 /// Packages without a command, checked with dpkg: glibc's full symbol table,
-/// which names its internal frames in stacks.
-const DEBIAN_LIBRARIES: &[&str] = &["libc6-dbg"];
+/// which names its internal frames in stacks; the allocators the tests and the
+/// bench link or preload (jemalloc also comes with redis).
+const DEBIAN_LIBRARIES: &[&str] = &[
+    "libc6-dbg",
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+];
 
 fn main() -> Result<()> {
     match Args::parse().task {
@@ -334,41 +342,50 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     // A process leaktrace traces while the load runs untraced beside it: what the
     // syscall tracepoints cost everyone else.
     let mut idle = Command::new("sleep").arg("3600").spawn()?;
-    let measure = |variant: Variant, load: &Path, args: &[&str]| -> Result<f64> {
-        let mut tracer = None;
-        let mut cmd = match variant {
-            Variant::Plain => Command::new(load),
-            Variant::Traced | Variant::Earlier => {
-                let bin = if matches!(variant, Variant::Traced) {
-                    &leaktrace
-                } else {
-                    &earlier
-                };
-                let mut c = Command::new(bin);
-                c.args(["-q", "--"]).arg(load);
-                c
+    // `env` goes to the load, and to the tracer that starts it.
+    let measure_with =
+        |variant: Variant, load: &Path, args: &[&str], env: &[(&str, &str)]| -> Result<f64> {
+            let mut tracer = None;
+            let mut cmd = match variant {
+                Variant::Plain => Command::new(load),
+                Variant::Traced | Variant::Earlier => {
+                    let bin = if matches!(variant, Variant::Traced) {
+                        &leaktrace
+                    } else {
+                        &earlier
+                    };
+                    let mut c = Command::new(bin);
+                    c.args(["-q", "--"]).arg(load);
+                    c
+                }
+                Variant::Bystander => {
+                    tracer = Some(
+                        Command::new(&leaktrace)
+                            .args(["-q", "--pid", &idle.id().to_string()])
+                            .stdout(Stdio::null())
+                            .spawn()?,
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                    Command::new(load)
+                }
+            };
+            let out = cmd
+                .arg(pairs.to_string())
+                .args(args)
+                .envs(env.iter().copied())
+                .output()?;
+            if let Some(mut t) = tracer {
+                let _ = t.kill();
+                let _ = t.wait();
             }
-            Variant::Bystander => {
-                tracer = Some(
-                    Command::new(&leaktrace)
-                        .args(["-q", "--pid", &idle.id().to_string()])
-                        .stdout(Stdio::null())
-                        .spawn()?,
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1500));
-                Command::new(load)
-            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .find_map(|l| l.strip_prefix("ns_per_pair "))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no ns_per_pair in output: {text}"))
         };
-        let out = cmd.arg(pairs.to_string()).args(args).output()?;
-        if let Some(mut t) = tracer {
-            let _ = t.kill();
-            let _ = t.wait();
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.strip_prefix("ns_per_pair "))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no ns_per_pair in output: {text}"))
+    let measure = |variant: Variant, load: &Path, args: &[&str]| -> Result<f64> {
+        measure_with(variant, load, args, &[])
     };
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -406,6 +423,33 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
         t / p,
         ((t - p) / (e - p) - 1.0) * 100.0
     );
+    // jemalloc's malloc and free start with instructions the kernel
+    // single-steps: the earlier tracer probes them there, this one where an
+    // emulated instruction follows.
+    let jemalloc = [("LD_PRELOAD", JEMALLOC)];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, v) in [Variant::Plain, Variant::Traced, Variant::Earlier]
+            .into_iter()
+            .enumerate()
+        {
+            times[i].push(measure_with(v, &c_load, &[], &jemalloc)?);
+        }
+    }
+    let [p, t, e] = times.map(|mut v| median(&mut v));
+    println!("malloc(64)/free on jemalloc ({JEMALLOC} preloaded):");
+    println!("  untraced:                  {p:9.1} ns/op");
+    println!(
+        "  traced, earlier ({baseline}): {e:9.1} ns/op  (+{:.1}, {:.1}x)",
+        e - p,
+        e / p
+    );
+    println!(
+        "  traced:                    {t:9.1} ns/op  (+{:.1}, {:.1}x)",
+        t - p,
+        t / p
+    );
+    redis_bench(&leaktrace, &earlier, baseline, runs)?;
     for (name, load, args) in workloads {
         // Alternate the variants so machine noise hits them alike.
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
@@ -433,6 +477,76 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     let _ = idle.kill();
     let _ = idle.wait();
     tracer_cpu(&leaktrace)
+}
+
+/// Debian's jemalloc, as redis-server uses it.
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// redis-server (Debian's, on jemalloc) under `redis-benchmark -t set,get` on
+/// 127.0.0.1: requests per second untraced, traced by this leaktrace and by
+/// the earlier one (`--pid`), alternating, medians.
+fn redis_bench(leaktrace: &Path, earlier: &Path, baseline: &str, runs: usize) -> Result<()> {
+    const PORT: &str = "6391";
+    let mut server = Command::new("redis-server")
+        .args(["--port", PORT, "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("redis-server (run cargo xtask setup)")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = server.id().to_string();
+    let rps = |tracer: Option<&Path>| -> Result<[f64; 2]> {
+        let mut attached = match tracer {
+            Some(bin) => {
+                let t = Command::new(bin)
+                    .args(["-q", "--pid", &pid])
+                    .stdout(Stdio::null())
+                    .spawn()?;
+                std::thread::sleep(std::time::Duration::from_millis(2500));
+                Some(t)
+            }
+            None => None,
+        };
+        let out = Command::new("redis-benchmark")
+            .args(["-p", PORT, "-t", "set,get", "-n", "100000", "--csv", "-q"])
+            .output();
+        if let Some(t) = &mut attached {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+        let text = String::from_utf8(out?.stdout)?;
+        // "SET","61349.69",…
+        let field = |test: &str| -> Option<f64> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("\"{test}\"")))?;
+            line.split(',').nth(1)?.trim_matches('"').parse().ok()
+        };
+        Ok([field("SET"), field("GET")].map(|v| v.unwrap_or(f64::NAN)))
+    };
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        times[0].push(rps(None)?);
+        times[1].push(rps(Some(leaktrace))?);
+        times[2].push(rps(Some(earlier))?);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    println!("redis-server {pid} (jemalloc), redis-benchmark -t set,get -n 100000, requests/s:");
+    for (test, k) in [("SET", 0), ("GET", 1)] {
+        let med = |v: &[[f64; 2]]| {
+            let mut x: Vec<f64> = v.iter().map(|r| r[k]).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        let [p, t, e] = [&times[0], &times[1], &times[2]].map(|v| med(v));
+        println!(
+            "  {test}: untraced {p:9.0} · traced {t:9.0} ({:.1}x slower) · earlier ({baseline}) {e:9.0} ({:.1}x slower)",
+            p / t,
+            p / e
+        );
+    }
+    Ok(())
 }
 
 /// Frames per stack walk when leaktrace traces `load args`, from its report.
