@@ -8,7 +8,10 @@ use std::path::Path;
 
 use common::{
     leaktrace,
-    prod::{cargo_release, cc_build, is_root, sites_through, stack, stacks, trace_command},
+    prod::{
+        cargo_release, cc_build, is_root, sites_through, stack, stacks, trace_command,
+        trace_command_with,
+    },
     run, scratch_dir,
 };
 use serde_json::Value;
@@ -53,22 +56,8 @@ fn assert_churn(exe: &Path, preload: Option<&str>, family: &str, file_has: &str)
         "allocators-{}",
         exe.file_name().unwrap().to_string_lossy()
     ));
-    let json = dir.join("r.json");
-    let mut cmd = leaktrace();
-    if let Some(lib) = preload {
-        cmd.env("LD_PRELOAD", lib);
-    }
-    let out = run(cmd
-        .current_dir(&dir)
-        .args(["-q", "-d", "60s", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(exe)
-        .arg(ROUNDS.to_string()));
-    assert!(out.status.success());
-    let r = common::report(&json);
-    assert_eq!(r["targets"][0]["exit_code"], 0);
-    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    let env: Vec<(&str, &str)> = preload.map(|lib| ("LD_PRELOAD", lib)).into_iter().collect();
+    let (r, pid, _) = trace_command_with(&dir, exe, &[&ROUNDS.to_string()], &env);
     let probed = allocators(&r);
     assert!(
         probed
@@ -221,16 +210,7 @@ fn a_malloc_probed_single_stepped_is_said_with_its_measured_cost() {
     const ROUNDS: u64 = 30;
     let exe = cc_build("gcc", "own_malloc.c", &["-O2", "-g"], &[], "own-malloc");
     let dir = scratch_dir("allocators-stepped");
-    let json = dir.join("r.json");
-    let out = run(leaktrace()
-        .current_dir(&dir)
-        .args(["-q", "-d", "60s", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(&exe)
-        .arg(ROUNDS.to_string()));
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (r, pid, stderr) = trace_command_with(&dir, &exe, &[&ROUNDS.to_string()], &[]);
     let warning: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("single-stepped"))
@@ -240,8 +220,6 @@ fn a_malloc_probed_single_stepped_is_said_with_its_measured_cost() {
         warning[0].contains("malloc") && warning[0].contains("µs per call here"),
         "{stderr}"
     );
-    let r = common::report(&json);
-    let pid = r["targets"][0]["pid"].as_u64().unwrap();
     let own = &r["targets"][0]["allocators"][0];
     assert_eq!(own["name"], "malloc", "{own}");
     assert!(

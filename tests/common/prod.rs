@@ -104,9 +104,22 @@ pub fn cargo_release(name: &str) -> PathBuf {
 /// Starts `exe ARGS` under leaktrace in `dir` and traces it until it exits;
 /// the report and the target's PID.
 pub fn trace_command(dir: &Path, exe: &Path, args: &[&str]) -> (Value, u64) {
+    let (r, pid, _) = trace_command_with(dir, exe, args, &[]);
+    (r, pid)
+}
+
+/// [`trace_command`] with `env` set for leaktrace (and so for the command);
+/// also what leaktrace wrote to stderr.
+pub fn trace_command_with(
+    dir: &Path,
+    exe: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Value, u64, String) {
     let json = dir.join("report.json");
     let out = run(leaktrace()
         .current_dir(dir)
+        .envs(env.iter().copied())
         .args(["-q", "-d", "60s", "-o"])
         .arg(&json)
         .arg("--")
@@ -116,7 +129,7 @@ pub fn trace_command(dir: &Path, exe: &Path, args: &[&str]) -> (Value, u64) {
     let r = report(&json);
     assert_eq!(r["targets"][0]["exit_code"], 0, "the target ran to its end");
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
-    (r, pid)
+    (r, pid, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// A frame's function without C++ parameters or Rust hash:

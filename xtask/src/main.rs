@@ -399,16 +399,21 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     ];
     println!("{pairs} operations per run, {runs} runs of each variant, medians");
     let deep_args = ["deep", DEEP_CALLS];
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..runs {
-        for (i, v) in [Variant::Plain, Variant::Traced, Variant::Earlier]
-            .into_iter()
-            .enumerate()
-        {
-            times[i].push(measure(v, &deep_load, &deep_args)?);
+    // Untraced, traced, and traced by the earlier tracer, alternating so
+    // machine noise hits them alike: medians.
+    let against_earlier = |load: &Path, args: &[&str], env: &[(&str, &str)]| -> Result<[f64; 3]> {
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            for (i, v) in [Variant::Plain, Variant::Traced, Variant::Earlier]
+                .into_iter()
+                .enumerate()
+            {
+                times[i].push(measure_with(v, load, args, env)?);
+            }
         }
-    }
-    let [p, t, e] = times.map(|mut v| median(&mut v));
+        Ok(times.map(|mut v| median(&mut v)))
+    };
+    let [p, t, e] = against_earlier(&deep_load, &deep_args, &[])?;
     let frames = stack_depth(&leaktrace, &deep_load, pairs, &deep_args)?;
     println!("malloc(64)/free from {frames:.1} frames deep (gcc -O2 -fno-omit-frame-pointer):");
     println!("  untraced:                  {p:9.1} ns/op");
@@ -426,17 +431,7 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     // jemalloc's malloc and free start with instructions the kernel
     // single-steps: the earlier tracer probes them there, this one where an
     // emulated instruction follows.
-    let jemalloc = [("LD_PRELOAD", JEMALLOC)];
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..runs {
-        for (i, v) in [Variant::Plain, Variant::Traced, Variant::Earlier]
-            .into_iter()
-            .enumerate()
-        {
-            times[i].push(measure_with(v, &c_load, &[], &jemalloc)?);
-        }
-    }
-    let [p, t, e] = times.map(|mut v| median(&mut v));
+    let [p, t, e] = against_earlier(&c_load, &[], &[("LD_PRELOAD", JEMALLOC)])?;
     println!("malloc(64)/free on jemalloc ({JEMALLOC} preloaded):");
     println!("  untraced:                  {p:9.1} ns/op");
     println!(
