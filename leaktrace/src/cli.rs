@@ -199,6 +199,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 1 << 21)]
     pub max_unwind_rows: u32,
 
+    /// Run the command (-- CMD) as USER (a name or a numeric UID), with that
+    /// user's group and supplementary groups. Started through sudo, leaktrace
+    /// runs it as the user who ran sudo (SUDO_UID, SUDO_GID) unless --user
+    /// says otherwise (--user root keeps root).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -227,9 +234,13 @@ impl TraceArgs {
             .into_iter()
             .map(|p| Output::new(p, self.format))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.user.is_some() && self.command.is_empty() {
+            return Err("--user is for a command leaktrace starts (-- CMD)".into());
+        }
         Ok(Options {
             pids: self.pids,
             command: self.command,
+            user: self.user,
             duration: self.duration,
             interval: self.interval,
             top: self.top,

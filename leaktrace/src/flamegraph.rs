@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use inferno::flamegraph::{self, Options};
 
-use crate::{report::Report, symbolize::Frame};
+use crate::{escape::shown, report::Report, symbolize::Frame};
 
 /// One line per distinct stack, root first, headed by `comm (pid)` and the kind;
 /// the values sum to the report's outstanding bytes.
@@ -16,7 +16,10 @@ pub fn folded(report: &Report) -> String {
             .iter()
             .find(|t| t.pid == site.pid)
             .map_or("?", |t| t.comm.as_str());
-        let mut names = vec![format!("{comm} ({})", site.pid), site.kind.name().into()];
+        let mut names = vec![
+            format!("{} ({})", shown(comm).replace(';', ":"), site.pid),
+            site.kind.name().into(),
+        ];
         if site.frames.is_empty() {
             names.push("[stack not recorded]".into());
         }
@@ -29,12 +32,10 @@ pub fn folded(report: &Report) -> String {
         .collect()
 }
 
-/// `function` (folded stacks split on ';' and the SVG on nothing else).
+/// `function` (folded stacks split on ';', lines on newlines, and the SVG
+/// cannot hold control characters: all shown escaped).
 fn frame_name(f: &Frame) -> String {
-    f.function
-        .clone()
-        .unwrap_or_else(|| f.location())
-        .replace(';', ":")
+    shown(&f.function.clone().unwrap_or_else(|| f.location())).replace(';', ":")
 }
 
 /// An interactive flamegraph (SVG with search and zoom) of outstanding bytes.

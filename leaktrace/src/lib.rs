@@ -6,6 +6,7 @@
 pub mod allocator;
 pub mod cli;
 pub mod elf;
+pub mod escape;
 pub mod flamegraph;
 pub mod golang;
 pub mod handles;

@@ -49,11 +49,23 @@ fn run(opts: session::Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    check_outputs(&opts)?;
     let report = runtime.block_on(session::run(opts.clone(), None))?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(report.final_text(opts.top).as_bytes())?;
+    // The files first: a reader of stdout that went away (`| head`) loses
+    // only the text.
     for output in &opts.outputs {
         output.write(&report)?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(report.final_text(opts.top).as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Every --output can be written: checked before anything is attached.
+fn check_outputs(opts: &session::Options) -> anyhow::Result<()> {
+    for output in &opts.outputs {
+        output.check().map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
@@ -61,6 +73,10 @@ fn run(opts: session::Options) -> anyhow::Result<()> {
 /// `leaktrace top`: the view on a blocking thread, the pump on the runtime.
 fn run_top(mut opts: session::Options) -> anyhow::Result<()> {
     opts.quiet = true; // the view replaces the periodic tables
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("leaktrace top needs a terminal: run it in one, or trace without top");
+    }
+    check_outputs(&opts)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -55,6 +55,44 @@ impl Output {
         Ok(Self { path, format })
     }
 
+    /// Whether the output can be written where it is asked for: checked before
+    /// attaching, so a bad path does not throw a trace away at the end.
+    pub fn check(&self) -> Result<(), String> {
+        let (dir, _) = split(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            format!(
+                "cannot write {}: {}: {e}",
+                self.path.display(),
+                dir.display()
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(format!(
+                "cannot write {}: {} is not a directory",
+                self.path.display(),
+                dir.display()
+            ));
+        }
+        if self.path.is_dir() {
+            return Err(format!(
+                "cannot write {}: it is a directory",
+                self.path.display()
+            ));
+        }
+        let c_dir = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        // SAFETY: access(2) on a valid C string.
+        if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+            return Err(format!(
+                "cannot write {}: {}: {}",
+                self.path.display(),
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn write(&self, report: &Report) -> Result<()> {
         self.write_to(&self.path, report)
     }
@@ -102,13 +140,64 @@ fn wall_clock_ns() -> i64 {
 }
 
 /// Writes through a temporary file and a rename: a reader never sees half a file.
+///
+/// leaktrace runs as root and the output directory may be writable by others:
+/// the temporary file is created exclusively (`O_EXCL`, `O_NOFOLLOW`) under an
+/// unpredictable name, so no link planted in advance is written through, and
+/// the rename replaces whatever sits at `path` (a link included) instead of
+/// following it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let (dir, name) = split(path)?;
+    for _ in 0..16 {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{:016x}.tmp", random_u64()));
+        let tmp = dir.join(tmp_name);
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return written;
+    }
+    Err(std::io::Error::other("no free temporary file name"))
+}
+
+/// The directory and the file name of an output path.
+fn split(path: &Path) -> std::io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name))
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `len` bytes into our buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 8 {
+        // Unpredictable enough for a name that is also created exclusively.
+        return wall_clock_ns() as u64 ^ u64::from(std::process::id()).rotate_left(32);
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 #[cfg(test)]

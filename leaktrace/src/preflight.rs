@@ -47,3 +47,42 @@ fn privileged() -> bool {
         .iter()
         .all(|c| effective & (1 << c) != 0)
 }
+
+/// The open-files limit leaktrace started with, before [`raise_open_files_limit`].
+static STARTED_WITH: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the soft open-files limit to the hard one: every probe attached to
+/// every followed process is a descriptor of leaktrace's, and 1024 runs out
+/// at a few dozen forked workers. Commands leaktrace starts get the limit it
+/// started with back (see [`open_files_limit_at_start`]).
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let _ = STARTED_WITH.set(limit);
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                log::debug!(
+                    "open-files limit stays {}: {}",
+                    limit.rlim_cur,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// The open-files limit leaktrace started with, if it raised it.
+pub fn open_files_limit_at_start() -> Option<libc::rlimit> {
+    STARTED_WITH.get().copied()
+}

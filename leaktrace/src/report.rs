@@ -5,6 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
+    escape::shown,
     handles::HandleKind,
     limits::{FdLimit, MemoryLimit},
     model::{Kind, Lost, Model, Ns, Site, StackWalks},
@@ -221,14 +222,19 @@ impl Report {
             "VERDICT", "KIND", "BYTES", "COUNT", "GROWTH/s", "OLDEST", "PID"
         );
         for s in self.outstanding().take(top) {
-            let stack: Vec<String> = s.frames.iter().take(3).map(Frame::short).collect();
+            let stack: Vec<String> = s
+                .frames
+                .iter()
+                .take(3)
+                .map(|f| shown(&f.short()).into_owned())
+                .collect();
             let mut stack = if stack.is_empty() {
                 "[stack not recorded]".to_string()
             } else {
                 stack.join(" ← ")
             };
             if let Some(d) = s.details.first() {
-                stack = format!("{} ← {stack}", d.describe());
+                stack = format!("{} ← {stack}", shown(&d.describe()));
             }
             let _ = writeln!(
                 out,
@@ -264,8 +270,8 @@ impl Report {
                 out,
                 "  target {} ({}) {}{exited}",
                 t.pid,
-                t.comm,
-                t.exe.display(),
+                shown(&t.comm),
+                shown(&t.exe.to_string_lossy()),
             );
             for a in &t.allocators {
                 let prefixes = if a.prefixes.is_empty() {
@@ -277,21 +283,22 @@ impl Report {
                     out,
                     "    heap: {}{prefixes} in {}, {} functions probed",
                     a.name,
-                    a.file.display(),
+                    shown(&a.file.to_string_lossy()),
                     a.functions
                 );
                 if !a.single_stepped.is_empty() {
                     let _ = writeln!(
                         out,
                         "      single-stepped (slower): {}",
-                        a.single_stepped.join(", ")
+                        shown(&a.single_stepped.join(", "))
                     );
                 }
             }
             for u in &t.unprobed_allocators {
                 let _ = writeln!(
                     out,
-                    "    heap: {u} NOT probed: its allocations are not seen"
+                    "    heap: {} NOT probed: its allocations are not seen",
+                    shown(u)
                 );
             }
             if let Some(l) = &t.memory_limit {
@@ -299,7 +306,7 @@ impl Report {
                     out,
                     "    memory limit {} (cgroup {}), {} in use",
                     human_bytes(l.limit_bytes),
-                    l.cgroup,
+                    shown(&l.cgroup),
                     human_bytes(l.used_bytes)
                 );
             }
@@ -317,7 +324,7 @@ impl Report {
                     None => "Go heap sampling rate unreadable (no symbol table): 512 KiB assumed"
                         .to_string(),
                 };
-                let _ = writeln!(out, "    {version} · {sampling}");
+                let _ = writeln!(out, "    {} · {sampling}", shown(version));
             }
         }
         let _ = writeln!(
@@ -377,7 +384,7 @@ impl Report {
                 let _ = writeln!(out, "    {what} in {} at this rate", human_duration(secs));
             }
             for d in &s.details {
-                let _ = writeln!(out, "    {} ×{}", d.describe(), d.count);
+                let _ = writeln!(out, "    {} ×{}", shown(&d.describe()), d.count);
             }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
@@ -386,10 +393,10 @@ impl Report {
                 let place = if f.module.is_none() && f.address == 0 {
                     String::new() // a note, not code
                 } else {
-                    format!("  [{}]", f.location())
+                    format!("  [{}]", shown(&f.location()))
                 };
                 let inlined = if f.inlined { "(inlined) " } else { "" };
-                let _ = writeln!(out, "    {inlined}{}{place}", f.short());
+                let _ = writeln!(out, "    {inlined}{}{place}", shown(&f.short()));
             }
         }
         if leaking.len() > top {

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     ffi::OsString,
+    io::Write,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -30,7 +31,7 @@ use crate::{
     procmaps::ProcMaps,
     report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
-    target::{Child, Launched, Target, in_root},
+    target::{self, Child, Credentials, Launched, Target, in_root},
     unwind::Unwinder,
 };
 
@@ -39,6 +40,8 @@ use crate::{
 pub struct Options {
     pub pids: Vec<u32>,
     pub command: Vec<OsString>,
+    /// --user: whom the command runs as (else the sudo user, else root).
+    pub user: Option<String>,
     pub duration: Option<Duration>,
     pub interval: Duration,
     pub top: usize,
@@ -213,6 +216,7 @@ pub struct Live {
 
 pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     preflight::check()?;
+    preflight::raise_open_files_limit();
     let mut probes = Probes::load(opts.limits, opts.families)?;
     let events = probes.take_events()?;
     let mut unwinder = Unwinder::default();
@@ -236,14 +240,16 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         });
     }
     if !opts.command.is_empty() {
-        let launched = Launched::spawn(&opts.command)?;
+        let credentials = Credentials::for_command(opts.user.as_deref())?;
+        if let Some(c) = &credentials {
+            info!("running the command as {c}");
+        }
+        let launched = Launched::spawn(&opts.command, credentials.as_ref())?;
         let target = launched.target();
-        let (allocators, go) = attach(&mut probes, &opts, &target, &launched.exe, || {
-            allocator::find(
-                &launched.exe,
-                &preload_from_env(),
-                &allocator::search_library,
-            )
+        // A script runs its interpreter: that is what allocates.
+        let image = target::script_interpreter(&launched.exe).unwrap_or(launched.exe.clone());
+        let (allocators, go) = attach(&mut probes, &opts, &target, &image, || {
+            allocator::find(&image, &preload_from_env(), &allocator::search_library)
         })?;
         probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
@@ -394,6 +400,8 @@ impl Pump {
         let every = opts.snapshot_every.unwrap_or(Duration::MAX / 4);
         let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut snapshots = 0;
+        // Cleared when stdout's reader goes away (`| head`): tracing goes on.
+        let mut tables = !opts.quiet;
         let stop = loop {
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
@@ -415,12 +423,20 @@ impl Pump {
                         break Stop::Duration;
                     }
                 }
-                _ = table.tick(), if !opts.quiet => {
-                    print!("{}", self.current_report()?.table(opts.top));
+                _ = table.tick(), if tables => {
+                    let text = self.current_report()?.table(opts.top);
+                    let mut stdout = std::io::stdout().lock();
+                    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                        warn!("no more tables on stdout ({e}): tracing goes on");
+                        tables = false;
+                    }
                 }
                 _ = snapshot.tick(), if opts.snapshot_every.is_some() => {
                     snapshots += 1;
-                    self.snapshot(&opts.outputs, snapshots)?;
+                    // A snapshot that cannot be written is said; the trace goes on.
+                    if let Err(e) = self.snapshot(&opts.outputs, snapshots) {
+                        warn!("snapshot {snapshots} not written: {e:#}");
+                    }
                 }
             }
         };

@@ -25,8 +25,123 @@ pub enum TargetError {
     Proc { pid: u32, source: std::io::Error },
     #[error("{0}: command not found")]
     CommandNotFound(String),
-    #[error("cannot start {cmd}: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
+    // Not a `source`: the message says it, and a chain would say it twice.
+    #[error("cannot start {cmd}: {error}")]
+    Spawn { cmd: String, error: std::io::Error },
+    #[error("no user {0} on this system (--user takes a name or a numeric UID)")]
+    NoSuchUser(String),
+}
+
+/// Whom a started command runs as: `--user`, else the user who ran sudo.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+    /// Where they came from, for the log line.
+    from: &'static str,
+}
+
+impl std::fmt::Display for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (UID {}, GID {}; {})",
+            self.name, self.uid, self.gid, self.from
+        )
+    }
+}
+
+impl Credentials {
+    /// `--user USER` if given (`None` for root: nothing to change), else the
+    /// sudo user, else `None`.
+    pub fn for_command(user: Option<&str>) -> Result<Option<Self>, TargetError> {
+        let (entry, from) = match user {
+            Some(u) => (
+                passwd(u).ok_or_else(|| TargetError::NoSuchUser(u.into()))?,
+                "--user",
+            ),
+            None => {
+                let sudo = std::env::var("SUDO_UID").ok().and_then(|u| passwd(&u));
+                match sudo {
+                    Some(e) => (e, "the user who ran sudo; --user root keeps root"),
+                    None => return Ok(None),
+                }
+            }
+        };
+        if entry.uid == 0 {
+            return Ok(None);
+        }
+        let groups = group_list(&entry.name, entry.gid);
+        Ok(Some(Credentials {
+            name: entry.name,
+            uid: entry.uid,
+            gid: entry.gid,
+            groups,
+            from,
+        }))
+    }
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+/// The password entry of `user`, a name or a numeric UID.
+fn passwd(user: &str) -> Option<PasswdEntry> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r/getpwuid_r fill `pwd` with pointers into `buf`,
+    // which outlives their use here; `result` says whether it was found.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = match user.parse::<libc::uid_t>() {
+            Ok(uid) => libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result),
+            Err(_) => {
+                let name = CString::new(user).ok()?;
+                libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut result,
+                )
+            }
+        };
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        Some(PasswdEntry {
+            name: std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        })
+    }
+}
+
+/// `name`'s supplementary groups (with `gid`), as `initgroups` would set them.
+fn group_list(name: &str, gid: libc::gid_t) -> Vec<libc::gid_t> {
+    let Ok(c_name) = CString::new(name) else {
+        return vec![gid];
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        // SAFETY: getgrouplist writes at most `n` entries and updates `n`.
+        let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n as usize);
+            return groups;
+        }
+        if n as usize <= groups.len() || n > 65536 {
+            return vec![gid];
+        }
+    }
 }
 
 /// One traced process.
@@ -133,14 +248,18 @@ impl Drop for Launched {
 }
 
 impl Launched {
-    pub fn spawn(argv: &[OsString]) -> Result<Self, TargetError> {
+    /// Forks the command, held before `execve`; `user`: whom it runs as.
+    pub fn spawn(argv: &[OsString], user: Option<&Credentials>) -> Result<Self, TargetError> {
         let name = argv[0].to_string_lossy().into_owned();
         let exe =
             find_in_path(&argv[0]).ok_or_else(|| TargetError::CommandNotFound(name.clone()))?;
-        let spawn_err = |source| TargetError::Spawn {
+        let spawn_err = |error| TargetError::Spawn {
             cmd: name.clone(),
-            source,
+            error,
         };
+        if !executable(&exe) {
+            return Err(spawn_err(std::io::Error::last_os_error()));
+        }
         let c_exe = CString::new(exe.as_os_str().as_bytes()).map_err(|e| spawn_err(e.into()))?;
         let c_args: Vec<CString> = argv
             .iter()
@@ -150,8 +269,12 @@ impl Launched {
         let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
         c_argv.push(std::ptr::null());
         let (hold, release) = std::io::pipe().map_err(spawn_err)?;
+        // The command gets the open-files limit leaktrace was started with,
+        // not the one it raised for itself.
+        let nofile = crate::preflight::open_files_limit_at_start();
         // SAFETY: between fork and exec the child only calls async-signal-safe
-        // functions (read, close, execv, _exit) on memory prepared before the fork.
+        // functions (read, close, setrlimit, setgroups, setgid, setuid, ptrace,
+        // execv, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(spawn_err(std::io::Error::last_os_error()));
@@ -163,6 +286,16 @@ impl Launched {
                 let mut byte = 0u8;
                 libc::read(fd, (&raw mut byte).cast(), 1);
                 libc::close(fd);
+                if let Some(limit) = &nofile {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+                }
+                if let Some(c) = user
+                    && (libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+                        || libc::setgid(c.gid) != 0
+                        || libc::setuid(c.uid) != 0)
+                {
+                    libc::_exit(126);
+                }
                 // Stops at the exec (SIGTRAP) for `release`; without ptrace it just runs.
                 if byte == HOLD_AT_ENTRY {
                     ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
@@ -336,20 +469,40 @@ impl Child {
         })
     }
 
-    /// SIGTERM, then waits for it.
+    /// SIGTERM, then waits for it: SIGKILL after 5 s.
     pub fn terminate(&mut self) {
-        if !self.exited() {
-            let mut status = 0;
-            // SAFETY: kill and waitpid on our own, not yet reaped, child.
-            unsafe {
-                libc::kill(self.pid as i32, libc::SIGTERM);
-                libc::waitpid(self.pid as i32, &mut status, 0);
+        if self.exited() {
+            return;
+        }
+        // SAFETY: kill on our own, not yet reaped, child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.exited() {
+            if std::time::Instant::now() > deadline {
+                let mut status = 0;
+                // SAFETY: kill and waitpid on our own, not yet reaped, child.
+                unsafe {
+                    libc::kill(self.pid as i32, libc::SIGKILL);
+                    libc::waitpid(self.pid as i32, &mut status, 0);
+                }
+                self.status = Some(status);
+                return;
             }
-            self.status = Some(status);
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
 
+/// A command leaktrace started never outlives it untraced: however tracing
+/// ends (an error included), it is stopped.
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The file `execvp` would run for `cmd`: a regular file with an execute
+/// bit (a name without one is found further along PATH, as the shell does).
 fn find_in_path(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
     let cmd = Path::new(cmd);
     if cmd.components().count() > 1 {
@@ -358,7 +511,28 @@ fn find_in_path(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file() && executable(p))
+}
+
+fn executable(path: &Path) -> bool {
+    CString::new(path.as_os_str().as_bytes())
+        // SAFETY: access(2) on a valid C string.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+}
+
+/// The interpreter a `#!` script names (what the kernel runs, and so what
+/// holds the allocator), read from the first line as the kernel does (its
+/// first 256 bytes).
+pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
 }
 
 /// `path` as seen by process `pid`, reachable from our mount namespace.

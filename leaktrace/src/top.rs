@@ -19,6 +19,7 @@ use ratatui::{
 use tokio::sync::watch;
 
 use crate::{
+    escape::shown,
     model::Kind,
     output::{Format, Output},
     report::{Report, SiteReport, human_bytes},
@@ -240,7 +241,7 @@ impl App {
                 format!(
                     "{} ({}){}",
                     t.pid,
-                    t.comm,
+                    shown(&t.comm),
                     if t.exited { " exited" } else { "" }
                 )
             })
@@ -443,9 +444,11 @@ fn top_frame(s: &SiteReport) -> String {
                 .is_some_and(|m| m.contains("libc.so") || m.contains("ld-linux"))
         })
         .or(s.frames.first());
-    let mut text = frame.map_or("[stack not recorded]".into(), |f| f.short());
+    let mut text = frame.map_or("[stack not recorded]".into(), |f| {
+        shown(&f.short()).into_owned()
+    });
     if let Some(d) = s.details.first() {
-        text = format!("{text} · {}", d.describe());
+        text = format!("{text} · {}", shown(&d.describe()));
     }
     text
 }
@@ -469,15 +472,15 @@ fn detail(s: &SiteReport) -> Paragraph<'static> {
         )));
     }
     for d in &s.details {
-        lines.push(Line::from(format!("  {} ×{}", d.describe(), d.count)).fg(Color::Cyan));
+        lines.push(Line::from(format!("  {} ×{}", shown(&d.describe()), d.count)).fg(Color::Cyan));
     }
     lines.push(Line::from(""));
     for f in &s.frames {
         let inlined = if f.inlined { "(inlined) " } else { "" };
         lines.push(Line::from(vec![
-            Span::raw(format!("  {inlined}{}", f.short())),
+            Span::raw(format!("  {inlined}{}", shown(&f.short()))),
             Span::styled(
-                format!("  [{}]", f.location()),
+                format!("  [{}]", shown(&f.location())),
                 Style::new().add_modifier(Modifier::DIM),
             ),
         ]));

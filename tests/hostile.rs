@@ -1,0 +1,251 @@
+//! A hostile or unlucky environment: planted links where leaktrace (root)
+//! writes, targets whose names and paths carry terminal escapes, sudo, a
+//! reader that goes away, outputs that cannot be written, scripts, files
+//! without an execute bit. Run as root.
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use common::{
+    leaktrace,
+    prod::{cc_build, is_root},
+    report, run, scratch_dir,
+};
+
+#[test]
+fn a_link_planted_where_the_output_is_written_is_never_written_through() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-link");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let out = dir.join("out.json");
+    let tracer = leaktrace()
+        .args(["-q", "-d", "2s", "-o"])
+        .arg(&out)
+        .args(["--", "sleep", "5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Links at the names a temporary file could be guessed by (the tracer's
+    // PID) and at the output itself.
+    for name in [
+        format!("out.json.tmp.{}", tracer.id()),
+        format!(".out.json.tmp.{}", tracer.id()),
+    ] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    let done = tracer.wait_with_output().unwrap();
+    assert!(done.status.success());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(!out.is_symlink(), "the link at the output was replaced");
+    assert_eq!(report(&out)["version"], 3);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn escapes_in_names_and_paths_are_shown_escaped_everywhere_text_goes() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-escapes");
+    // A program named with a screen-clearing escape, opening (and keeping) a
+    // file whose name forges a report line.
+    let built = cc_build("gcc", "leaks.c", &["-O2", "-g"], &[], "leaks-escapes");
+    let evil = dir.join("evil\x1b[2J\x1b[Hname");
+    std::fs::copy(&built, &evil).unwrap();
+    let folded = dir.join("out.folded");
+    let svg = dir.join("out.svg");
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-d", "20s", "-i", "1s", "-o"])
+        .arg(&folded)
+        .arg("-o")
+        .arg(&svg)
+        .arg("-o")
+        .arg(&json)
+        .arg("--")
+        .arg(&evil)
+        .args(["5", "300"]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains('\x1b'),
+        "no raw escape reaches the terminal"
+    );
+    assert!(stdout.contains("evil\\x1b[2J\\x1b[Hname"), "{stdout}");
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    assert!(!folded.contains('\x1b'), "{folded}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let xml = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    roxmltree::Document::parse_with_options(&svg, xml).expect("the flamegraph is valid XML");
+    // JSON keeps the name as it is (escaped by JSON itself).
+    let r = report(&json);
+    assert_eq!(
+        r["targets"][0]["comm"].as_str().unwrap().chars().next(),
+        Some('e')
+    );
+    assert!(r["targets"][0]["exe"].as_str().unwrap().contains('\x1b'));
+}
+
+/// `id -u` as leaktrace starts it, with `args` and `env`: the UID it ran as.
+fn uid_of_command(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run(leaktrace()
+        .envs(env.iter().copied())
+        .arg("-q")
+        .args(args)
+        .args(["--", "id", "-u"]));
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_command_runs_as_the_user_asked_for_or_the_sudo_user() {
+    if !is_root() {
+        return;
+    }
+    assert_eq!(uid_of_command(&["--user", "nobody"], &[]), "65534");
+    let sudo = [
+        ("SUDO_UID", "65534"),
+        ("SUDO_GID", "65534"),
+        ("SUDO_USER", "nobody"),
+    ];
+    assert_eq!(uid_of_command(&[], &sudo), "65534");
+    assert_eq!(uid_of_command(&["--user", "root"], &sudo), "0");
+    assert_eq!(uid_of_command(&[], &[]), "0");
+    let out = run(leaktrace().args(["--user", "no-such-user", "--", "true"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_command_gets_the_open_files_limit_leaktrace_was_started_with() {
+    if !is_root() {
+        return;
+    }
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    assert!(hard.rlim_max > 1024, "a hard limit above 1024 to raise to");
+    let out = run(Command::new("prlimit")
+        .arg(format!("--nofile=1024:{}", hard.rlim_max))
+        .arg(env!("CARGO_BIN_EXE_leaktrace"))
+        .args(["-q", "--", "sh", "-c", "ulimit -Sn"]));
+    assert!(out.status.success());
+    let first = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(first.lines().next(), Some("1024"), "{first}");
+}
+
+#[test]
+fn a_reader_that_goes_away_leaves_the_trace_and_its_files_whole() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-head");
+    let json = dir.join("out.json");
+    let sh = format!(
+        "{} -i 1s -d 3s -o {} -- sleep 5 | head -c 10",
+        env!("CARGO_BIN_EXE_leaktrace"),
+        json.display()
+    );
+    let out = run(Command::new("bash").args(["-c", &format!("{sh}; exit ${{PIPESTATUS[0]}}")]));
+    assert_eq!(out.status.code(), Some(0), "no panic when stdout closes");
+    assert_eq!(report(&json)["version"], 3);
+    // `top` without a terminal: one line, not a panic.
+    let out = run(leaktrace()
+        .args(["top", "--pid", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped()));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs a terminal"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// Runs leaktrace on a command that would create `ran` in `dir`; asserts it
+/// fails with one line containing `says`, and that the command never ran.
+fn assert_refused_and_never_ran(dir: &Path, args: &[&str], cmd: &[&str], says: &str) {
+    let out = run(leaktrace().current_dir(dir).args(args).arg("--").args(cmd));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(says), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    sleep(Duration::from_millis(300));
+    assert!(!dir.join("ran").exists(), "the command ran");
+}
+
+#[test]
+fn unwritable_outputs_and_files_without_an_execute_bit_fail_before_anything_runs() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-refused");
+    let touch = ["sh", "-c", "touch ran"];
+    assert_refused_and_never_ran(
+        &dir,
+        &["-o", "/no/such/dir/out.json"],
+        &touch,
+        "cannot write /no/such/dir/out.json",
+    );
+    let exe = dir.join("no-x");
+    std::fs::copy("/usr/bin/touch", &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_refused_and_never_ran(
+        &dir,
+        &[],
+        &[exe.to_str().unwrap(), "ran"],
+        "Permission denied",
+    );
+}
+
+#[test]
+fn a_script_is_traced_through_its_interpreter() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-script");
+    let script = dir.join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\ntouch ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&script));
+    assert!(out.status.success());
+    assert!(dir.join("ran").exists());
+    let r = report(&json);
+    assert_eq!(r["targets"][0]["exit_code"], 0);
+    assert_eq!(r["targets"][0]["allocators"][0]["name"], "glibc", "{r}");
+    assert!(
+        r["totals"]["allocations"].as_u64().unwrap() > 0,
+        "the shell's heap seen"
+    );
+}
