@@ -106,7 +106,8 @@ EXAMPLES:
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Trace this running process (repeat for several).
-    #[arg(short, long = "pid", value_name = "PID")]
+    #[arg(short, long = "pid", value_name = "PID", allow_negative_numbers = true,
+          value_parser = parse_pid)]
     pub pids: Vec<u32>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h, 500ms); default: until Ctrl-C or the targets exit.
@@ -219,6 +220,9 @@ impl TraceArgs {
         if self.no_heap && self.no_mmap && self.no_fds {
             return Err("--no-heap, --no-mmap and --no-fds together leave nothing to trace".into());
         }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err("--duration must be longer than zero".into());
+        }
         if self.interval.is_zero() {
             return Err("--interval must be longer than zero".into());
         }
@@ -237,8 +241,12 @@ impl TraceArgs {
         if self.user.is_some() && self.command.is_empty() {
             return Err("--user is for a command leaktrace starts (-- CMD)".into());
         }
+        // A PID given twice is traced once.
+        let mut pids = self.pids;
+        let mut seen = std::collections::HashSet::new();
+        pids.retain(|p| seen.insert(*p));
         Ok(Options {
-            pids: self.pids,
+            pids,
             command: self.command,
             user: self.user,
             duration: self.duration,
@@ -266,6 +274,15 @@ impl TraceArgs {
     }
 }
 
+/// A process ID: a positive number.
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
+        Ok(_) => Err(format!("`{s}` is not a process ID: PIDs are positive")),
+        Err(_) => Err(format!("`{s}` is not a process ID (a positive number)")),
+    }
+}
+
 /// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -289,6 +306,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The options, or the one-line message, of `args`.
+    fn options(args: &[&str]) -> Result<Options, String> {
+        let cli = Cli::try_parse_from(std::iter::once("leaktrace").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.trace.options()
+    }
+
+    #[test]
+    fn bad_pids_and_durations_say_what_is_wrong() {
+        let err = options(&["--pid", "-1"]).unwrap_err();
+        assert!(err.contains("PIDs are positive"), "{err}");
+        assert!(
+            !err.contains("-- -1"),
+            "no hint to pass it as a command: {err}"
+        );
+        let err = options(&["--pid", "0"]).unwrap_err();
+        assert!(err.contains("PIDs are positive"), "{err}");
+        let err = options(&["--pid", "12", "-d", "0s"]).unwrap_err();
+        assert!(err.contains("--duration must be longer than zero"), "{err}");
+        let opts = options(&["--pid", "12", "--pid", "7", "--pid", "12"]).unwrap();
+        assert_eq!(opts.pids, [12, 7], "a repeated PID is traced once");
+    }
 
     #[test]
     fn durations() {

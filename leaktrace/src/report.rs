@@ -159,7 +159,7 @@ pub struct Detail {
 
 impl Report {
     /// A snapshot of `model` at `now`; `started` is when tracing began. Sites
-    /// come surest leak first, then by growth, then by size.
+    /// come in [`rank`] order.
     pub fn build(
         model: &Model,
         targets: Vec<TargetInfo>,
@@ -172,15 +172,7 @@ impl Report {
             .values()
             .map(|s| site_report(s, model.min_age, &targets, now))
             .collect();
-        sites.sort_by(|a, b| {
-            a.verdict
-                .cmp(&b.verdict)
-                .then(b.confidence.total_cmp(&a.confidence))
-                .then(b.growth_bytes_per_s.total_cmp(&a.growth_bytes_per_s))
-                .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
-                .then(b.outstanding_count.cmp(&a.outstanding_count))
-                .then(a.pid.cmp(&b.pid))
-        });
+        rank(&mut sites);
         Self {
             version: FORMAT_VERSION,
             targets,
@@ -341,7 +333,24 @@ impl Report {
         if leaking.is_empty() {
             let _ = writeln!(out, "\nNothing outstanding.");
         }
-        for (i, s) in leaking.iter().take(top).enumerate() {
+        // The first `top`, and the three largest by bytes wherever they rank.
+        let mut shown_at: Vec<usize> = (0..leaking.len().min(top)).collect();
+        let mut by_size: Vec<usize> = (top..leaking.len())
+            .filter(|&i| leaking[i].outstanding_bytes > 0)
+            .collect();
+        by_size.sort_by_key(|&i| std::cmp::Reverse(leaking[i].outstanding_bytes));
+        let smallest_shown = shown_at
+            .iter()
+            .map(|&i| leaking[i].outstanding_bytes)
+            .min()
+            .unwrap_or(0);
+        shown_at.extend(
+            by_size
+                .into_iter()
+                .take(3)
+                .filter(|&i| leaking[i].outstanding_bytes > smallest_shown),
+        );
+        for (i, s) in shown_at.iter().map(|&i| (i, leaking[i])) {
             let plural = if s.outstanding_count == 1 { "" } else { "s" };
             let (held, made) = if s.kind == Kind::Goroutine {
                 (
@@ -399,11 +408,11 @@ impl Report {
                 let _ = writeln!(out, "    {inlined}{}{place}", shown(&f.short()));
             }
         }
-        if leaking.len() > top {
+        if leaking.len() > shown_at.len() {
             let _ = writeln!(
                 out,
                 "\n… {} more sites (raise --top, or see --output)",
-                leaking.len() - top
+                leaking.len() - shown_at.len()
             );
         }
         out
@@ -547,6 +556,21 @@ impl Detail {
     }
 }
 
+/// Leaks first, then growing, stable, transient; within a verdict, what
+/// holds the most first (a 64 MiB slab must not rank below a 2 KiB site that
+/// is surer of itself), then the surest, the fastest growing.
+fn rank(sites: &mut [SiteReport]) {
+    sites.sort_by(|a, b| {
+        a.verdict
+            .cmp(&b.verdict)
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+            .then(b.outstanding_count.cmp(&a.outstanding_count))
+            .then(b.confidence.total_cmp(&a.confidence))
+            .then(b.growth_bytes_per_s.total_cmp(&a.growth_bytes_per_s))
+            .then(a.pid.cmp(&b.pid))
+    });
+}
+
 fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteReport {
     let oldest_age_s = s.oldest_ns.map(|t| seconds(now.saturating_sub(t)));
     let points = s.series.points();
@@ -664,6 +688,66 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn site(verdict: Verdict, bytes: u64, confidence: f64, function: &str) -> SiteReport {
+        SiteReport {
+            kind: Kind::Heap,
+            pid: 1,
+            outstanding_bytes: bytes,
+            outstanding_count: 1,
+            total_bytes: bytes,
+            total_count: 1,
+            oldest_age_s: Some(10.0),
+            verdict,
+            confidence,
+            growth_bytes_per_s: 0.0,
+            growth_count_per_s: 0.0,
+            time_to_limit_s: None,
+            details: Vec::new(),
+            history: Vec::new(),
+            frames: vec![Frame::note(function)],
+        }
+    }
+
+    #[test]
+    fn within_a_verdict_the_biggest_comes_first_and_the_largest_are_always_shown() {
+        let mut sites = vec![
+            site(Verdict::Stable, 64 << 20, 0.2, "slab_alloc"),
+            site(Verdict::Leak, 2048, 0.9, "small_sure_leak"),
+            site(Verdict::Stable, 4096, 1.0, "sure_small_cache"),
+            site(Verdict::Leak, 1 << 20, 0.4, "big_leak"),
+        ];
+        rank(&mut sites);
+        let order: Vec<_> = sites
+            .iter()
+            .map(|s| s.frames[0].function.clone().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "big_leak",
+                "small_sure_leak",
+                "slab_alloc",
+                "sure_small_cache"
+            ]
+        );
+        let report = Report {
+            version: FORMAT_VERSION,
+            targets: Vec::new(),
+            duration_s: 10.0,
+            lost: Lost::default(),
+            stacks: StackWalks::default(),
+            totals: Totals::default(),
+            sites,
+            modules: Vec::new(),
+        };
+        // --top 1: the slab is shown anyway, the small cache is not.
+        let text = report.final_text(1);
+        assert!(text.contains("big_leak"), "{text}");
+        assert!(text.contains("slab_alloc"), "{text}");
+        assert!(!text.contains("sure_small_cache"), "{text}");
+        assert!(text.contains("… 2 more sites"), "{text}");
+    }
 
     #[test]
     fn human_bytes_picks_a_unit() {
