@@ -249,3 +249,33 @@ fn a_script_is_traced_through_its_interpreter() {
         "the shell's heap seen"
     );
 }
+
+#[test]
+fn a_command_goes_when_leaktrace_is_killed() {
+    if !is_root() {
+        return;
+    }
+    let mut tracer = leaktrace()
+        .args(["-q", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(2000));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id())).unwrap();
+    let child: u32 = children
+        .split_whitespace()
+        .next()
+        .expect("the command started")
+        .parse()
+        .unwrap();
+    tracer.kill().unwrap();
+    tracer.wait().unwrap();
+    sleep(Duration::from_millis(500));
+    let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+    // Gone, or a zombie waiting for init to reap it.
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "the command runs on untraced: {state}"
+    );
+}

@@ -34,7 +34,8 @@ uprobes touch Go code. A binary that never calls runtime.MemProfile has \
 sampling off (MemProfileRate 0): the report says so, and --go-heap-sampling \
 turns it on.
 
-Every --interval it prints the top sites, surest leaks first; at the end \
+Every --interval it prints the top sites, leaks first, the largest first within \
+a verdict; at the end \
 (--duration, Ctrl-C, SIGTERM, or when every target has exited) it prints a \
 final report with symbolized stacks, a verdict per site (leak, growing, stable, \
 transient), its growth rate and the time until the memory limit at that rate. \

@@ -269,12 +269,14 @@ impl Launched {
         let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
         c_argv.push(std::ptr::null());
         let (hold, release) = std::io::pipe().map_err(spawn_err)?;
+        // SAFETY: getpid has no preconditions.
+        let leaktrace = unsafe { libc::getpid() };
         // The command gets the open-files limit leaktrace was started with,
         // not the one it raised for itself.
         let nofile = crate::preflight::open_files_limit_at_start();
         // SAFETY: between fork and exec the child only calls async-signal-safe
-        // functions (read, close, setrlimit, setgroups, setgid, setuid, ptrace,
-        // execv, _exit) on memory prepared before the fork.
+        // functions (read, close, setrlimit, setgroups, setgid, setuid, prctl,
+        // getppid, ptrace, execv, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(spawn_err(std::io::Error::last_os_error()));
@@ -284,7 +286,11 @@ impl Launched {
                 let fd = hold.as_raw_fd();
                 libc::close(release.as_raw_fd());
                 let mut byte = 0u8;
-                libc::read(fd, (&raw mut byte).cast(), 1);
+                // No byte: leaktrace died or gave up before attaching. The
+                // command never runs untraced.
+                if libc::read(fd, (&raw mut byte).cast(), 1) != 1 {
+                    libc::_exit(127);
+                }
                 libc::close(fd);
                 if let Some(limit) = &nofile {
                     libc::setrlimit(libc::RLIMIT_NOFILE, limit);
@@ -295,6 +301,13 @@ impl Launched {
                         || libc::setuid(c.uid) != 0)
                 {
                     libc::_exit(126);
+                }
+                // Nor once traced: it goes when leaktrace goes, however (set
+                // after setuid, which clears it; checked for a parent that
+                // went just before).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != leaktrace {
+                    libc::_exit(127);
                 }
                 // Stops at the exec (SIGTRAP) for `release`; without ptrace it just runs.
                 if byte == HOLD_AT_ENTRY {
