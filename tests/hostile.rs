@@ -279,3 +279,53 @@ fn a_command_goes_when_leaktrace_is_killed() {
         "the command runs on untraced: {state}"
     );
 }
+
+#[test]
+fn a_library_replaced_on_disk_under_a_running_process_is_traced_as_mapped() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-replaced");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let libc = lib.join("libc.so.6");
+    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", &libc).unwrap();
+    let exe = cc_build("gcc", "leaks.c", &["-O2", "-g"], &[], "leaks-replaced");
+    // 60 rounds 100 ms apart, on its own copy of the C library.
+    let mut target = Command::new(&exe)
+        .args(["60", "100"])
+        .current_dir(&dir)
+        .env("LD_LIBRARY_PATH", &lib)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    // The package manager's way: a new file renamed over the old one, which
+    // stays mapped, deleted.
+    let new = lib.join("libc.so.6.new");
+    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", &new).unwrap();
+    std::fs::rename(&new, &libc).unwrap();
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .args(["-q", "-d", "3s", "-o"])
+        .arg(&json)
+        .args(["--pid", &target.id().to_string()]));
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(out.status.success());
+    let r = report(&json);
+    assert!(
+        r["totals"]["allocations"].as_u64().unwrap() > 0,
+        "allocations through the mapped (deleted) C library seen: {}",
+        r["totals"]
+    );
+    let named = r["sites"].as_array().unwrap().iter().any(|s| {
+        s["kind"] == "heap"
+            && s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == "build_record")
+    });
+    assert!(named, "the leak's site is named");
+}

@@ -115,13 +115,14 @@ impl ProcMaps {
             .or_else(|| self.replaced.iter().find(holds))
     }
 
-    /// A mapped file whose name is `name` (a `DT_NEEDED` entry).
-    pub fn find_file(&self, name: &str) -> Option<PathBuf> {
-        self.mappings
-            .iter()
-            .filter_map(|m| m.path.as_ref())
-            .find(|p| p.file_name().is_some_and(|f| f == name))
-            .cloned()
+    /// A mapping of the file whose name is `name` (a `DT_NEEDED` entry).
+    pub fn find_file(&self, name: &str) -> Option<&Mapping> {
+        self.mappings.iter().find(|m| {
+            m.path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .is_some_and(|f| f == name)
+        })
     }
 
     /// Executable mappings of files: where code lives.
@@ -157,7 +158,7 @@ mod tests {
         assert_eq!(m.offset, 0x1000);
         assert_eq!(maps.lookup(0x7f0000000010).unwrap().path, None);
         assert_eq!(
-            maps.find_file("libc.so.6"),
+            maps.find_file("libc.so.6").and_then(|m| m.path.clone()),
             Some(PathBuf::from("/lib/libc.so.6"))
         );
         assert!(maps.lookup(0x10).is_none());

@@ -14,7 +14,12 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::{elf::ElfImage, golang::Pclntab, procmaps::ProcMaps, target::in_root};
+use crate::{
+    elf::ElfImage,
+    golang::Pclntab,
+    procmaps::ProcMaps,
+    target::{in_root, mapped_file},
+};
 
 /// One stack frame, innermost first in a stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -224,7 +229,7 @@ fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
     let path = mapping.path.as_ref()?;
     let module = Module {
         shown: path.clone(),
-        open: in_root(pid, path),
+        open: mapped_file(pid, mapping)?,
     };
     Some((module, addr - mapping.start + mapping.offset))
 }

@@ -11,7 +11,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{allocator, elf::ElfImage, procmaps::ProcMaps};
+use crate::{
+    allocator,
+    elf::ElfImage,
+    procmaps::{FileId, Mapping, ProcMaps},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -185,9 +189,17 @@ impl Target {
         })
     }
 
-    /// The executable, opened through the target's root (other mount namespaces).
+    /// The executable, opened through the target's root (other mount
+    /// namespaces); `/proc/PID/exe` when the path now names another file (the
+    /// program was replaced or deleted since it started).
     pub fn exe_path(&self) -> PathBuf {
-        in_root(self.pid, &self.exe)
+        let rooted = in_root(self.pid, &self.exe);
+        let running = PathBuf::from(format!("/proc/{}/exe", self.pid));
+        match (fs::metadata(&rooted), fs::metadata(&running)) {
+            (Ok(a), Ok(b)) if FileId::of(&a) != FileId::of(&b) => running,
+            (Err(_), Ok(_)) => running,
+            _ => rooted,
+        }
     }
 
     /// Whether the process still runs (not exited, not a zombie, PID not reused).
@@ -205,7 +217,7 @@ impl Target {
                 return Some(in_root(pid, Path::new(name)));
             }
             maps.find_file(name)
-                .map(|p| in_root(pid, &p))
+                .and_then(|m| mapped_file(pid, m))
                 .or_else(|| allocator::search_library(name, requester))
         };
         let preload: Vec<PathBuf> = read_env(self.pid, "LD_PRELOAD")
@@ -546,6 +558,22 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
         .split(|b| b.is_ascii_whitespace())
         .find(|w| !w.is_empty())?;
     Some(PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
+}
+
+/// The file behind mapping `m` of `pid`, as leaktrace can open it: its path
+/// (through the target's root) while that still names the mapped file, else
+/// the mapping itself (`/proc/PID/map_files/…`: a file deleted or replaced on
+/// disk since it was mapped, such as a library upgraded under a running
+/// daemon). `None` when neither is there (the process exited, the file was
+/// replaced): better no names than wrong ones.
+pub fn mapped_file(pid: u32, m: &Mapping) -> Option<PathBuf> {
+    let path = m.path.as_ref()?;
+    let rooted = in_root(pid, path);
+    if fs::metadata(&rooted).is_ok_and(|meta| Some(FileId::of(&meta)) == m.file) {
+        return Some(rooted);
+    }
+    let mapped = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    fs::metadata(&mapped).is_ok().then_some(mapped)
 }
 
 /// `path` as seen by process `pid`, reachable from our mount namespace.
