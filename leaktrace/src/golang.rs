@@ -147,6 +147,54 @@ const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
 const RUNQPUT: &str = "runtime.runqput";
 const NEWPROC1: &str = "runtime.newproc1";
 
+/// The functions in a pclntab (`tab`, the binary's own bytes: untrusted, every
+/// count and offset bounded by the data), sorted by address with an empty-named
+/// end marker, and the text start. `text_section`: where `.text` starts, for a
+/// PIE whose copy of the text start is relocated at run time (0 in the file).
+fn parse_pclntab(tab: &[u8], text_section: Option<u64>) -> Option<(Vec<(u64, String)>, u64)> {
+    let u32_at = |o: usize| {
+        let end = o.checked_add(4)?;
+        Some(u32::from_le_bytes(tab.get(o..end)?.try_into().ok()?))
+    };
+    let u64_at = |o: usize| Some(u64::from_le_bytes(tab.get(o..o + 8)?.try_into().ok()?));
+    let magic = u32_at(0)?;
+    if !(magic == 0xffff_fff1 || magic == 0xffff_fff0) || tab.get(7) != Some(&8) {
+        return None;
+    }
+    let nfunc = usize::try_from(u64_at(8)?).ok()?;
+    let text = match u64_at(24)? {
+        0 => text_section?,
+        t => t,
+    };
+    let names = usize::try_from(u64_at(32)?).ok()?;
+    let functab = usize::try_from(u64_at(64)?).ok()?;
+    // Each function has an 8-byte entry in the table: a count the data cannot
+    // hold is a damaged (or hostile) table.
+    if nfunc >= tab.len().saturating_sub(functab) / 8 {
+        return None;
+    }
+    let mut funcs = Vec::with_capacity(nfunc + 1);
+    for i in 0..=nfunc {
+        let at = functab + 8 * i;
+        let entry = text.wrapping_add(u64::from(u32_at(at)?));
+        let name = if i < nfunc {
+            let func = functab.checked_add(u32_at(at + 4)? as usize)?;
+            let off = names.checked_add(u32_at(func.checked_add(4)?)? as usize)?;
+            let rest = tab.get(off..)?;
+            let end = rest.iter().take(MAX_NAME).position(|&b| b == 0)?;
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        funcs.push((entry, name));
+    }
+    funcs.sort_by_key(|f| f.0);
+    Some((funcs, text))
+}
+
+/// The longest function name read from a pclntab.
+const MAX_NAME: usize = 4096;
+
 /// The functions of a Go binary, from its pclntab.
 #[derive(Clone, Debug, Default)]
 pub struct Pclntab {
@@ -164,35 +212,8 @@ impl Pclntab {
         let (_, tab) = image
             .section(".gopclntab")
             .or_else(|| image.section(".data.rel.ro.gopclntab"))?;
-        let u32_at = |o: usize| Some(u32::from_le_bytes(tab.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(tab.get(o..o + 8)?.try_into().ok()?));
-        let magic = u32_at(0)?;
-        if !(magic == 0xffff_fff1 || magic == 0xffff_fff0) || tab.get(7) != Some(&8) {
-            return None;
-        }
-        let nfunc = u64_at(8)? as usize;
-        // A PIE's copy of textStart is relocated at run time (0 in the file):
-        // runtime.text is the start of .text either way.
-        let text = match u64_at(24)? {
-            0 => image.section(".text")?.0,
-            t => t,
-        };
-        let names = u64_at(32)? as usize;
-        let functab = u64_at(64)? as usize;
-        let mut funcs = Vec::with_capacity(nfunc + 1);
-        for i in 0..=nfunc {
-            let entry = text + u64::from(u32_at(functab + 8 * i)?);
-            let name = if i < nfunc {
-                let func = functab + u32_at(functab + 8 * i + 4)? as usize;
-                let off = names + u32_at(func + 4)? as usize;
-                let end = tab.get(off..)?.iter().position(|&b| b == 0)?;
-                String::from_utf8_lossy(&tab[off..off + end]).into_owned()
-            } else {
-                String::new()
-            };
-            funcs.push((entry, name));
-        }
-        funcs.sort_by_key(|f| f.0);
+        let text_section = image.section(".text").map(|(address, _)| address);
+        let (funcs, text) = parse_pclntab(tab, text_section)?;
         let offset_to_address = text.wrapping_sub(image.file_offset(text)?);
         Some(Self {
             funcs,
@@ -485,6 +506,78 @@ pub fn scale(count: f64, size: u64, rate: u64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pclntab of two functions, `main.a` at text+0x10 and `main.b` at
+    /// text+0x40, ending at text+0x80.
+    fn pclntab() -> Vec<u8> {
+        let mut tab = vec![0u8; 0x200];
+        tab[0..4].copy_from_slice(&0xffff_fff1u32.to_le_bytes());
+        tab[7] = 8;
+        let put = |tab: &mut Vec<u8>, at: usize, v: u64| {
+            tab[at..at + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut tab, 8, 2); // nfunc
+        put(&mut tab, 24, 0x40_1000); // text start
+        put(&mut tab, 32, 0x100); // names
+        put(&mut tab, 64, 0x80); // functab
+        let put32 = |tab: &mut Vec<u8>, at: usize, v: u32| {
+            tab[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        // functab: (entry offset, func offset) pairs, then the end entry.
+        put32(&mut tab, 0x80, 0x10);
+        put32(&mut tab, 0x84, 0x40);
+        put32(&mut tab, 0x88, 0x40);
+        put32(&mut tab, 0x8c, 0x48);
+        put32(&mut tab, 0x90, 0x80);
+        // _func records at functab+0x40 and +0x48: their name offsets.
+        put32(&mut tab, 0xc4, 0);
+        put32(&mut tab, 0xcc, 7);
+        tab[0x100..0x10e].copy_from_slice(b"main.a\0main.b\0");
+        tab
+    }
+
+    #[test]
+    fn pclntab_functions_are_read() {
+        let (funcs, text) = parse_pclntab(&pclntab(), None).unwrap();
+        assert_eq!(text, 0x40_1000);
+        assert_eq!(
+            funcs,
+            [
+                (0x40_1010, "main.a".to_string()),
+                (0x40_1040, "main.b".to_string()),
+                (0x40_1080, String::new())
+            ]
+        );
+    }
+
+    /// A damaged or hostile pclntab (any byte changed, counts and offsets out
+    /// of range) is refused or read within its bounds: never a panic, never an
+    /// allocation its size does not justify.
+    #[test]
+    fn damaged_pclntabs_are_bounded_by_their_data() {
+        let good = pclntab();
+        let mut huge = good.clone();
+        huge[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(parse_pclntab(&huge, None).is_none());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut tab = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % tab.len() as u64) as usize;
+                tab[at] = next() as u8;
+            }
+            let cut = (next() % (tab.len() as u64 + 1)) as usize;
+            if let Some((funcs, _)) = parse_pclntab(&tab[..cut], Some(0x1000)) {
+                assert!(funcs.len() <= cut / 8 + 1);
+            }
+        }
+    }
 
     #[test]
     fn scaling_follows_pprof() {
