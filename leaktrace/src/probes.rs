@@ -33,26 +33,63 @@ const GOROUTINE_PROGRAMS: [&str; 4] = [
     "go_goexit1",
 ];
 
+// Each variant carries its cause as text (the whole chain, once, with the fix
+// for the causes users meet): aya's errors name a failed call and keep the
+// reason in their source, so a chain printed by each layer said it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("cannot load the eBPF programs: {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("cannot load {program}: {source}")]
+    Load(String),
+    #[error("cannot load {program}: {error}")]
     Program {
         program: &'static str,
-        source: Box<aya::programs::ProgramError>,
+        error: String,
     },
-    #[error("cannot attach to {function} in {path} for PID {pid}: {source}")]
+    #[error("cannot attach to {function} in {path} for PID {pid}: {error}")]
     Attach {
         function: String,
         path: String,
         pid: u32,
-        source: Box<aya::programs::ProgramError>,
+        error: String,
     },
     #[error("cannot attach the {0} tracepoint: {1}")]
-    Tracepoint(&'static str, #[source] Box<aya::programs::ProgramError>),
+    Tracepoint(&'static str, String),
     #[error("eBPF map {0}: {1}")]
-    Map(&'static str, #[source] Box<aya::maps::MapError>),
+    Map(&'static str, String),
+}
+
+/// `e` and its causes, each said once, and what to do for the causes with a
+/// known fix.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut errno = None;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            errno = errno.or(io.raw_os_error());
+        }
+        next = err.source();
+    }
+    let fix = match errno {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            " (each probe is a descriptor: raise the open-files limit with ulimit -n, or trace \
+             fewer processes)"
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; in a container, a \
+             privileged one)"
+        }
+        Some(libc::ENOMEM) | Some(libc::E2BIG) => {
+            " (the kernel refused the memory: lower --max-allocs, --max-stacks or \
+             --max-unwind-rows)"
+        }
+        _ => "",
+    };
+    parts.join(": ") + fix
 }
 
 /// Sizes of the kernel maps, and the stack depth.
@@ -121,7 +158,7 @@ impl Probes {
             .map_max_entries(maps::UNWIND_ROWS, limits.max_unwind_rows)
             .map_max_entries(maps::UNWIND_PAGES, limits.max_unwind_pages())
             .load(OBJECT)
-            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+            .map_err(|e| ProbeError::Load(cause(&e)))?;
         let mut probes = Self {
             ebpf,
             loaded: Vec::new(),
@@ -132,7 +169,7 @@ impl Probes {
             for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
                 let prog: &mut RawTracePoint = probes.program(program)?;
                 prog.attach(tracepoint)
-                    .map_err(|e| ProbeError::Tracepoint(tracepoint, Box::new(e)))?;
+                    .map_err(|e| ProbeError::Tracepoint(tracepoint, cause(&e)))?;
             }
         }
         Ok(probes)
@@ -150,12 +187,12 @@ impl Probes {
             .unwrap_or_else(|| panic!("eBPF object lacks program {name}"));
         let program: &mut T = program.try_into().map_err(|e| ProbeError::Program {
             program: name,
-            source: Box::new(e),
+            error: cause(&e),
         })?;
         if !self.loaded.contains(&name) {
             program.load_program().map_err(|e| ProbeError::Program {
                 program: name,
-                source: Box::new(e),
+                error: cause(&e),
             })?;
             self.loaded.push(name);
         }
@@ -239,7 +276,7 @@ impl Probes {
                 function: point.function.clone(),
                 path: path.display().to_string(),
                 pid,
-                source: Box::new(e),
+                error: cause(&e),
             })
     }
 
@@ -262,7 +299,7 @@ impl Probes {
                 function: "leaktrace's calibration function".into(),
                 path: path.display().to_string(),
                 pid: me.get(),
-                source: Box::new(e),
+                error: cause(&e),
             })
     }
 
@@ -294,7 +331,7 @@ impl Probes {
         let mut targets: HashMap<&mut MapData, u32, u32> = self.map_mut(maps::TARGETS)?;
         targets
             .insert(pid, 1, 0)
-            .map_err(|e| ProbeError::Map(maps::TARGETS, Box::new(e)))
+            .map_err(|e| ProbeError::Map(maps::TARGETS, cause(&e)))
     }
 
     pub fn sites(&self) -> Result<HashMap<&MapData, SiteKey, SiteStats>, ProbeError> {
@@ -324,7 +361,7 @@ impl Probes {
             addr: bucket,
         };
         map.insert(key, count, 0)
-            .map_err(|e| ProbeError::Map(maps::GO_BEFORE_ATTACH, Box::new(e)))
+            .map_err(|e| ProbeError::Map(maps::GO_BEFORE_ATTACH, cause(&e)))
     }
 
     /// The return addresses of stack `id`, innermost first, and why its walk
@@ -365,7 +402,7 @@ impl Probes {
         let mut map: Array<&mut MapData, T> = self.map_mut(name)?;
         for (i, value) in values.iter().enumerate() {
             map.set(first + i as u32, *value, 0)
-                .map_err(|e| ProbeError::Map(name, Box::new(e)))?;
+                .map_err(|e| ProbeError::Map(name, cause(&e)))?;
         }
         Ok(())
     }
@@ -374,7 +411,7 @@ impl Probes {
     pub fn set_mappings(&mut self, pid: u32, value: &ProcMappings) -> Result<(), ProbeError> {
         let mut map: HashMap<&mut MapData, u32, ProcMappings> = self.map_mut(maps::MAPPINGS)?;
         map.insert(pid, value, 0)
-            .map_err(|e| ProbeError::Map(maps::MAPPINGS, Box::new(e)))
+            .map_err(|e| ProbeError::Map(maps::MAPPINGS, cause(&e)))
     }
 
     /// Whether the unwinder has mappings for `pid`.
@@ -399,7 +436,7 @@ impl Probes {
         for (i, slot) in out.iter_mut().enumerate() {
             let values = array
                 .get(&(i as u32), 0)
-                .map_err(|e| ProbeError::Map(maps::COUNTERS, Box::new(e)))?;
+                .map_err(|e| ProbeError::Map(maps::COUNTERS, cause(&e)))?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -411,7 +448,7 @@ impl Probes {
             .ebpf
             .take_map(maps::EVENTS)
             .expect("eBPF object lacks EVENTS");
-        RingBuf::try_from(map).map_err(|e| ProbeError::Map(maps::EVENTS, Box::new(e)))
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map(maps::EVENTS, cause(&e)))
     }
 
     fn map<'a, T>(&'a self, name: &'static str) -> Result<T, ProbeError>
@@ -422,7 +459,7 @@ impl Probes {
             .ebpf
             .map(name)
             .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
-        T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
+        T::try_from(map).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, ProbeError>
@@ -433,7 +470,7 @@ impl Probes {
             .ebpf
             .map_mut(name)
             .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
-        T::try_from(map).map_err(|e| ProbeError::Map(name, Box::new(e)))
+        T::try_from(map).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
 }
 
@@ -451,5 +488,32 @@ impl LoadProgram for UProbe {
 impl LoadProgram for RawTracePoint {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
         self.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that, like aya's, names a call and keeps the reason as its source.
+    #[derive(Debug, thiserror::Error)]
+    #[error("`bpf_link_create` failed")]
+    struct Failed(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_said_once_with_their_fix() {
+        let e = Failed(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let text = cause(&e);
+        assert!(
+            text.starts_with("`bpf_link_create` failed: Too many open files"),
+            "{text}"
+        );
+        assert!(text.contains("ulimit -n"), "{text}");
+        assert_eq!(text.matches("Too many open files").count(), 1, "{text}");
+        let e = Failed(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            cause(&e),
+            "`bpf_link_create` failed: No such file or directory (os error 2)"
+        );
     }
 }
