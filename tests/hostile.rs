@@ -329,3 +329,33 @@ fn a_library_replaced_on_disk_under_a_running_process_is_traced_as_mapped() {
     });
     assert!(named, "the leak's site is named");
 }
+
+#[test]
+fn forked_processes_left_untraced_by_the_open_files_limit_are_counted() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-nofile");
+    let json = dir.join("out.json");
+    // A hard limit leaktrace cannot raise past: each probe is a descriptor.
+    let out = run(Command::new("prlimit")
+        .arg("--nofile=160:160")
+        .arg(env!("CARGO_BIN_EXE_leaktrace"))
+        .args(["-q", "-o"])
+        .arg(&json)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 40); do sleep 2 & done; wait",
+        ]));
+    assert!(out.status.success());
+    let r = report(&json);
+    let untraced = r["lost"]["untraced_heaps"].as_u64().unwrap();
+    assert!(untraced > 0, "{}", r["lost"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("nothing lost"), "{stdout}");
+    assert!(stdout.contains("forked processes' heaps"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ulimit -n"), "the fix is named: {stderr}");
+}

@@ -169,6 +169,9 @@ pub struct Lost {
     pub ring_buffer_overruns: u64,
     /// Syscalls not followed because the per-thread syscall map was full.
     pub syscalls_map_full: u64,
+    /// Forked processes whose allocator probes could not be attached (their
+    /// heap is missing from the report; the warning names the cause).
+    pub untraced_heaps: u64,
 }
 
 impl Lost {
@@ -178,6 +181,7 @@ impl Lost {
             + self.stacks_lost
             + self.ring_buffer_overruns
             + self.syscalls_map_full
+            + self.untraced_heaps
     }
 }
 

@@ -504,6 +504,10 @@ impl Report {
             (l.stacks_lost, "stacks (stack map full: raise --max-stacks)"),
             (l.ring_buffer_overruns, "events (ring buffer overrun)"),
             (l.syscalls_map_full, "syscalls (per-thread map full)"),
+            (
+                l.untraced_heaps,
+                "forked processes' heaps (probes refused: see the warning)",
+            ),
         ]);
         format!("LOST: {}", parts.join(", "))
     }

@@ -634,13 +634,16 @@ impl Pump {
             .find(|t| t.target.pid == parent)
             .map(|t| t.allocators.clone())
             .unwrap_or_default();
+        let mut refused = None;
         for alloc in &allocators.allocators {
             if let Err(e) = self.probes.attach_allocator(&target, alloc) {
-                warn!(
-                    "PID {child} (forked by {parent}): {} not traced: {e}",
-                    alloc.describe()
-                );
+                refused.get_or_insert(format!("{}: {e}", alloc.describe()));
             }
+        }
+        if let Some(why) = refused {
+            // Counted, so the report never says "nothing lost" over it.
+            self.model.lost.untraced_heaps += 1;
+            warn!("PID {child} (forked by {parent}): heap not traced: {why}");
         }
         if let Some(maps) = self.maps.get(&parent).cloned() {
             self.maps.insert(child, maps);
