@@ -359,3 +359,36 @@ fn forked_processes_left_untraced_by_the_open_files_limit_are_counted() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ulimit -n"), "the fix is named: {stderr}");
 }
+
+#[test]
+fn without_cap_sys_ptrace_the_missing_capability_is_named() {
+    if !is_root() {
+        return;
+    }
+    let mut other = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(200));
+    let out = run(Command::new("setpriv")
+        .args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"])
+        .arg(env!("CARGO_BIN_EXE_leaktrace"))
+        .args(["--pid", &other.id().to_string()]));
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CAP_SYS_PTRACE"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("Permission denied").count(),
+        1,
+        "said once: {stderr}"
+    );
+}

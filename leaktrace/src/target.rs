@@ -25,8 +25,12 @@ pub enum TargetError {
     KernelThread(u32),
     #[error("PID {0} is leaktrace itself")]
     Myself(u32),
-    #[error("cannot inspect PID {pid}: {source}")]
-    Proc { pid: u32, source: std::io::Error },
+    #[error("cannot inspect PID {pid}: {error}{hint}")]
+    Proc {
+        pid: u32,
+        error: std::io::Error,
+        hint: &'static str,
+    },
     #[error("{0}: command not found")]
     CommandNotFound(String),
     // Not a `source`: the message says it, and a chain would say it twice.
@@ -179,7 +183,17 @@ impl Target {
                     TargetError::KernelThread(pid)
                 });
             }
-            Err(source) => return Err(TargetError::Proc { pid, source }),
+            Err(error) => {
+                // Another user's process: reading its /proc links is a ptrace
+                // access check, which root passes only with CAP_SYS_PTRACE.
+                let hint = if error.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (leaktrace needs CAP_SYS_PTRACE to look into other users' processes: \
+                     in a container, add it, e.g. --cap-add SYS_PTRACE)"
+                } else {
+                    ""
+                };
+                return Err(TargetError::Proc { pid, error, hint });
+            }
         };
         Ok(Self {
             pid,
