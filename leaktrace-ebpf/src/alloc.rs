@@ -17,19 +17,34 @@ use crate::{
     unwind,
 };
 
-/// Argument `slot` of the probed call, from the register this attachment's
-/// cookie names (the probe may sit past a copy of it: leaktrace-common's `args`).
-#[inline(always)]
-fn arg(ctx: &ProbeContext, slot: usize) -> u64 {
-    // SAFETY: the helper reads only the attachment's cookie.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let r = user_regs(ctx);
-    // Indexed by `Reg` code; an array, not a match: BPF has no jump tables.
-    let by_code = [
-        0, r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9, r.rax, r.rbx, r.rbp, r.r10, r.r11, r.r12, r.r13,
-        r.r14, r.r15,
-    ];
-    by_code[args::reg(cookie, slot) as usize & 15]
+/// The probed call's arguments, where this attachment's cookie says they are
+/// (the probe may sit past a copy of one: leaktrace-common's `args`): the
+/// cookie and the registers read once per call.
+struct Args {
+    cookie: u64,
+    /// Indexed by `Reg` code; an array, not a match: BPF has no jump tables.
+    by_code: [u64; 16],
+}
+
+impl Args {
+    #[inline(always)]
+    fn of(ctx: &ProbeContext) -> Self {
+        let r = user_regs(ctx);
+        Args {
+            // SAFETY: the helper reads only the attachment's cookie.
+            cookie: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) },
+            by_code: [
+                0, r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9, r.rax, r.rbx, r.rbp, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+        }
+    }
+
+    /// Argument `slot`.
+    #[inline(always)]
+    fn get(&self, slot: usize) -> u64 {
+        self.by_code[args::reg(self.cookie, slot) as usize & 15]
+    }
 }
 
 #[inline(always)]
@@ -46,39 +61,46 @@ pub fn user_regs<C: EbpfContext>(ctx: &C) -> &pt_regs {
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Malloc, arg(&ctx, 0), 0);
+    enter(&ctx, AllocFn::Malloc, Args::of(&ctx).get(0), 0);
     0
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
-    enter(&ctx, AllocFn::Calloc, size, 0);
+    let a = Args::of(&ctx);
+    enter(&ctx, AllocFn::Calloc, a.get(0).wrapping_mul(a.get(1)), 0);
     0
 }
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Realloc, arg(&ctx, 1), arg(&ctx, 0));
+    let a = Args::of(&ctx);
+    enter(&ctx, AllocFn::Realloc, a.get(1), a.get(0));
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
-    enter(&ctx, AllocFn::Realloc, size, arg(&ctx, 0));
+    let a = Args::of(&ctx);
+    enter(
+        &ctx,
+        AllocFn::Realloc,
+        a.get(1).wrapping_mul(a.get(2)),
+        a.get(0),
+    );
     0
 }
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::Memalign, arg(&ctx, 1), 0);
+    enter(&ctx, AllocFn::Memalign, Args::of(&ctx).get(1), 0);
     0
 }
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocFn::PosixMemalign, arg(&ctx, 2), arg(&ctx, 0));
+    let a = Args::of(&ctx);
+    enter(&ctx, AllocFn::PosixMemalign, a.get(2), a.get(0));
     0
 }
 
@@ -159,7 +181,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    let addr = arg(&ctx, 0);
+    let addr = Args::of(&ctx).get(0);
     if addr == 0 {
         return 0;
     }
