@@ -413,36 +413,36 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
         }
         Ok(times.map(|mut v| median(&mut v)))
     };
-    let [p, t, e] = against_earlier(&deep_load, &deep_args, &[])?;
+    let print_against_earlier = |title: &str, [p, t, e]: [f64; 3]| {
+        println!("{title}:");
+        println!("  untraced:                  {p:9.1} ns/op");
+        println!(
+            "  traced, earlier ({baseline}): {e:9.1} ns/op  (+{:.1}, {:.1}x)",
+            e - p,
+            e / p
+        );
+        println!(
+            "  traced:                    {t:9.1} ns/op  (+{:.1}, {:.1}x; {:+.1}% per pair over the earlier)",
+            t - p,
+            t / p,
+            ((t - p) / (e - p) - 1.0) * 100.0
+        );
+    };
+    let deep = against_earlier(&deep_load, &deep_args, &[])?;
     let frames = stack_depth(&leaktrace, &deep_load, pairs, &deep_args)?;
-    println!("malloc(64)/free from {frames:.1} frames deep (gcc -O2 -fno-omit-frame-pointer):");
-    println!("  untraced:                  {p:9.1} ns/op");
-    println!(
-        "  traced, earlier ({baseline}): {e:9.1} ns/op  (+{:.1}, {:.1}x)",
-        e - p,
-        e / p
-    );
-    println!(
-        "  traced, unwind tables:     {t:9.1} ns/op  (+{:.1}, {:.1}x; {:+.1}% per pair over the earlier)",
-        t - p,
-        t / p,
-        ((t - p) / (e - p) - 1.0) * 100.0
+    print_against_earlier(
+        &format!(
+            "malloc(64)/free from {frames:.1} frames deep (gcc -O2 -fno-omit-frame-pointer), \
+             traced with unwind tables"
+        ),
+        deep,
     );
     // jemalloc's malloc and free start with instructions the kernel
     // single-steps: the earlier tracer probes them there, this one where an
     // emulated instruction follows.
-    let [p, t, e] = against_earlier(&c_load, &[], &[("LD_PRELOAD", JEMALLOC)])?;
-    println!("malloc(64)/free on jemalloc ({JEMALLOC} preloaded):");
-    println!("  untraced:                  {p:9.1} ns/op");
-    println!(
-        "  traced, earlier ({baseline}): {e:9.1} ns/op  (+{:.1}, {:.1}x)",
-        e - p,
-        e / p
-    );
-    println!(
-        "  traced:                    {t:9.1} ns/op  (+{:.1}, {:.1}x)",
-        t - p,
-        t / p
+    print_against_earlier(
+        &format!("malloc(64)/free on jemalloc ({JEMALLOC} preloaded)"),
+        against_earlier(&c_load, &[], &[("LD_PRELOAD", JEMALLOC)])?,
     );
     redis_bench(&leaktrace, &earlier, baseline, runs)?;
     for (name, load, args) in workloads {
