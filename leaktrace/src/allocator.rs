@@ -270,14 +270,23 @@ impl Allocator {
 
     /// "jemalloc (_rjem_*) in /srv/app".
     pub fn describe(&self) -> String {
-        let prefix = if self.prefixes.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = self.prefixes.iter().map(|p| format!("{p}*")).collect();
-            format!(" ({})", list.join(", "))
-        };
-        format!("{}{prefix} in {}", self.family, self.path.display())
+        describe(&self.family.to_string(), &self.prefixes, &self.path)
     }
+}
+
+/// "jemalloc (_rjem_*, je_*) in /srv/app": an allocator as logs and reports
+/// name it.
+pub fn describe(name: &str, prefixes: &[impl AsRef<str>], file: &Path) -> String {
+    let prefixes: Vec<String> = prefixes
+        .iter()
+        .map(|p| format!("{}*", p.as_ref()))
+        .collect();
+    let prefixes = if prefixes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", prefixes.join(", "))
+    };
+    format!("{name}{prefixes} in {}", file.display())
 }
 
 /// What discovery found in a target.
@@ -321,17 +330,13 @@ pub fn find(
     let mut plain_bound = false;
     let mut new_bound = false;
     let mut image = Some(root);
-    let mut loader_queued = false;
+    // The loader's symbols come last (musl's loader is its libc).
+    let mut loader_last = loader.clone();
     loop {
         let current = match image.take() {
             Some(img) => img,
             None => {
-                // The loader's symbols come last (musl's loader is its libc).
-                let next = queue.pop_front().or_else(|| {
-                    loader
-                        .clone()
-                        .filter(|_| !std::mem::replace(&mut loader_queued, true))
-                });
+                let next = queue.pop_front().or_else(|| loader_last.take());
                 let Some(path) = next else { break };
                 if !seen.insert(path.clone()) {
                     continue;
@@ -404,14 +409,14 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
         } else {
             &[]
         };
-        file.add(family, "", LIBC.iter().chain(extra).map(|a| (a.name, a)));
+        file.add(family, "", plain(LIBC.iter().chain(extra)));
         own_family = Some(family);
     }
     for &(prefix, family, extra) in PREFIXED {
         let apis = LIBC
             .iter()
             .chain(extra)
-            .filter_map(move |a| Some((prefixed_name(prefix, a.name)?, a)));
+            .map(|a| (format!("{prefix}{}", a.name), a));
         if file.add(family, prefix, apis) {
             own_family.get_or_insert(family);
         }
@@ -421,17 +426,13 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
         // An allocator library's own operator new; libstdc++'s calls malloc,
         // probed already.
         if let Some(family) = own_family.or(defines_malloc.then_some(Family::Other)) {
-            file.add(family, "", CXX.iter().map(|a| (a.name, a)));
+            file.add(family, "", plain(CXX.iter()));
         }
     }
     let custom_global = has(&file, "__rust_alloc") && !has(&file, RUST_DEFAULT);
     let shim = custom_global
         && own_family.is_none()
-        && file.add(
-            Family::RustGlobal,
-            "",
-            RUST_SHIM.iter().map(|a| (a.name, a)),
-        );
+        && file.add(Family::RustGlobal, "", plain(RUST_SHIM.iter()));
     let mut unsupported = Vec::new();
     if !shim {
         for &(marker, name) in UNSUPPORTED {
@@ -444,17 +445,14 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
     Found {
         allocators: file.allocators,
         unsupported,
-        files: std::fs::metadata(&image.path)
-            .map(|m| FileId::of(&m))
-            .into_iter()
-            .collect(),
+        files: FileId::of_path(&image.path).into_iter().collect(),
     }
 }
 
 /// The probes being chosen in one file.
 struct FileProbes<'a> {
     image: &'a ElfImage,
-    functions: HashMap<&'static str, Function>,
+    functions: HashMap<String, Function>,
     /// Function offsets probed already: aliases (glibc's memalign is
     /// aligned_alloc, tcmalloc's malloc is tc_malloc) share one probe.
     taken: HashSet<u64>,
@@ -468,12 +466,12 @@ impl FileProbes<'_> {
         &mut self,
         family: Family,
         prefix: &'static str,
-        apis: impl Iterator<Item = (&'static str, &'t Api)>,
+        apis: impl Iterator<Item = (String, &'t Api)>,
     ) -> bool {
         let mut points = Vec::new();
         let mut stepped = Vec::new();
         for (symbol, api) in apis {
-            let Some(function) = self.functions.get(symbol) else {
+            let Some(function) = self.functions.get(&symbol) else {
                 continue;
             };
             if !self.taken.insert(function.file_offset) {
@@ -487,11 +485,11 @@ impl FileProbes<'_> {
             let code = self.image.bytes_at(function.file_offset, len);
             let placed = placement::place(code, function.address, api.slots);
             if !placed.emulated {
-                stepped.push(symbol.to_string());
+                stepped.push(symbol.clone());
             }
             points.push(ProbePoint {
                 program: api.program,
-                function: symbol.to_string(),
+                function: symbol,
                 returns: api.program != FREE,
                 file_offset: function.file_offset,
                 shift: placed.shift,
@@ -524,30 +522,37 @@ impl FileProbes<'_> {
     }
 }
 
+/// Entries looked up by their own (unprefixed) names.
+fn plain<'t>(apis: impl Iterator<Item = &'t Api>) -> impl Iterator<Item = (String, &'t Api)> {
+    apis.map(|a| (a.name.to_string(), a))
+}
+
 /// The names `inspect` looks up, as one set for a single pass over the
 /// symbols (Rust's v0-mangled shim symbols map to their plain names).
-fn wanted(symbol: &str) -> Option<&'static str> {
-    static NAMES: std::sync::LazyLock<HashMap<String, &'static str>> =
-        std::sync::LazyLock::new(|| {
-            let mut names: Vec<&'static str> = LIBC
-                .iter()
-                .chain(JEMALLOC)
-                .chain(CXX)
-                .chain(RUST_SHIM)
-                .map(|a| a.name)
-                .chain(MARKERS.iter().map(|m| m.0))
-                .chain(UNSUPPORTED.iter().map(|u| u.0))
-                .chain([RUST_DEFAULT])
-                .collect();
-            for &(prefix, _, extra) in PREFIXED {
-                for a in LIBC.iter().chain(extra) {
-                    names.extend(prefixed_name(prefix, a.name));
-                }
-            }
-            names.into_iter().map(|n| (n.to_string(), n)).collect()
-        });
-    if let Some(&name) = NAMES.get(symbol) {
-        return Some(name);
+fn wanted(symbol: &str) -> Option<String> {
+    static NAMES: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(|| {
+        let mut names: HashSet<String> = LIBC
+            .iter()
+            .chain(JEMALLOC)
+            .chain(CXX)
+            .chain(RUST_SHIM)
+            .map(|a| a.name)
+            .chain(MARKERS.iter().map(|m| m.0))
+            .chain(UNSUPPORTED.iter().map(|u| u.0))
+            .chain([RUST_DEFAULT])
+            .map(str::to_string)
+            .collect();
+        for &(prefix, _, extra) in PREFIXED {
+            names.extend(
+                LIBC.iter()
+                    .chain(extra)
+                    .map(|a| format!("{prefix}{}", a.name)),
+            );
+        }
+        names
+    });
+    if NAMES.contains(symbol) {
+        return Some(symbol.to_string());
     }
     // v0 mangling: `_RNvCs…_7___rustc12___rust_alloc` ends in the name's
     // length, a `_` (the name starts with one), and the name.
@@ -561,27 +566,10 @@ fn wanted(symbol: &str) -> Option<&'static str> {
                     .strip_suffix(name)
                     .and_then(|rest| rest.strip_suffix('_'))
                     .is_some_and(|rest| rest.ends_with(&name.len().to_string()))
-            });
+            })
+            .map(str::to_string);
     }
     None
-}
-
-/// `prefix` + `name`, interned: the tables are static, so are these.
-fn prefixed_name(prefix: &'static str, name: &'static str) -> Option<&'static str> {
-    static INTERNED: std::sync::LazyLock<HashMap<(&str, &str), &'static str>> =
-        std::sync::LazyLock::new(|| {
-            PREFIXED
-                .iter()
-                .flat_map(|&(prefix, _, extra)| {
-                    LIBC.iter().chain(extra).map(move |a| {
-                        let joined: &'static str =
-                            Box::leak(format!("{prefix}{}", a.name).into_boxed_str());
-                        ((prefix, a.name), joined)
-                    })
-                })
-                .collect()
-        });
-    INTERNED.get(&(prefix, name)).copied()
 }
 
 /// musl's dynamic libc exports no marker of its own: it is the loader.
@@ -677,19 +665,19 @@ mod tests {
     #[test]
     fn rust_shim_names_are_found_through_v0_mangling() {
         assert_eq!(
-            wanted("_RNvCsfLfy6EI15iL_7___rustc12___rust_alloc"),
+            wanted("_RNvCsfLfy6EI15iL_7___rustc12___rust_alloc").as_deref(),
             Some("__rust_alloc")
         );
         assert_eq!(
-            wanted("_RNvCsfLfy6EI15iL_7___rustc14___rust_realloc"),
+            wanted("_RNvCsfLfy6EI15iL_7___rustc14___rust_realloc").as_deref(),
             Some("__rust_realloc")
         );
         assert_eq!(
-            wanted("_RNvCsfLfy6EI15iL_7___rustc11___rdl_alloc"),
+            wanted("_RNvCsfLfy6EI15iL_7___rustc11___rdl_alloc").as_deref(),
             Some(RUST_DEFAULT)
         );
-        assert_eq!(wanted("_RNvCs_7___rustc13___rust_alloc"), None);
-        assert_eq!(wanted("_rjem_mallocx"), Some("_rjem_mallocx"));
-        assert_eq!(wanted("je_malloc_conf"), None);
+        assert_eq!(wanted("_RNvCs_7___rustc13___rust_alloc").as_deref(), None);
+        assert_eq!(wanted("_rjem_mallocx").as_deref(), Some("_rjem_mallocx"));
+        assert_eq!(wanted("je_malloc_conf").as_deref(), None);
     }
 }

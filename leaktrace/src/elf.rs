@@ -95,10 +95,7 @@ impl ElfImage {
     /// The defined functions whose names `wanted` maps to a name of ours, in
     /// one pass over `.dynsym` and `.symtab` (`.dynsym` wins; versioned names
     /// are passed without their version).
-    pub fn functions(
-        &self,
-        wanted: impl Fn(&str) -> Option<&'static str>,
-    ) -> HashMap<&'static str, Function> {
+    pub fn functions(&self, wanted: impl Fn(&str) -> Option<String>) -> HashMap<String, Function> {
         let mut found = HashMap::new();
         let Ok(file) = self.parse() else {
             return found;
@@ -115,15 +112,15 @@ impl ElfImage {
             else {
                 continue;
             };
-            if found.contains_key(name) {
+            if found.contains_key(&name) {
                 continue;
             }
             let address = sym.address();
             if let Some(file_offset) = self.file_offset(address) {
                 found.insert(
-                    name,
+                    name.clone(),
                     Function {
-                        name: name.into(),
+                        name,
                         address,
                         file_offset,
                         size: sym.size(),

@@ -19,6 +19,11 @@ impl FileId {
         }
     }
 
+    /// The file at `path` (links followed), if there is one.
+    pub fn of_path(path: &std::path::Path) -> Option<Self> {
+        fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+
     /// From the `major:minor` (hex) and inode fields of a maps line.
     fn parse(dev: &str, inode: &str) -> Option<Self> {
         let (major, minor) = dev.split_once(':')?;

@@ -266,16 +266,10 @@ impl Report {
                 shown(&t.exe.to_string_lossy()),
             );
             for a in &t.allocators {
-                let prefixes = if a.prefixes.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({}*)", a.prefixes.join("*, "))
-                };
                 let _ = writeln!(
                     out,
-                    "    heap: {}{prefixes} in {}, {} functions probed",
-                    a.name,
-                    shown(&a.file.to_string_lossy()),
+                    "    heap: {}, {} functions probed",
+                    shown(&crate::allocator::describe(&a.name, &a.prefixes, &a.file)),
                     a.functions
                 );
                 if !a.single_stepped.is_empty() {

@@ -28,7 +28,7 @@ use crate::{
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
-    procmaps::ProcMaps,
+    procmaps::{FileId, ProcMaps},
     report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Symbolizer},
     target::{self, Child, Credentials, Launched, Target, in_root},
@@ -156,8 +156,12 @@ fn attach(
     let found = if opts.families.heap {
         match allocators() {
             Ok(found) => found,
-            // A Go program without cgo has no malloc: its heap is Go's.
-            Err(AllocatorError::NotFound { .. }) if runtime.is_some() => Found::default(),
+            // A Go program without cgo has no malloc: its heap is Go's. Its
+            // executable was looked at (not again when its mappings are).
+            Err(AllocatorError::NotFound { .. }) if runtime.is_some() => Found {
+                files: FileId::of_path(exe).into_iter().collect(),
+                ..Found::default()
+            },
             Err(e) => return Err(e).with_context(|| format!("PID {}", target.pid)),
         }
     } else {

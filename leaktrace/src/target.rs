@@ -209,9 +209,8 @@ impl Target {
     pub fn exe_path(&self) -> PathBuf {
         let rooted = in_root(self.pid, &self.exe);
         let running = PathBuf::from(format!("/proc/{}/exe", self.pid));
-        match (fs::metadata(&rooted), fs::metadata(&running)) {
-            (Ok(a), Ok(b)) if FileId::of(&a) != FileId::of(&b) => running,
-            (Err(_), Ok(_)) => running,
+        match FileId::of_path(&running) {
+            Some(id) if FileId::of_path(&rooted) != Some(id) => running,
             _ => rooted,
         }
     }
@@ -583,7 +582,7 @@ pub fn script_interpreter(path: &Path) -> Option<PathBuf> {
 pub fn mapped_file(pid: u32, m: &Mapping) -> Option<PathBuf> {
     let path = m.path.as_ref()?;
     let rooted = in_root(pid, path);
-    if fs::metadata(&rooted).is_ok_and(|meta| Some(FileId::of(&meta)) == m.file) {
+    if m.file.is_some() && FileId::of_path(&rooted) == m.file {
         return Some(rooted);
     }
     let mapped = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
