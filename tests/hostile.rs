@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     leaktrace,
-    prod::{cc_build, is_root},
+    prod::{cc_build, functions, is_root},
     report, run, scratch_dir,
 };
 
@@ -391,4 +391,82 @@ fn without_cap_sys_ptrace_the_missing_capability_is_named() {
         1,
         "said once: {stderr}"
     );
+}
+
+/// Every site through `function`, in any process of the report: (their
+/// outstanding allocations, the processes they are in).
+fn outstanding_through(r: &serde_json::Value, function: &str) -> (u64, Vec<u64>) {
+    let mut pids = Vec::new();
+    let mut count = 0;
+    for s in r["sites"].as_array().unwrap() {
+        if s["kind"] == "heap" && functions(s).contains(&Some(function)) {
+            count += s["outstanding_count"].as_u64().unwrap();
+            pids.push(s["pid"].as_u64().unwrap());
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    (count, pids)
+}
+
+fn trace_spawns(name: &str, cmd: &[&str]) -> serde_json::Value {
+    let dir = scratch_dir(name);
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .args(["-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .args(cmd));
+    assert!(out.status.success());
+    report(&json)
+}
+
+#[test]
+fn forked_and_execd_processes_are_traced_from_their_first_allocation() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_build("gcc", "spawns.c", &["-O2", "-g"], &[], "spawns");
+    let exe = exe.to_str().unwrap();
+    // A wrapper: sh forks, the child execs a program that leaks and ends at once.
+    let r = trace_spawns(
+        "hostile-wrapper",
+        &["sh", "-c", &format!("{exe} leak; true")],
+    );
+    let (count, pids) = outstanding_through(&r, "quick_leak");
+    assert_eq!(
+        count, 64,
+        "every allocation of the exec'd child: {}",
+        r["sites"]
+    );
+    assert_eq!(pids.len(), 1);
+    assert_ne!(
+        pids[0], r["targets"][0]["pid"],
+        "in the child, not the shell"
+    );
+    // A pre-fork server's way: children that allocate as soon as they exist.
+    let r = trace_spawns("hostile-forks", &[exe, "fork", "20"]);
+    let (count, pids) = outstanding_through(&r, "child_leak");
+    assert_eq!(count, 20 * 8, "every child's allocations: {}", r["lost"]);
+    assert_eq!(pids.len(), 20, "one site per child");
+    assert_eq!(r["lost"]["untraced_heaps"], 0);
+}
+
+#[test]
+fn the_heap_of_an_image_replaced_by_exec_is_dropped() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_build("gcc", "spawns.c", &["-O2", "-g"], &[], "spawns");
+    let exe = exe.to_str().unwrap();
+    let r = trace_spawns("hostile-exec", &[exe, "exec", exe, "leak"]);
+    let (before, _) = outstanding_through(&r, "leak_before_exec");
+    assert_eq!(
+        before, 0,
+        "the old image's heap went with it: {}",
+        r["sites"]
+    );
+    let (after, pids) = outstanding_through(&r, "quick_leak");
+    assert_eq!(after, 64, "the new image's heap is traced");
+    assert_eq!(pids, [r["targets"][0]["pid"].as_u64().unwrap()]);
 }

@@ -18,6 +18,7 @@ pub mod maps {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
     pub const MAPPINGS: &str = "MAPPINGS";
+    pub const PAUSE: &str = "PAUSE";
 }
 
 pub mod args;
@@ -163,9 +164,10 @@ pub enum EventKind {
     FdOpen = 4,
     /// [`FdClose`]: descriptors `first..=last` closed.
     FdClose = 5,
-    /// [`FdClose`] of an `execve` that succeeded: close-on-exec descriptors are gone.
-    FdExec = 6,
-    /// [`ForkEvent`]: a target made a new process, now a target too.
+    /// [`ProcEvent`]: an `execve` succeeded: a new image, close-on-exec
+    /// descriptors gone.
+    Exec = 6,
+    /// [`ProcEvent`]: a target made a new process (`child`), now a target too.
     Fork = 7,
     /// [`GoroutineEvent`]: a Go target started a goroutine.
     GoroutineNew = 8,
@@ -194,15 +196,18 @@ pub struct GoroutineEvent {
     pub parent: u64,
 }
 
-/// A target forked: `child` is traced from its first instruction.
+/// A target forked (`child` is traced from its first instruction) or exec'd
+/// (`child` is 0), sent by the process that is new: the child at its first
+/// return to user space, the new image at exec's return.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ForkEvent {
+pub struct ProcEvent {
     pub kind: u32,
     pub tgid: u32,
     pub ts_ns: u64,
     pub child: u32,
-    pub _pad: u32,
+    /// 1: the process stopped itself (SIGSTOP) until userspace continues it.
+    pub paused: u32,
 }
 
 /// Bit in the `FAMILIES` global: which syscall families the tracepoints follow.
@@ -212,6 +217,9 @@ pub const FAMILY_FDS: u32 = 2;
 pub const FAMILY_FORKS: u32 = 4;
 /// Name of the eBPF global userspace sets before loading.
 pub const FAMILIES_GLOBAL: &str = "FAMILIES";
+/// Name of the eBPF global holding `offsetof(struct task_struct, tgid)` in the
+/// running kernel (0: unknown, from no BTF).
+pub const TASK_TGID_GLOBAL: &str = "TASK_TGID";
 
 /// Bytes of a path or name copied with an open (NUL-terminated).
 pub const FD_PATH_LEN: usize = 256;
@@ -237,7 +245,7 @@ pub struct FdOpen {
     pub path: [u8; FD_PATH_LEN],
 }
 
-/// Descriptors `first..=last` were closed (close, close_range), or an exec happened.
+/// Descriptors `first..=last` were closed (close, close_range).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FdClose {

@@ -118,9 +118,8 @@ pub fn keep(call: &SyscallArgs) -> bool {
 pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
     let [a0, a1, ..] = call.args;
     match call.nr {
-        CLOSE => closed(EventKind::FdClose, tgid, a0 as u32, a0 as u32),
-        CLOSE_RANGE => closed(EventKind::FdClose, tgid, a0 as u32, a1 as u32),
-        EXECVE | EXECVEAT => closed(EventKind::FdExec, tgid, 0, u32::MAX),
+        CLOSE => closed(tgid, a0 as u32, a0 as u32),
+        CLOSE_RANGE => closed(tgid, a0 as u32, a1 as u32),
         // Both descriptors are written to the caller's int[2].
         PIPE | PIPE2 => opened(tgid, call, a0, regs),
         SOCKETPAIR => opened(tgid, call, call.args[3], regs),
@@ -129,13 +128,13 @@ pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
 }
 
 #[inline(always)]
-fn closed(kind: EventKind, tgid: u32, first: u32, last: u32) {
+fn closed(tgid: u32, first: u32, last: u32) {
     let Some(mut entry) = EVENTS.reserve::<FdClose>(0) else {
         count(Counter::EventsLost);
         return;
     };
     entry.write(FdClose {
-        kind: kind as u32,
+        kind: EventKind::FdClose as u32,
         tgid,
         // SAFETY: reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },

@@ -1,15 +1,23 @@
-//! Following targets into the processes they fork: a successful fork, vfork, or
-//! clone/clone3 without CLONE_THREAD makes the child a target at once, in the
-//! kernel, so its first syscalls are already seen; userspace hears of it to copy
-//! the parent's descriptors and mappings and to attach the allocator probes.
+//! Following targets into the processes they fork and the images they exec.
+//!
+//! A successful fork, vfork, or clone/clone3 without CLONE_THREAD makes the
+//! child a target before it first runs (`sched_process_fork` fires in the
+//! parent before the child is woken), so its first syscalls are seen. The
+//! allocator probes, though, are attached by userspace, per process: a child
+//! running before then would allocate unseen. So, while userspace asks for it
+//! (`PAUSE`), a new process stops itself at its first return to user space, and
+//! a new image at exec's return, before running an instruction: it sends
+//! itself SIGSTOP and tells userspace, which attaches and sends SIGCONT.
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
-use leaktrace_common::{Counter, EventKind, ForkEvent, SyscallArgs};
+use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs};
 
 use crate::{
-    maps::{EVENTS, TARGETS, count},
+    maps::{EVENTS, FORKED, PAUSE, SYSCALLS, TARGETS, count, current_tgid_tid},
     unwind,
 };
 
@@ -18,6 +26,13 @@ const FORK: u64 = 57;
 const VFORK: u64 = 58;
 const CLONE3: u64 = 435;
 const CLONE_THREAD: u64 = 0x10000;
+const SIGSTOP: u32 = 19;
+
+/// `offsetof(struct task_struct, tgid)` in the running kernel, from its BTF:
+/// set by userspace at load, 0 when unknown (`sched_process_fork` is then not
+/// attached and the parent's return adopts the child).
+#[unsafe(no_mangle)]
+static TASK_TGID: u32 = 0;
 
 #[inline(always)]
 pub fn wants(nr: u64) -> bool {
@@ -40,28 +55,90 @@ pub fn keep(call: &SyscallArgs) -> bool {
     flags & CLONE_THREAD == 0
 }
 
-/// In the parent, a fork returns the child's PID.
+/// In the parent, after the child is made and before it is woken.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let (tgid, tid) = current_tgid_tid();
+    if TARGETS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    // The parent's fork call was kept at entry only if it makes a process.
+    // SAFETY: per-thread entry, read by its own thread.
+    if !unsafe { SYSCALLS.get(tid) }.is_some_and(|call| wants(call.nr)) {
+        return 0;
+    }
+    // SAFETY: a global userspace writes before load; volatile so it is not folded.
+    let offset = unsafe { core::ptr::read_volatile(&TASK_TGID) } as usize;
+    let task: *const u8 = ctx.arg(1);
+    // SAFETY: reads kernel memory; a fault returns Err.
+    if let Ok(child) = unsafe { bpf_probe_read_kernel(task.wrapping_add(offset) as *const u32) } {
+        adopt(tgid, child);
+    }
+    0
+}
+
+/// In the parent, a fork returns the child's PID: where the child is adopted
+/// when `sched_process_fork` could not do it first.
 #[inline(always)]
 pub fn exit(tgid: u32, child: u32) {
-    if child == 0 {
-        return;
+    if child != 0 {
+        adopt(tgid, child);
     }
-    if TARGETS.insert(child, 1, 0).is_err() {
+}
+
+#[inline(always)]
+fn adopt(parent: u32, child: u32) {
+    if TARGETS.insert(child, 1, BPF_NOEXIST as u64).is_err() {
         return;
     }
     // Its first allocations unwind like the parent's, before userspace hears of it.
-    unwind::inherit(tgid, child);
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+    unwind::inherit(parent, child);
+    let _ = FORKED.insert(child, parent, 0);
+}
+
+/// A target's syscall returned without its arguments kept: for a new process,
+/// that is its first return to user space.
+#[inline(always)]
+pub fn first_return(tgid: u32) {
+    // SAFETY: copied before the entry is removed.
+    let Some(parent) = (unsafe { FORKED.get(tgid) }).copied() else {
+        return;
+    };
+    if FORKED.remove(tgid).is_ok() {
+        announce(EventKind::Fork, parent, tgid);
+    }
+}
+
+/// An exec by a target returned: a new image, not yet probed.
+#[inline(always)]
+pub fn exec(tgid: u32) {
+    announce(EventKind::Exec, tgid, 0);
+}
+
+/// Tells userspace, stopping the current process first if userspace asks for it.
+#[inline(always)]
+fn announce(kind: EventKind, tgid: u32, child: u32) {
+    // Reserved first: a process stops only when userspace will hear of it.
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         count(Counter::EventsLost);
         return;
     };
-    entry.write(ForkEvent {
-        kind: EventKind::Fork as u32,
+    let pausing = PAUSE.get(0).is_some_and(|&p| p != 0);
+    // SAFETY: signals the current process; delivered before it returns to user space.
+    let paused = pausing && unsafe { bpf_send_signal(SIGSTOP) } == 0;
+    entry.write(ProcEvent {
+        kind: kind as u32,
         tgid,
         // SAFETY: reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         child,
-        _pad: 0,
+        paused: paused as u32,
     });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    // A stopped process waits for userspace: wake it now.
+    let wakeup = if paused {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
 }

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, Counter, Inflight, SiteKey, SiteStats, SyscallArgs,
@@ -30,6 +30,17 @@ pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 
 /// Per-thread syscall arguments between entry and exit (tid → args).
 #[map]
 pub static SYSCALLS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Processes a target forked that have not yet returned to user space
+/// (child tgid → parent tgid).
+#[map]
+pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Slot 0 nonzero: a new process or image stops itself (SIGSTOP) until
+/// userspace has attached its probes (see fork.rs). Userspace clears it
+/// before it lets go of the targets.
+#[map]
+pub static PAUSE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);

@@ -71,10 +71,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
+    let ret: i64 = ctx.arg(1);
     let Some(args) = take(&SYSCALLS, tid) else {
+        // A new process's first return (from fork, with 0) has no entry.
+        if ret == 0 && tid == tgid && families() & FAMILY_FORKS != 0 {
+            fork::first_return(tgid);
+        }
         return 0;
     };
-    let ret: i64 = ctx.arg(1);
     // -4095..-1 are errors; failed calls change nothing.
     if (-4095..0).contains(&ret) {
         return 0;
@@ -84,11 +88,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     if fd::is_exec(args.nr) {
         unwind::forget(tgid);
-        if families() & FAMILY_FDS == 0 {
-            return 0;
-        }
-    }
-    if mmap::wants(args.nr) {
+        fork::exec(tgid);
+    } else if mmap::wants(args.nr) {
         mmap::exit(tgid, &args, ret as u64, &regs);
     } else if fork::wants(args.nr) {
         fork::exit(tgid, ret as u32);

@@ -4,6 +4,7 @@
 //! [`model`] → [`report`] with [`verdict`]s → views ([`report`] text, JSON,
 //! [`pprof`], [`flamegraph`], the live [`top`]), written by [`output`].
 pub mod allocator;
+pub mod btf;
 pub mod cli;
 pub mod elf;
 pub mod escape;

@@ -296,6 +296,10 @@ pub struct Model {
     pub stack_walks: StackWalks,
     pub allocs: u64,
     pub frees: u64,
+    /// Heap of images replaced by an exec, per site (count, bytes): taken out
+    /// of the kernel's outstanding allocations, so never freed there, and
+    /// taken off the kernel's live totals here.
+    gone: HashMap<SiteId, [u64; 2]>,
 }
 
 fn page_up(len: u64) -> u64 {
@@ -344,14 +348,22 @@ impl Model {
         }
         for (id, [live_count, live_bytes, total_count, total_bytes]) in sums {
             let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
-            site.live_count = live_count.round() as u64;
-            site.live_bytes = live_bytes.round() as u64;
+            let [gone_count, gone_bytes] = self.gone.get(&id).copied().unwrap_or_default();
+            site.live_count = (live_count.round() as u64).saturating_sub(gone_count);
+            site.live_bytes = (live_bytes.round() as u64).saturating_sub(gone_bytes);
             site.total_count = total_count.round() as u64;
             site.total_bytes = total_bytes.round() as u64;
             if site.live_count == 0 {
                 site.oldest_ns = None;
             }
         }
+    }
+
+    /// An exec took `bytes` in one allocation of site `id` away with the old image.
+    pub fn heap_gone(&mut self, id: SiteId, bytes: u64) {
+        let gone = self.gone.entry(id).or_default();
+        gone[0] += 1;
+        gone[1] += bytes;
     }
 
     /// Sets the oldest outstanding allocation of each kernel-accounted site and

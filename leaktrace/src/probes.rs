@@ -2,24 +2,25 @@
 //!
 //! Every attachment is a file descriptor owned by this process: however
 //! leaktrace ends (even SIGKILL) the kernel closes them and removes the probes.
-use std::{num::NonZeroU32, path::Path};
+use std::{collections::HashMap as StdHashMap, num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP,
-    SiteKey, SiteStats, StackId, maps,
+    SiteKey, SiteStats, StackId, TASK_TGID_GLOBAL, maps,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
 use crate::{
     allocator::{Allocator, ProbePoint},
+    btf,
     golang::GoRuntime,
     stepcost::{self, Costs},
     target::Target,
@@ -141,6 +142,11 @@ pub struct Probes {
     limits: Limits,
     /// What a probe costs here, measured the first time it is asked.
     step_costs: Option<Costs>,
+    /// Each process's allocator attachments (program, link), detached when
+    /// its image is replaced or it exits.
+    allocator_links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// The Go runtime attachments.
+    go_links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -150,9 +156,20 @@ impl Probes {
     pub fn load(limits: Limits, families: Families) -> Result<Self, ProbeError> {
         let bits = families.syscall_bits();
         let depth = limits.max_depth.clamp(1, MAX_FRAMES as u32 - 1);
+        // Without it, a forked child becomes a target when its parent's fork
+        // returns: a child that runs first is missed until then.
+        let task_tgid = if families.forks {
+            btf::field_offset("task_struct", "tgid").unwrap_or_else(|e| {
+                log::warn!("forked processes may be seen late: {e}");
+                0
+            })
+        } else {
+            0
+        };
         let ebpf = EbpfLoader::new()
             .override_global(FAMILIES_GLOBAL, &bits, true)
             .override_global(MAX_DEPTH_GLOBAL, &depth, true)
+            .override_global(TASK_TGID_GLOBAL, &task_tgid, true)
             .map_max_entries(maps::ALLOCS, limits.max_allocs)
             .map_max_entries(maps::STACKS, limits.max_stacks)
             .map_max_entries(maps::UNWIND_ROWS, limits.max_unwind_rows)
@@ -164,15 +181,43 @@ impl Probes {
             loaded: Vec::new(),
             limits,
             step_costs: None,
+            allocator_links: StdHashMap::new(),
+            go_links: Vec::new(),
         };
-        if bits != 0 {
-            for (program, tracepoint) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
-                let prog: &mut RawTracePoint = probes.program(program)?;
-                prog.attach(tracepoint)
-                    .map_err(|e| ProbeError::Tracepoint(tracepoint, cause(&e)))?;
-            }
+        // Exec is followed whatever the families: a new image needs its probes.
+        let mut tracepoints = vec!["sys_enter", "sys_exit"];
+        if task_tgid != 0 {
+            tracepoints.push("sched_process_fork");
+        }
+        for tracepoint in tracepoints {
+            let prog: &mut RawTracePoint = probes.program(tracepoint)?;
+            prog.attach(tracepoint)
+                .map_err(|e| ProbeError::Tracepoint(tracepoint, cause(&e)))?;
         }
         Ok(probes)
+    }
+
+    /// Whether new processes and images of the targets stop themselves until
+    /// their probes are attached (see leaktrace-ebpf/src/fork.rs).
+    pub fn set_pausing(&mut self, on: bool) -> Result<(), ProbeError> {
+        let mut pause: Array<&mut MapData, u32> = self.map_mut(maps::PAUSE)?;
+        pause
+            .set(0, on as u32, 0)
+            .map_err(|e| ProbeError::Map(maps::PAUSE, cause(&e)))
+    }
+
+    /// Removes the allocator probes of process `pid`, in the background.
+    pub fn detach_allocators(&mut self, pid: u32) {
+        let links = self.allocator_links.remove(&pid).unwrap_or_default();
+        let links = self.take_links(links);
+        std::thread::spawn(move || detach(links));
+    }
+
+    /// The links `ids` name, out of their programs.
+    fn take_links(&mut self, ids: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
+        ids.into_iter()
+            .filter_map(|(program, id)| self.program::<UProbe>(program).ok()?.take_link(id).ok())
+            .collect()
     }
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T, ProbeError>
@@ -212,11 +257,17 @@ impl Probes {
         // and the calls after it on that thread would be taken for nested ones.
         // Both at the placed point: the return address is still on top of the
         // stack there (see placement.rs).
-        for point in allocator.points.iter().filter(|p| p.returns) {
-            self.attach_uprobe("alloc_return", point, &allocator.path, target.pid)?;
-        }
-        for point in &allocator.points {
-            self.attach_uprobe(point.program, point, &allocator.path, target.pid)?;
+        let pid = target.pid;
+        let returns = allocator.points.iter().filter(|p| p.returns);
+        let programs = returns
+            .map(|p| ("alloc_return", p))
+            .chain(allocator.points.iter().map(|p| (p.program, p)));
+        for (program, point) in programs {
+            let link = self.attach_uprobe(program, point, &allocator.path, pid)?;
+            self.allocator_links
+                .entry(pid)
+                .or_default()
+                .push((program, link));
         }
         Ok(())
     }
@@ -238,7 +289,8 @@ impl Probes {
                 heap
             };
             if wanted {
-                self.attach_uprobe(point.program, point, &go.path, target.pid)?;
+                let link = self.attach_uprobe(point.program, point, &go.path, target.pid)?;
+                self.go_links.push((point.program, link));
             }
         }
         Ok(())
@@ -252,7 +304,7 @@ impl Probes {
         point: &ProbePoint,
         path: &Path,
         pid: u32,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<UProbeLinkId, ProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
         let probe: &mut UProbe = self.program(program)?;
         // Only the allocator's shared return program may be a uretprobe: one on Go
@@ -271,7 +323,6 @@ impl Probes {
                 path,
                 scope,
             )
-            .map(drop)
             .map_err(|e| ProbeError::Attach {
                 function: point.function.clone(),
                 path: path.display().to_string(),
@@ -340,6 +391,23 @@ impl Probes {
 
     pub fn allocs(&self) -> Result<HashMap<&MapData, AllocKey, AllocInfo>, ProbeError> {
         self.map(maps::ALLOCS)
+    }
+
+    /// Takes process `pid`'s outstanding allocations made before `until` out
+    /// of the kernel's accounting, returning them.
+    pub fn take_allocs(&mut self, pid: u32, until: u64) -> Result<Vec<AllocInfo>, ProbeError> {
+        let mut allocs: HashMap<&mut MapData, AllocKey, AllocInfo> = self.map_mut(maps::ALLOCS)?;
+        let old: Vec<(AllocKey, AllocInfo)> = allocs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, info)| k.tgid == pid && info.ts_ns <= until)
+            .collect();
+        // Only what this removes is ours: a free may settle an entry meanwhile.
+        Ok(old
+            .into_iter()
+            .filter(|(k, _)| allocs.remove(k).is_ok())
+            .map(|(_, info)| info)
+            .collect())
     }
 
     /// Go heap objects sampled before attach still in use, per (tgid, bucket).
@@ -471,6 +539,33 @@ impl Probes {
             .map_mut(name)
             .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
         T::try_from(map).map_err(|e| ProbeError::Map(name, cause(&e)))
+    }
+}
+
+/// Removing a uprobe waits for a grace period of the kernel's (~0.1 s):
+/// removed one after another, a few dozen take seconds; removed at once, the
+/// waits overlap.
+fn detach(links: Vec<UProbeLink>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            scope.spawn(move || drop(link));
+        }
+    });
+}
+
+/// Every uprobe is removed before the programs are (at once: see [`detach`]).
+impl Drop for Probes {
+    fn drop(&mut self) {
+        let mut ids = std::mem::take(&mut self.go_links);
+        ids.extend(
+            std::mem::take(&mut self.allocator_links)
+                .into_values()
+                .flatten(),
+        );
+        let links = self.take_links(ids);
+        let (n, started) = (links.len(), std::time::Instant::now());
+        detach(links);
+        log::debug!("{n} uprobes removed in {:.2?}", started.elapsed());
     }
 }
 

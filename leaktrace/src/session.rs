@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     ffi::OsString,
     io::Write,
+    os::fd::AsFd,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -11,16 +12,20 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
-    Counter, EventKind, FdClose, FdOpen, ForkEvent, GoroutineEvent, MapEvent, NO_STACK, SiteKey,
+    Counter, EventKind, FdClose, FdOpen, GoroutineEvent, MapEvent, NO_STACK, ProcEvent, SiteKey,
     SiteKind, SiteStats, StackId,
     unwind::{STACK_END_KINDS, StackEnd},
 };
 use log::{debug, info, warn};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     allocator::{self, AllocatorError, Found},
     elf::ElfImage,
+    escape,
     golang::{DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
     limits::{FdLimit, MemoryLimit},
@@ -83,9 +88,9 @@ const AT_FDCWD: i32 = -100;
 enum Event {
     Map(Box<MapEvent>),
     FdOpen(Box<FdOpen>),
-    /// Also an exec (kind `FdExec`).
     FdClose(FdClose),
-    Fork(ForkEvent),
+    Fork(ProcEvent),
+    Exec(ProcEvent),
     Goroutine(GoroutineEvent),
 }
 
@@ -97,10 +102,12 @@ impl Event {
             Event::Map(Box::new(read_as(bytes)?))
         } else if kind == EventKind::FdOpen as u32 {
             Event::FdOpen(Box::new(read_as(bytes)?))
-        } else if kind == EventKind::FdClose as u32 || kind == EventKind::FdExec as u32 {
+        } else if kind == EventKind::FdClose as u32 {
             Event::FdClose(read_as(bytes)?)
         } else if kind == EventKind::Fork as u32 {
             Event::Fork(read_as(bytes)?)
+        } else if kind == EventKind::Exec as u32 {
+            Event::Exec(read_as(bytes)?)
         } else if kind == EventKind::GoroutineNew as u32 || kind == EventKind::GoroutineExit as u32
         {
             Event::Goroutine(read_as(bytes)?)
@@ -395,6 +402,20 @@ impl Pump {
     async fn trace(&mut self, opts: &Options, mut live: Option<Live>) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        // Events that cannot wait for the next drain (a process stopped for
+        // its probes) wake the ring buffer's descriptor; the others do not.
+        let ring = self
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the ring buffer's descriptor")?;
+        // SAFETY: an OwnedFd is open, and the same, for as long as it is owned.
+        let woken = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("watching the ring buffer")?;
+        if self.heap {
+            self.probes.set_pausing(true)?;
+        }
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         let mut table =
@@ -411,6 +432,12 @@ impl Pump {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
                 _ = sigterm.recv() => break Stop::Signal("terminated"),
                 _ = drain.tick() => self.drain_events(),
+                ready = woken.readable() => {
+                    if let Ok(mut ready) = ready {
+                        ready.clear_ready();
+                    }
+                    self.drain_events();
+                }
                 _ = quit_asked(&mut live) => break Stop::Quit,
                 _ = refresh.tick() => {
                     self.refresh()?;
@@ -450,6 +477,7 @@ impl Pump {
             Stop::TargetsExited => info!("every target has exited"),
             Stop::Quit => info!("the view was closed"),
         }
+        self.stop_pausing();
         self.drain_events();
         self.refresh()?;
         self.sample();
@@ -567,7 +595,7 @@ impl Pump {
             }
         }
         let exec = |e: &Event| match e {
-            Event::FdClose(c) if c.kind == EventKind::FdExec as u32 => Some(c.tgid),
+            Event::Exec(e) => Some(e.tgid),
             _ => None,
         };
         let execs: Vec<u32> = batch.iter().filter_map(exec).collect();
@@ -590,13 +618,9 @@ impl Pump {
                     self.apply_fd_open(&e);
                     touched.push(e.tgid);
                 }
-                Event::FdClose(e) if e.kind == EventKind::FdExec as u32 => {
+                Event::Exec(e) => {
                     self.model.apply_map_events(&std::mem::take(&mut maps));
-                    self.symbolize();
-                    self.model.forget_mappings(e.tgid);
-                    self.refresh_maps_of(e.tgid);
-                    let open: Vec<i32> = handles::open_fds(e.tgid).iter().map(|f| f.0).collect();
-                    self.model.retain_fds(e.tgid, &open);
+                    self.new_image(&e);
                     touched.push(e.tgid);
                 }
                 Event::FdClose(e) => {
@@ -606,6 +630,9 @@ impl Pump {
                 Event::Fork(e) => {
                     self.model.apply_map_events(&std::mem::take(&mut maps));
                     self.adopt(e.tgid, e.child);
+                    if e.paused != 0 {
+                        resume(e.child);
+                    }
                 }
                 Event::Goroutine(e) => {
                     if e.kind == EventKind::GoroutineNew as u32 {
@@ -661,6 +688,92 @@ impl Pump {
             child: None,
             exited: false,
         });
+    }
+
+    /// A target exec'd (and, if `e.paused`, waits): its old image's heap and
+    /// mappings are gone, its close-on-exec descriptors closed, and the new
+    /// image gets the probes of its own allocators before it runs.
+    fn new_image(&mut self, e: &ProcEvent) {
+        let pid = e.tgid;
+        // The old image's stacks symbolize with its maps, before they go.
+        self.symbolize();
+        self.model.forget_mappings(pid);
+        match self.probes.take_allocs(pid, e.ts_ns) {
+            Ok(gone) => {
+                for info in gone {
+                    self.model
+                        .heap_gone(SiteId::in_kernel(&info.site), info.size);
+                }
+            }
+            Err(e) => warn!("PID {pid}: the heap of its image before exec stays counted: {e}"),
+        }
+        update_maps(&mut self.probes, &mut self.unwinder, &mut self.maps, pid);
+        if self.heap {
+            self.probe_new_image(pid);
+        }
+        if e.paused != 0 {
+            resume(pid);
+        }
+        let open: Vec<i32> = handles::open_fds(pid).iter().map(|f| f.0).collect();
+        self.model.retain_fds(pid, &open);
+    }
+
+    /// Probes the allocators of `pid`'s new image, unless they are the ones
+    /// already probed (the same functions of the same files).
+    fn probe_new_image(&mut self, pid: u32) {
+        let Some(t) = self
+            .traced
+            .iter_mut()
+            .find(|t| t.target.pid == pid && !t.exited)
+        else {
+            return;
+        };
+        let Ok(target) = Target::existing(pid) else {
+            return; // gone already
+        };
+        let found = match target.allocators() {
+            Ok(found) => found,
+            Err(e) => {
+                if !matches!(e, AllocatorError::NotFound { .. }) {
+                    self.model.lost.untraced_heaps += 1;
+                }
+                warn!(
+                    "PID {pid}: the heap of {} is not traced: {e}",
+                    escape::shown(&target.exe.to_string_lossy())
+                );
+                self.probes.detach_allocators(pid);
+                t.allocators = Found::default();
+                t.target = target;
+                return;
+            }
+        };
+        let probed = |f: &Found| -> Vec<(Option<FileId>, Vec<u64>)> {
+            f.allocators
+                .iter()
+                .map(|a| {
+                    let at = a.points.iter().map(|p| p.file_offset + p.shift).collect();
+                    (FileId::of_path(&a.path), at)
+                })
+                .collect()
+        };
+        if probed(&found) != probed(&t.allocators) {
+            self.probes.detach_allocators(pid);
+            let mut refused = None;
+            for alloc in &found.allocators {
+                match self.probes.attach_allocator(&target, alloc) {
+                    Ok(()) => info!("PID {pid}: new image: probing {}", alloc.describe()),
+                    Err(e) => {
+                        refused.get_or_insert(format!("{}: {e}", alloc.describe()));
+                    }
+                }
+            }
+            if let Some(why) = refused {
+                self.model.lost.untraced_heaps += 1;
+                warn!("PID {pid}: heap of its new image not traced: {why}");
+            }
+        }
+        t.allocators = found;
+        t.target = target;
     }
 
     /// A descriptor (or a pair) made by a syscall: its kind and detail from the
@@ -1206,9 +1319,45 @@ impl Pump {
             if t.exited {
                 debug!("PID {} exited", t.target.pid);
                 self.unwinder.remove(&mut self.probes, t.target.pid);
+                self.probes.detach_allocators(t.target.pid);
             }
         }
         self.traced.iter().all(|t| t.exited)
+    }
+}
+
+/// Continues process `pid`, stopped by leaktrace-ebpf/src/fork.rs for its probes.
+fn resume(pid: u32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
+impl Pump {
+    /// No new process or image stops itself from now on; those stopped before
+    /// are in the ring buffer once this returns.
+    fn stop_pausing(&mut self) {
+        if self.heap {
+            if let Err(e) = self.probes.set_pausing(false) {
+                warn!("{e}");
+            }
+            // A probe that read the flag before it was cleared finishes its
+            // event within microseconds.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// However the session ends, no process stays stopped waiting for it.
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop_pausing();
+        while let Some(item) = self.events.next() {
+            match Event::read(&item) {
+                Some(Event::Fork(e)) if e.paused != 0 => resume(e.child),
+                Some(Event::Exec(e)) if e.paused != 0 => resume(e.tgid),
+                _ => {}
+            }
+        }
     }
 }
 
