@@ -470,3 +470,29 @@ fn the_heap_of_an_image_replaced_by_exec_is_dropped() {
     assert_eq!(after, 64, "the new image's heap is traced");
     assert_eq!(pids, [r["targets"][0]["pid"].as_u64().unwrap()]);
 }
+
+#[test]
+fn a_burst_of_descriptor_events_loses_none() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_build("gcc", "fd_burst.c", &["-O2"], &[], "fd_burst");
+    let dir = scratch_dir("hostile-fd-burst");
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .args(["-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .arg("3"));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r = report(&json);
+    assert_eq!(r["lost"]["ring_buffer_overruns"], 0, "{stdout}");
+    // stdin, stdout and stderr: every burst descriptor was seen closed.
+    assert!(
+        r["totals"]["open_fds"].as_u64().unwrap() <= 3,
+        "{}",
+        r["totals"]
+    );
+}

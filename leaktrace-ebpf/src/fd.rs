@@ -3,13 +3,13 @@
 //! close_range, exec). Each goes to userspace, which keeps the table per process:
 //! dup2 onto an open descriptor and exec's close-on-exec need its knowledge.
 use aya_ebpf::{
-    bindings::{BPF_RB_NO_WAKEUP, pt_regs},
+    bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
 };
 use leaktrace_common::{Counter, EventKind, FD_PATH_LEN, FdClose, FdOpen, SyscallArgs};
 
 use crate::{
-    maps::{EVENTS, count},
+    maps::{EVENTS, count, wakeup},
     unwind,
 };
 
@@ -141,7 +141,7 @@ fn closed(tgid: u32, first: u32, last: u32) {
         first,
         last,
     });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(wakeup(false));
 }
 
 /// A pair written to the user array at `pair`.
@@ -188,5 +188,5 @@ fn send_open(tgid: u32, call: &SyscallArgs, fd: i32, fd2: i32, regs: &pt_regs) {
             path[0] = 0;
         }
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(wakeup(false));
 }

@@ -9,7 +9,7 @@
 //! a new image at exec's return, before running an instruction: it sends
 //! itself SIGSTOP and tells userspace, which attaches and sends SIGCONT.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -17,7 +17,7 @@ use aya_ebpf::{
 use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs};
 
 use crate::{
-    maps::{EVENTS, FORKED, PAUSE, SYSCALLS, TARGETS, count, current_tgid_tid},
+    maps::{EVENTS, FORKED, PAUSE, SYSCALLS, TARGETS, count, current_tgid_tid, wakeup},
     unwind,
 };
 
@@ -135,10 +135,5 @@ fn announce(kind: EventKind, tgid: u32, child: u32) {
         paused: paused as u32,
     });
     // A stopped process waits for userspace: wake it now.
-    let wakeup = if paused {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wakeup as u64);
+    entry.submit(wakeup(paused));
 }

@@ -13,7 +13,6 @@
 //! frees a sampled object, `freeSpecial(s, p, size)` calls `mProf_Free(b)`:
 //! freeSpecial gives the object, mProf_Free says it was the profile's record.
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
@@ -25,7 +24,7 @@ use leaktrace_common::{
 
 use crate::{
     alloc::{release, track, user_regs},
-    maps::{EVENTS, atomic_add, count, current_tgid_tid, take},
+    maps::{EVENTS, atomic_add, count, current_tgid_tid, take, wakeup},
     unwind,
 };
 
@@ -214,5 +213,5 @@ fn send(event: GoroutineEvent) {
     };
     entry.write(event);
     // No wakeup: userspace drains on a timer (see docs/design.md).
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(wakeup(false));
 }

@@ -1,6 +1,6 @@
 //! Maps shared by the probe families, and the small helpers every probe uses on them.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -42,8 +42,23 @@ pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static PAUSE: Array<u32> = Array::with_max_entries(1, 0);
 
+const EVENTS_BYTES: u64 = 16 << 20;
+
+/// Events for userspace, drained every 100 ms, or at once when [`wakeup`] says.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES as u32, 0);
+
+/// The flags to submit an event with: userspace is woken only once a quarter
+/// of the ring waits (a burst of descriptors: 200k opens a second fill it in
+/// 0.25 s), or when `now`, not at every event (a wakeup costs more than one).
+#[inline(always)]
+pub fn wakeup(now: bool) -> u64 {
+    if now || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > EVENTS_BYTES / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -3,15 +3,12 @@
 //! A munmap may cut any part out of one or several mappings, which a hash map
 //! cannot look up by range; these calls are rare, so each successful one goes to
 //! userspace, which keeps the mappings as intervals.
-use aya_ebpf::{
-    bindings::{BPF_RB_NO_WAKEUP, pt_regs},
-    helpers::bpf_ktime_get_ns,
-};
+use aya_ebpf::{bindings::pt_regs, helpers::bpf_ktime_get_ns};
 use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs};
 
 use crate::{
     alloc,
-    maps::{EVENTS, count},
+    maps::{EVENTS, count, wakeup},
     unwind,
 };
 
@@ -68,5 +65,5 @@ pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
         };
     }
     // Userspace drains on a timer: no wakeup per event.
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(wakeup(false));
 }
