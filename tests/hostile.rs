@@ -47,7 +47,7 @@ fn a_link_planted_where_the_output_is_written_is_never_written_through() {
     assert!(done.status.success());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert!(!out.is_symlink(), "the link at the output was replaced");
-    assert_eq!(report(&out)["version"], 3);
+    assert_eq!(report(&out)["version"], 4);
     let left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -175,7 +175,7 @@ fn a_reader_that_goes_away_leaves_the_trace_and_its_files_whole() {
     );
     let out = run(Command::new("bash").args(["-c", &format!("{sh}; exit ${{PIPESTATUS[0]}}")]));
     assert_eq!(out.status.code(), Some(0), "no panic when stdout closes");
-    assert_eq!(report(&json)["version"], 3);
+    assert_eq!(report(&json)["version"], 4);
     // `top` without a terminal: one line, not a panic.
     let out = run(leaktrace()
         .args(["top", "--pid", "1"])

@@ -142,7 +142,7 @@ fn command_leaks_are_found_per_site_with_exact_bytes() {
         .arg(target("heap")));
     assert!(out.status.success());
     let r = report(&json);
-    assert_eq!(r["version"], 3);
+    assert_eq!(r["version"], 4);
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
     assert_eq!(
         r["targets"][0]["exited"], true,

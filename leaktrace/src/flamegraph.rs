@@ -23,7 +23,7 @@ pub fn folded(report: &Report) -> String {
         if site.frames.is_empty() {
             names.push("[stack not recorded]".into());
         }
-        names.extend(site.frames.iter().rev().map(frame_name));
+        names.extend(site.frames.iter().rev().map(|f| frame_name(f)));
         *stacks.entry(names.join(";")).or_default() += site.outstanding_bytes;
     }
     stacks

@@ -12,7 +12,7 @@ use crate::{
     golang::{DEFAULT_MEM_PROFILE_RATE, scale},
     handles::HandleKind,
     series::{Point, Series},
-    symbolize::Frame,
+    symbolize::Frames,
 };
 
 /// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -135,7 +135,7 @@ pub struct Site {
     /// Handle sites: the most frequent (kind, detail) of the open handles, with counts.
     pub details: Vec<(HandleKind, String, u64)>,
     /// Symbolized stack, innermost first; empty until symbolized or when the stack was lost.
-    pub frames: Vec<Frame>,
+    pub frames: Frames,
 }
 
 impl Site {
@@ -151,7 +151,7 @@ impl Site {
             aged_count: 0,
             series: Series::default(),
             details: Vec::new(),
-            frames: Vec::new(),
+            frames: Frames::from([]),
         }
     }
 }
@@ -522,7 +522,7 @@ impl Model {
     pub fn sample(&mut self, t: f64) {
         for site in self.sites.values_mut() {
             site.series.push(Point {
-                t,
+                t: t as f32,
                 bytes: site.live_bytes as f32,
                 count: site.live_count as f32,
             });
@@ -583,7 +583,7 @@ impl Model {
     /// descriptors and mappings, under sites of its own.
     pub fn fork(&mut self, parent: u32, child: u32) {
         let rekey = |id: SiteId| SiteId { tgid: child, ..id };
-        let mut sites: Vec<(SiteId, Vec<Frame>)> = Vec::new();
+        let mut sites: Vec<(SiteId, Frames)> = Vec::new();
         let fds: BTreeMap<i32, Handle> = self
             .fds
             .get(&parent)

@@ -2,6 +2,7 @@
 //! by extension (or --format); always through a temporary file and a rename, so
 //! a reader or a kill never leaves half a file.
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -107,12 +108,21 @@ impl Output {
 
     fn write_to(&self, path: &Path, report: &Report) -> Result<()> {
         let bytes = match self.format {
-            Format::Json => serde_json::to_vec_pretty(report)?,
+            // Streamed: a report of 100k sites is tens of MB of JSON.
+            Format::Json => Vec::new(),
             Format::Pprof => pprof::encode(report, wall_clock_ns())?,
             Format::Svg => flamegraph::svg(report)?,
             Format::Folded => flamegraph::folded(report).into_bytes(),
         };
-        write_atomically(path, &bytes).with_context(|| format!("writing {}", path.display()))
+        write_atomically(path, |file| match self.format {
+            Format::Json => {
+                let mut out = std::io::BufWriter::new(file);
+                report.write_json(&mut out)?;
+                out.flush()
+            }
+            _ => file.write_all(&bytes),
+        })
+        .with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -146,8 +156,11 @@ fn wall_clock_ns() -> i64 {
 /// unpredictable name, so no link planted in advance is written through, and
 /// the rename replaces whatever sits at `path` (a link included) instead of
 /// following it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let (dir, name) = split(path)?;
     for _ in 0..16 {
         let mut tmp_name = std::ffi::OsString::from(".");
@@ -165,8 +178,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         };
-        let written = file
-            .write_all(bytes)
+        let written = write(&mut file)
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&tmp, path));
         if written.is_err() {

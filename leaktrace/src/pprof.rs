@@ -129,7 +129,7 @@ impl Builder {
         // A location is one address: inlined frames (innermost first) and the
         // frame they were inlined into share it, and become its lines.
         let mut pending: Vec<&Frame> = Vec::new();
-        for frame in &site.frames {
+        for frame in site.frames.iter() {
             pending.push(frame);
             if !frame.inlined {
                 location_id.push(self.location(report, site.pid, &pending));
@@ -391,7 +391,8 @@ mod tests {
             time_to_limit_s: None,
             details: Vec::new(),
             history: Vec::new(),
-            frames,
+            growth_last_minute: 0.0,
+            frames: frames.into_iter().map(std::sync::Arc::new).collect(),
         };
         Report {
             version: 2,

@@ -105,6 +105,12 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Sites the kernel accounts: a stack makes a site per kind of resource
+    /// (and the Go heap one per object size).
+    fn max_sites(self) -> u32 {
+        self.max_stacks.saturating_mul(4).max(1 << 16)
+    }
+
     /// Pages of code the unwind tables can index: a page has ~80 rows in libc.
     fn max_unwind_pages(self) -> u32 {
         (self.max_unwind_rows / 16).max(1 << 12)
@@ -172,6 +178,7 @@ impl Probes {
             .override_global(TASK_TGID_GLOBAL, &task_tgid, true)
             .map_max_entries(maps::ALLOCS, limits.max_allocs)
             .map_max_entries(maps::STACKS, limits.max_stacks)
+            .map_max_entries(maps::SITES, limits.max_sites())
             .map_max_entries(maps::UNWIND_ROWS, limits.max_unwind_rows)
             .map_max_entries(maps::UNWIND_PAGES, limits.max_unwind_pages())
             .load(OBJECT)

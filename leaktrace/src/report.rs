@@ -1,6 +1,6 @@
 //! The report: a snapshot of the model that every view (text, JSON) renders.
 //! Its JSON form is documented in docs/json.md; keep the two in step.
-use std::{fmt::Write as _, path::PathBuf};
+use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
 
 use serde::Serialize;
 
@@ -9,11 +9,11 @@ use crate::{
     handles::HandleKind,
     limits::{FdLimit, MemoryLimit},
     model::{Kind, Lost, Model, Ns, Site, StackWalks},
-    symbolize::Frame,
+    symbolize::{Frame, Frames},
     verdict::{self, Assessment, Evidence, Verdict},
 };
 
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -24,6 +24,8 @@ pub struct Report {
     /// How the kernel's stack walks ended.
     pub stacks: StackWalks,
     pub totals: Totals,
+    /// In the JSON with their stacks as indices: see [`Report::write_json`].
+    #[serde(skip)]
     pub sites: Vec<SiteReport>,
     /// Where each target's code files were mapped, for exports that place
     /// addresses (pprof). Not part of the JSON.
@@ -142,11 +144,33 @@ pub struct SiteReport {
     /// Handle sites: what the open descriptors point to, most frequent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
-    /// Outstanding bytes (memory) or count (handles) over the traced window,
-    /// oldest first, as (seconds since start, value): for live views.
+    /// The last few samples of the outstanding bytes (memory) or count
+    /// (handles), oldest first, as (seconds since start, value): for live
+    /// views (a report keeps no more per site: it may have 100k sites).
     #[serde(skip)]
     pub history: Vec<(f64, f64)>,
-    pub frames: Vec<Frame>,
+    /// How much the outstanding amount changed over the last minute.
+    #[serde(skip)]
+    pub growth_last_minute: f64,
+    /// In the JSON as `stack`: see [`Report::write_json`].
+    #[serde(skip)]
+    pub frames: Frames,
+}
+
+/// The JSON document (docs/json.md).
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    frames: Vec<&'a Frame>,
+    sites: Vec<JsonSite<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonSite<'a> {
+    #[serde(flatten)]
+    site: &'a SiteReport,
+    stack: Vec<u32>,
 }
 
 /// Open descriptors of one kind pointing to one thing (a path, a peer).
@@ -192,6 +216,38 @@ impl Report {
             sites,
             modules,
         }
+    }
+
+    /// The JSON form: every distinct frame once, in `frames`, and each site's
+    /// `stack` as indices into it, innermost first. Sites share most of their
+    /// frames (a service's 100k stacks go through a few thousand functions):
+    /// written out per site, the frames were nearly all of the file.
+    pub fn write_json(&self, out: impl std::io::Write) -> serde_json::Result<()> {
+        let mut frames: Vec<&Frame> = Vec::new();
+        let mut index: HashMap<&Frame, u32> = HashMap::new();
+        let sites = self
+            .sites
+            .iter()
+            .map(|site| JsonSite {
+                site,
+                stack: site
+                    .frames
+                    .iter()
+                    .map(|f| {
+                        *index.entry(f).or_insert_with(|| {
+                            frames.push(f);
+                            frames.len() as u32 - 1
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let json = JsonReport {
+            report: self,
+            frames,
+            sites,
+        };
+        serde_json::to_writer(out, &json)
     }
 
     fn outstanding(&self) -> impl Iterator<Item = &SiteReport> {
@@ -392,7 +448,7 @@ impl Report {
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
             }
-            for f in &s.frames {
+            for f in s.frames.iter() {
                 let place = if f.module.is_none() && f.address == 0 {
                     String::new() // a note, not code
                 } else {
@@ -517,20 +573,6 @@ fn counted(counts: &[(u64, &str)]) -> Vec<String> {
 }
 
 impl SiteReport {
-    /// How much the outstanding amount changed over the last `secs` seconds of
-    /// history (bytes or count).
-    pub fn growth_over(&self, secs: f64) -> f64 {
-        let Some(&(t_last, last)) = self.history.last() else {
-            return 0.0;
-        };
-        let then = self
-            .history
-            .iter()
-            .find(|(t, _)| *t >= t_last - secs)
-            .map_or(last, |p| p.1);
-        last - then
-    }
-
     /// "+1.5 KiB/s" for memory, "+2.0/s" for handles.
     pub fn growth_per_s(&self) -> String {
         if self.kind.is_handle() {
@@ -602,6 +644,17 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
         }
         _ => None,
     };
+    let history: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            let v = if s.id.kind.is_handle() {
+                p.count
+            } else {
+                p.bytes
+            };
+            (p.t as f64, v as f64)
+        })
+        .collect();
     SiteReport {
         kind: s.id.kind,
         pid: s.id.tgid,
@@ -624,19 +677,25 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
                 count: *count,
             })
             .collect(),
-        history: points
-            .iter()
-            .map(|p| {
-                let v = if s.id.kind.is_handle() {
-                    p.count
-                } else {
-                    p.bytes
-                };
-                (p.t, v as f64)
-            })
-            .collect(),
+        growth_last_minute: change_over(&history, 60.0),
+        history: history[history.len().saturating_sub(HISTORY_POINTS)..].to_vec(),
         frames: s.frames.clone(),
     }
+}
+
+/// Samples of its history a site's report keeps.
+pub const HISTORY_POINTS: usize = 8;
+
+/// How much `history`'s value changed over its last `secs` seconds.
+fn change_over(history: &[(f64, f64)], secs: f64) -> f64 {
+    let Some(&(t_last, last)) = history.last() else {
+        return 0.0;
+    };
+    let then = history
+        .iter()
+        .find(|(t, _)| *t >= t_last - secs)
+        .map_or(last, |p| p.1);
+    last - then
 }
 
 /// Bytes per second with a sign: "+1.5 KiB", "-200 B", "0 B".
@@ -703,7 +762,8 @@ mod tests {
             time_to_limit_s: None,
             details: Vec::new(),
             history: Vec::new(),
-            frames: vec![Frame::note(function)],
+            growth_last_minute: 0.0,
+            frames: Frames::from([Frame::note(function)]),
         }
     }
 

@@ -6,6 +6,7 @@ use std::{
     io::Write,
     os::fd::AsFd,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -35,7 +36,7 @@ use crate::{
     probes::{Families, Limits, Probes},
     procmaps::{FileId, ProcMaps},
     report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
-    symbolize::{Frame, Symbolizer},
+    symbolize::{Frame, Frames, Symbolizer},
     target::{self, Child, Credentials, Launched, Target, in_root},
     unwind::Unwinder,
 };
@@ -873,7 +874,7 @@ impl Pump {
             };
             self.model.open_fd(pid, fd, handle, false);
             if let Some(site) = self.model.sites.get_mut(&id) {
-                site.frames = vec![Frame::note("[opened before attach]")];
+                site.frames = Frames::from([Frame::note("[opened before attach]")]);
             }
         }
         self.model.refresh_handles(pid);
@@ -1277,7 +1278,7 @@ impl Pump {
             if let Some(why) = truncation(end) {
                 frames.push(Frame::note(why));
             }
-            let runtime = |f: &Frame| {
+            let runtime = |f: &Arc<Frame>| {
                 f.function
                     .as_ref()
                     .is_some_and(|n| n.starts_with("runtime."))
@@ -1301,7 +1302,7 @@ impl Pump {
                 }
             }
             if let Some(site) = self.model.sites.get_mut(&id) {
-                site.frames = frames;
+                site.frames = frames.into();
             }
         }
     }

@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use blazesym::symbolize::{
@@ -20,6 +21,10 @@ use crate::{
     procmaps::ProcMaps,
     target::{in_root, mapped_file},
 };
+
+/// A symbolized stack, innermost frame first: shared by a site and every
+/// report of it, its frames shared with the other stacks through the same code.
+pub type Frames = Arc<[Arc<Frame>]>;
 
 /// One stack frame, innermost first in a stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -43,15 +48,15 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 
 impl Frame {
     /// A frame that only says something ("[opened before attach]").
-    pub fn note(text: &str) -> Self {
-        Frame {
+    pub fn note(text: &str) -> Arc<Self> {
+        Arc::new(Frame {
             function: Some(text.into()),
             file: None,
             line: None,
             module: None,
             address: 0,
             inlined: false,
-        }
+        })
     }
 
     /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
@@ -97,7 +102,8 @@ pub struct Symbolizer {
     blaze: Blaze,
     /// Go function tables of modules, for Go binaries without other symbols.
     go_tables: HashMap<PathBuf, Option<Pclntab>>,
-    cache: HashMap<(PathBuf, u64), Vec<Frame>>,
+    /// Frames by (module, offset): sites through the same code share them.
+    cache: HashMap<(PathBuf, u64), Vec<Arc<Frame>>>,
     build_ids: HashMap<PathBuf, Option<String>>,
 }
 
@@ -131,7 +137,7 @@ impl Symbolizer {
     }
 
     /// Frames for a stack of return addresses of process `pid`, innermost first.
-    pub fn stack(&mut self, pid: u32, maps: &ProcMaps, return_addrs: &[u64]) -> Vec<Frame> {
+    pub fn stack(&mut self, pid: u32, maps: &ProcMaps, return_addrs: &[u64]) -> Vec<Arc<Frame>> {
         return_addrs
             .iter()
             .flat_map(|&addr| self.frames(pid, maps, addr))
@@ -139,22 +145,26 @@ impl Symbolizer {
     }
 
     /// The frames (one, or more with inlining) at one return address.
-    fn frames(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Vec<Frame> {
+    fn frames(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Vec<Arc<Frame>> {
         let Some((module, offset)) = resolve(pid, maps, addr) else {
-            return vec![Frame {
+            return vec![Arc::new(Frame {
                 function: None,
                 file: None,
                 line: None,
                 module: None,
                 address: addr,
                 inlined: false,
-            }];
+            })];
         };
         let key = (module.shown.clone(), offset);
         if let Some(frames) = self.cache.get(&key) {
             return frames.clone();
         }
-        let frames = self.lookup(&module, offset);
+        let frames: Vec<Arc<Frame>> = self
+            .lookup(&module, offset)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         self.cache.insert(key, frames.clone());
         frames
     }

@@ -131,7 +131,7 @@ impl App {
             Sort::Verdict => {}
             Sort::Bytes => rows.sort_by(by(|s| s.outstanding_bytes as f64)),
             Sort::Count => rows.sort_by(by(|s| s.outstanding_count as f64)),
-            Sort::Growth => rows.sort_by(by(|s| s.growth_over(60.0))),
+            Sort::Growth => rows.sort_by(by(|s| s.growth_last_minute)),
             Sort::Age => rows.sort_by(by(|s| s.oldest_age_s.unwrap_or(0.0))),
         }
         rows
@@ -322,7 +322,7 @@ impl App {
                 } else {
                     human_bytes(s.outstanding_bytes)
                 };
-                let minute = s.growth_over(60.0);
+                let minute = s.growth_last_minute;
                 let growth = if handle {
                     format!("{minute:+.0}")
                 } else if minute < 0.0 {
@@ -475,7 +475,7 @@ fn detail(s: &SiteReport) -> Paragraph<'static> {
         lines.push(Line::from(format!("  {} ×{}", shown(&d.describe()), d.count)).fg(Color::Cyan));
     }
     lines.push(Line::from(""));
-    for f in &s.frames {
+    for f in s.frames.iter() {
         let inlined = if f.inlined { "(inlined) " } else { "" };
         lines.push(Line::from(vec![
             Span::raw(format!("  {inlined}{}", shown(&f.short()))),
@@ -621,14 +621,15 @@ mod tests {
             history: (0..30)
                 .map(|t| (t as f64, (t as u64 * bytes / 30) as f64))
                 .collect(),
-            frames: vec![Frame {
+            growth_last_minute: (29 * bytes / 30) as f64,
+            frames: Arc::from([Arc::new(Frame {
                 function: Some(function.into()),
                 file: Some("/src/app.c".into()),
                 line: Some(7),
                 module: Some("/bin/app".into()),
                 address: 0x1234,
                 inlined: false,
-            }],
+            })]),
         }
     }
 

@@ -71,7 +71,7 @@ const TRANSIENT_MAX_S: f64 = 10.0;
 const SURVIVOR_SHARE: f64 = 0.5;
 
 pub fn assess(points: &[Point], ev: Evidence) -> Assessment {
-    let ts: Vec<f64> = points.iter().map(|p| p.t).collect();
+    let ts: Vec<f64> = points.iter().map(|p| p.t as f64).collect();
     let bytes: Vec<f64> = points.iter().map(|p| p.bytes as f64).collect();
     let count: Vec<f64> = points.iter().map(|p| p.count as f64).collect();
     let growth_bytes_per_s = theil_sen(&ts, &bytes);
@@ -264,7 +264,7 @@ mod tests {
                 let t = i as f64;
                 let bytes = f(t).max(0.0);
                 Point {
-                    t,
+                    t: t as f32,
                     bytes: bytes as f32,
                     count: (bytes / 100.0) as f32,
                 }

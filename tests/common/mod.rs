@@ -24,9 +24,22 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// The JSON report leaktrace wrote to `json`.
+/// The JSON report leaktrace wrote to `json`, each site's `stack` (indices
+/// into the report's `frames`) also given as its `frames`, for the tests.
 pub fn report(json: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(json).expect("report written")).expect("valid JSON")
+    let mut r: Value =
+        serde_json::from_slice(&std::fs::read(json).expect("report written")).expect("valid JSON");
+    let table = r["frames"].as_array().expect("a frame table").clone();
+    for site in r["sites"].as_array_mut().expect("sites") {
+        let frames: Vec<Value> = site["stack"]
+            .as_array()
+            .expect("a stack")
+            .iter()
+            .map(|i| table[i.as_u64().expect("an index") as usize].clone())
+            .collect();
+        site["frames"] = Value::Array(frames);
+    }
+    r
 }
 
 /// An empty directory of this name under the tests' scratch space.
