@@ -18,6 +18,8 @@ use leaktrace_common::{
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
+mod batch;
+
 use crate::{
     allocator::{Allocator, ProbePoint},
     btf,
@@ -392,23 +394,46 @@ impl Probes {
             .map_err(|e| ProbeError::Map(maps::TARGETS, cause(&e)))
     }
 
-    pub fn sites(&self) -> Result<HashMap<&MapData, SiteKey, SiteStats>, ProbeError> {
-        self.map(maps::SITES)
+    /// Every site's totals.
+    pub fn sites(&self) -> Result<Vec<(SiteKey, SiteStats)>, ProbeError> {
+        let mut sites = Vec::new();
+        self.each(maps::SITES, |k: &SiteKey, v: &SiteStats| {
+            sites.push((*k, *v))
+        })?;
+        Ok(sites)
     }
 
-    pub fn allocs(&self) -> Result<HashMap<&MapData, AllocKey, AllocInfo>, ProbeError> {
-        self.map(maps::ALLOCS)
+    /// Calls `each` with every outstanding allocation.
+    pub fn each_alloc(&self, each: impl FnMut(&AllocKey, &AllocInfo)) -> Result<(), ProbeError> {
+        self.each(maps::ALLOCS, each)
+    }
+
+    /// Calls `each` with every entry of hash map `name`, read in batches.
+    fn each<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        each: impl FnMut(&K, &V),
+    ) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        let (aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
+            panic!("eBPF map {name} is not a hash map");
+        };
+        batch::for_each(data, each).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
 
     /// Takes process `pid`'s outstanding allocations made before `until` out
     /// of the kernel's accounting, returning them.
     pub fn take_allocs(&mut self, pid: u32, until: u64) -> Result<Vec<AllocInfo>, ProbeError> {
+        let mut old: Vec<(AllocKey, AllocInfo)> = Vec::new();
+        self.each_alloc(|k, info| {
+            if k.tgid == pid && info.ts_ns <= until {
+                old.push((*k, *info));
+            }
+        })?;
         let mut allocs: HashMap<&mut MapData, AllocKey, AllocInfo> = self.map_mut(maps::ALLOCS)?;
-        let old: Vec<(AllocKey, AllocInfo)> = allocs
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, info)| k.tgid == pid && info.ts_ns <= until)
-            .collect();
         // Only what this removes is ours: a free may settle an entry meanwhile.
         Ok(old
             .into_iter()

@@ -1079,11 +1079,7 @@ impl Pump {
         }
         self.read_go_rates();
         let rates = self.go_rates();
-        let sites = self.probes.sites()?;
-        let mut entries = sites
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the sites map")?;
+        let mut entries = self.probes.sites()?;
         if !self.go_heap_before.is_empty() {
             // Go heap from before attach: what is left of each bucket's objects.
             let left = self.probes.go_before_attach()?;
@@ -1135,9 +1131,7 @@ impl Pump {
         let cutoff = now.saturating_sub(self.model.min_age);
         let rates = self.go_rates();
         let mut ages: HashMap<SiteId, HeapAges> = HashMap::new();
-        let allocs = self.probes.allocs()?;
-        for entry in allocs.iter() {
-            let Ok((_, info)) = entry else { continue }; // freed while walking
+        self.probes.each_alloc(|_, info| {
             let id = SiteId::in_kernel(&info.site);
             let a = ages.entry(id).or_insert(HeapAges {
                 oldest_ns: info.ts_ns,
@@ -1150,7 +1144,7 @@ impl Pump {
                 a.aged_bytes += bytes;
                 a.aged_count += count;
             }
-        }
+        })?;
         self.model.set_heap_ages(&ages);
         self.model.set_tracked_ages(now);
         Ok(())

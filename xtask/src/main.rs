@@ -471,7 +471,45 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     }
     let _ = idle.kill();
     let _ = idle.wait();
-    tracer_cpu(&leaktrace)
+    tracer_cpu(&leaktrace)?;
+    many_sites(&leaktrace)
+}
+
+/// leaktrace's peak memory and JSON size with 100,000 distinct leaking
+/// stacks, held 15 s (every site's history is allocated at its first sample).
+fn many_sites(leaktrace: &Path) -> Result<()> {
+    const SITES: &str = "100000";
+    let load = compile_target_as(
+        "many_stacks",
+        "many_stacks",
+        &["-O2", "-g", "-fno-optimize-sibling-calls"],
+    )?;
+    let json = root().join("target/many_stacks.json");
+    let child = Command::new(leaktrace)
+        .args(["-q", "--max-stacks", "262144", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&load)
+        .args(["17", "15", SITES])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut status = 0;
+    // SAFETY: waits for our own child, into structs we own.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        usage
+    };
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("leaktrace failed with {SITES} sites: status {status}");
+    }
+    let size = std::fs::metadata(&json)?.len();
+    println!(
+        "{SITES} leaking sites: leaktrace's peak memory {:.0} MB (target: 256 MB), JSON {:.1} MB",
+        usage.ru_maxrss as f64 / 1024.0,
+        size as f64 / 1e6
+    );
+    Ok(())
 }
 
 /// Debian's jemalloc, as redis-server uses it.
