@@ -496,3 +496,72 @@ fn a_burst_of_descriptor_events_loses_none() {
         r["totals"]
     );
 }
+
+#[test]
+fn a_duration_is_kept_to_the_millisecond_not_the_next_second() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-duration");
+    let json = dir.join("out.json");
+    let out = run(leaktrace()
+        .args(["-q", "-d", "1500ms", "-o"])
+        .arg(&json)
+        .args(["--", "sleep", "30"]));
+    assert!(out.status.success());
+    let took = report(&json)["duration_s"].as_f64().unwrap();
+    assert!((1.5..1.9).contains(&took), "traced {took} s for -d 1500ms");
+}
+
+#[test]
+fn a_second_interrupt_quits_without_the_final_report() {
+    if !is_root() {
+        return;
+    }
+    let exe = cc_build(
+        "gcc",
+        "many_stacks.c",
+        &["-O2", "-g", "-fno-optimize-sibling-calls"],
+        &[],
+        "many_stacks",
+    );
+    let dir = scratch_dir("hostile-interrupts");
+    let json = dir.join("out.json");
+    // 50,000 sites: their final report takes seconds.
+    let lt = leaktrace()
+        .args(["-q", "--max-stacks", "65536", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .args(["16", "60", "50000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(8));
+    let pid = lt.id() as i32;
+    let target = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    let target = String::from_utf8_lossy(&target.stdout).trim().to_string();
+    assert!(!target.is_empty(), "the command runs under leaktrace");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    sleep(Duration::from_millis(300));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let started = std::time::Instant::now();
+    let out = lt.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(!out.status.success(), "quit, not finished");
+    assert!(!json.exists(), "no report was written");
+    assert!(took < Duration::from_secs(10), "quit after {took:?}");
+    sleep(Duration::from_millis(500));
+    // Gone, or a zombie its new parent has yet to reap.
+    let stat = std::fs::read_to_string(format!("/proc/{target}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim_start());
+    assert!(
+        stat.is_empty() || state.starts_with('Z'),
+        "the command went with leaktrace: {stat}"
+    );
+}

@@ -550,9 +550,15 @@ impl Report {
                 l.allocs_map_full,
                 "allocations (map full: raise --max-allocs)",
             ),
-            (l.sites_map_full, "allocations (sites map full)"),
+            (
+                l.sites_map_full,
+                "allocations (sites map full: raise --max-stacks, 4 sites a stack)",
+            ),
             (l.stacks_lost, "stacks (stack map full: raise --max-stacks)"),
-            (l.ring_buffer_overruns, "events (ring buffer overrun)"),
+            (
+                l.ring_buffer_overruns,
+                "events (ring buffer overrun: leaktrace fell behind the targets)",
+            ),
             (l.syscalls_map_full, "syscalls (per-thread map full)"),
             (
                 l.untraced_heaps,

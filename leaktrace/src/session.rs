@@ -1,13 +1,8 @@
 //! One tracing session: find the targets, attach, pump the kernel's data into the
 //! model, print tables, and produce the final report.
 use std::{
-    collections::HashMap,
-    ffi::OsString,
-    io::Write,
-    os::fd::AsFd,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
+    collections::HashMap, ffi::OsString, io::Write, os::fd::AsFd, path::PathBuf, sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -421,7 +416,15 @@ impl Pump {
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         let mut table =
             tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
-        let deadline = opts.duration.map(|d| Instant::now() + d);
+        // --duration is kept to the millisecond, not to the next refresh.
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(over);
         // Without --snapshot-every this timer is never polled.
         let every = opts.snapshot_every.unwrap_or(Duration::MAX / 4);
         let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -440,6 +443,7 @@ impl Pump {
                     self.drain_events();
                 }
                 _ = quit_asked(&mut live) => break Stop::Quit,
+                _ = &mut over => break Stop::Duration,
                 _ = refresh.tick() => {
                     self.refresh()?;
                     self.sample();
@@ -450,9 +454,6 @@ impl Pump {
                     if let Some(live) = &live {
                         let report = self.current_report()?;
                         let _ = live.reports.send(Some(std::sync::Arc::new(report)));
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        break Stop::Duration;
                     }
                 }
                 _ = table.tick(), if tables => {
@@ -474,12 +475,26 @@ impl Pump {
         };
         match stop {
             Stop::Duration => info!("--duration reached"),
-            Stop::Signal(how) => info!("{how}: writing the final report"),
+            Stop::Signal(how) => {
+                info!("{how}: writing the final report (interrupt again to quit without it)")
+            }
             Stop::TargetsExited => info!("every target has exited"),
             Stop::Quit => info!("the view was closed"),
         }
         self.stop_pausing();
         self.drain_events();
+        if matches!(stop, Stop::Signal(_)) {
+            // The final report of a big trace takes seconds: a second signal
+            // ends leaktrace at once. The kernel removes the probes, -- CMD
+            // goes with it (PR_SET_PDEATHSIG), and no process is left
+            // stopped: none stops from now on, and the drain continued the
+            // ones that had.
+            // SAFETY: restoring the default actions has no preconditions.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            }
+        }
         self.refresh()?;
         self.sample();
         self.settle()

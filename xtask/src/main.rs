@@ -480,7 +480,7 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
 fn many_sites(leaktrace: &Path) -> Result<()> {
     const SITES: &str = "100000";
     let load = compile_target_as(
-        "many_stacks",
+        "prod/many_stacks",
         "many_stacks",
         &["-O2", "-g", "-fno-optimize-sibling-calls"],
     )?;
