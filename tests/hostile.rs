@@ -559,7 +559,9 @@ fn a_second_interrupt_quits_without_the_final_report() {
     sleep(Duration::from_millis(500));
     // Gone, or a zombie its new parent has yet to reap.
     let stat = std::fs::read_to_string(format!("/proc/{target}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim_start());
+    let state = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest.trim_start());
     assert!(
         stat.is_empty() || state.starts_with('Z'),
         "the command went with leaktrace: {stat}"

@@ -24,7 +24,16 @@ pub enum BtfError {
 /// in anonymous members too.
 pub fn field_offset(name: &'static str, field: &'static str) -> Result<u32, BtfError> {
     let data = std::fs::read(Path::new(VMLINUX)).map_err(|e| BtfError::Read(VMLINUX, e))?;
-    Btf::parse(&data)?.field_offset(name, field)
+    field_offset_in(&data, name, field)
+}
+
+/// [`field_offset`] in the BTF blob `data`.
+pub fn field_offset_in(
+    data: &[u8],
+    name: &'static str,
+    field: &'static str,
+) -> Result<u32, BtfError> {
+    Btf::parse(data)?.field_offset(name, field)
 }
 
 /// The type and string sections of a BTF blob, each type's start indexed.

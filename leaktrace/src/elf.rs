@@ -49,10 +49,12 @@ impl ElfImage {
             path: path.into(),
             source,
         })?;
-        let image = Self {
-            path: path.into(),
-            data,
-        };
+        Self::from_bytes(path.into(), data)
+    }
+
+    /// The ELF file `data`, read from `path`.
+    pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<Self, ElfError> {
+        let image = Self { path, data };
         image.parse()?;
         Ok(image)
     }

@@ -28,3 +28,6 @@ pub mod target;
 pub mod top;
 pub mod unwind;
 pub mod verdict;
+
+#[cfg(test)]
+mod fuzz;

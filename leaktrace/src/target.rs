@@ -602,18 +602,23 @@ pub fn in_root(pid: u32, path: &Path) -> PathBuf {
     }
 }
 
-struct Stat {
+pub(crate) struct Stat {
     comm: String,
     state: char,
     start_time: u64,
 }
 
 fn read_stat(pid: u32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `/proc/PID/stat`: the name is whatever lies between the first `(` and the
+/// last `)` (it may hold both, and spaces).
+pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let comm = text[open + 1..close].to_string();
-    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     Some(Stat {
         comm,
         state: rest.first()?.chars().next()?,
