@@ -50,7 +50,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], hot: &[Range<usize>]) -> Vec<u8> {
         let value: [u8; 8] = match rng.below(5) {
             0 => [0; 8],
             1 => [0xff; 8],
-            2 => ((rng.next() % 64) as u64).to_le_bytes(),
+            2 => (rng.next() % 64).to_le_bytes(),
             3 => (1u64 << (32 + rng.below(31))).to_le_bytes(),
             _ => rng.next().to_le_bytes(),
         };
@@ -101,7 +101,7 @@ fn keep(name: &str, input: &[u8]) -> PathBuf {
 
 /// The ELF header, program and section header tables, and the sections named.
 fn elf_hot(data: &[u8], sections: &[&str]) -> Vec<Range<usize>> {
-    let mut hot = vec![0..64];
+    let mut hot: Vec<Range<usize>> = Vec::from([0..64]);
     let Ok(image) = ElfImage::from_bytes("seed".into(), data.to_vec()) else {
         return hot;
     };
