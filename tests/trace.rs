@@ -1253,7 +1253,17 @@ fn goroutines_before_attach(version: &str) {
     );
     // The garbage buffer in use at attach was dropped 3 s after "done": its
     // free, of an object leaktrace did not see allocated, counts it down.
-    let garbage = site(&r, pid, "go_heap", "main.makeGarbage").expect("garbage at attach");
+    let garbage = site(&r, pid, "go_heap", "main.makeGarbage").unwrap_or_else(|| {
+        // Seen missing once in a full run, never alone: say what there was.
+        let heap: Vec<String> = r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "go_heap")
+            .map(|s| format!("{} {}", s["outstanding_bytes"], s["frames"]))
+            .collect();
+        panic!("no garbage at attach; go_heap sites:\n{}", heap.join("\n"))
+    });
     let last = garbage["frames"].as_array().unwrap().last().unwrap();
     assert_eq!(last["function"], "[allocated before attach]", "{garbage}");
     assert_eq!(garbage["outstanding_bytes"], 0, "{garbage}");
