@@ -444,6 +444,12 @@ fn forked_and_execd_processes_are_traced_from_their_first_allocation() {
         pids[0], r["targets"][0]["pid"],
         "in the child, not the shell"
     );
+    // Its stacks go through the libraries its loader mapped, known before
+    // `main` ran: strdup's caller is seen, and what called main.
+    let (count, _) = outstanding_through(&r, "dup_name");
+    assert_eq!(count, 16, "stacks through the C library: {}", r["sites"]);
+    let (count, _) = outstanding_through(&r, "__libc_start_call_main");
+    assert!(count >= 64 + 16, "whole stacks: {}", r["sites"]);
     // A pre-fork server's way: children that allocate as soon as they exist.
     let r = trace_spawns("hostile-forks", &[exe, "fork", "20"]);
     let (count, pids) = outstanding_through(&r, "child_leak");

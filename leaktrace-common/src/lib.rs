@@ -173,6 +173,9 @@ pub enum EventKind {
     GoroutineNew = 8,
     /// [`GoroutineEvent`]: a goroutine exited (only `g` is set).
     GoroutineExit = 9,
+    /// [`ProcEvent`]: an exec'd image reached its entry point (the loader has
+    /// mapped its libraries).
+    Entry = 10,
 }
 
 /// A goroutine started or ended. Goroutines are told apart by their `g` (the

@@ -7,12 +7,14 @@
 //! running before then would allocate unseen. So, while userspace asks for it
 //! (`PAUSE`), a new process stops itself at its first return to user space, and
 //! a new image at exec's return, before running an instruction: it sends
-//! itself SIGSTOP and tells userspace, which attaches and sends SIGCONT.
+//! itself SIGSTOP and tells userspace, which attaches and sends SIGCONT. A new
+//! image stops again at its entry point (`image_entry`), once its loader has
+//! mapped the libraries, for their unwind tables.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{raw_tracepoint, uprobe},
+    programs::{ProbeContext, RawTracePointContext},
 };
 use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs};
 
@@ -113,6 +115,16 @@ pub fn first_return(tgid: u32) {
 #[inline(always)]
 pub fn exec(tgid: u32) {
     announce(EventKind::Exec, tgid, 0);
+}
+
+/// At a new image's entry point, attached by userspace for that process
+/// alone: the libraries are mapped, `main` has not run; userspace learns
+/// their code before the first stack goes through it.
+#[uprobe]
+pub fn image_entry(_ctx: ProbeContext) -> u32 {
+    let (tgid, _) = current_tgid_tid();
+    announce(EventKind::Entry, tgid, 0);
+    0
 }
 
 /// Tells userspace, stopping the current process first if userspace asks for it.

@@ -155,6 +155,8 @@ pub struct Probes {
     allocator_links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// The Go runtime attachments.
     go_links: Vec<(&'static str, UProbeLinkId)>,
+    /// Each new image's entry-point probe, until it is reached.
+    entry_links: StdHashMap<u32, UProbeLinkId>,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -192,6 +194,7 @@ impl Probes {
             step_costs: None,
             allocator_links: StdHashMap::new(),
             go_links: Vec::new(),
+            entry_links: StdHashMap::new(),
         };
         // Exec is followed whatever the families: a new image needs its probes.
         let mut tracepoints = vec!["sys_enter", "sys_exit"];
@@ -213,6 +216,31 @@ impl Probes {
         pause
             .set(0, on as u32, 0)
             .map_err(|e| ProbeError::Map(maps::PAUSE, cause(&e)))
+    }
+
+    /// Attaches `image_entry` at `offset` of `exe` for process `pid` only.
+    pub fn attach_entry(&mut self, pid: u32, exe: &Path, offset: u64) -> Result<(), ProbeError> {
+        self.detach_entry(pid);
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
+        let probe: &mut UProbe = self.program("image_entry")?;
+        let link = probe
+            .attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)
+            .map_err(|e| ProbeError::Attach {
+                function: "the entry point".into(),
+                path: exe.display().to_string(),
+                pid,
+                error: cause(&e),
+            })?;
+        self.entry_links.insert(pid, link);
+        Ok(())
+    }
+
+    /// Removes process `pid`'s entry-point probe, in the background.
+    pub fn detach_entry(&mut self, pid: u32) {
+        if let Some(link) = self.entry_links.remove(&pid) {
+            let links = self.take_links(vec![("image_entry", link)]);
+            std::thread::spawn(move || detach(links));
+        }
     }
 
     /// Removes the allocator probes of process `pid`, in the background.
@@ -593,6 +621,11 @@ impl Drop for Probes {
             std::mem::take(&mut self.allocator_links)
                 .into_values()
                 .flatten(),
+        );
+        ids.extend(
+            std::mem::take(&mut self.entry_links)
+                .into_values()
+                .map(|link| ("image_entry", link)),
         );
         let links = self.take_links(ids);
         let (n, started) = (links.len(), std::time::Instant::now());

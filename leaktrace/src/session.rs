@@ -87,6 +87,7 @@ enum Event {
     FdClose(FdClose),
     Fork(ProcEvent),
     Exec(ProcEvent),
+    Entry(ProcEvent),
     Goroutine(GoroutineEvent),
 }
 
@@ -104,6 +105,8 @@ impl Event {
             Event::Fork(read_as(bytes)?)
         } else if kind == EventKind::Exec as u32 {
             Event::Exec(read_as(bytes)?)
+        } else if kind == EventKind::Entry as u32 {
+            Event::Entry(read_as(bytes)?)
         } else if kind == EventKind::GoroutineNew as u32 || kind == EventKind::GoroutineExit as u32
         {
             Event::Goroutine(read_as(bytes)?)
@@ -639,6 +642,15 @@ impl Pump {
                     self.new_image(&e);
                     touched.push(e.tgid);
                 }
+                Event::Entry(e) => {
+                    // The loader has mapped the libraries: their tables go in
+                    // before `main` runs.
+                    self.probes.detach_entry(e.tgid);
+                    self.refresh_maps_of(e.tgid);
+                    if e.paused != 0 {
+                        resume(e.tgid);
+                    }
+                }
                 Event::FdClose(e) => {
                     self.model.close_fds(e.tgid, e.first, e.last);
                     touched.push(e.tgid);
@@ -728,10 +740,29 @@ impl Pump {
             self.probe_new_image(pid);
         }
         if e.paused != 0 {
+            self.hold_at_entry(pid);
             resume(pid);
         }
         let open: Vec<i32> = handles::open_fds(pid).iter().map(|f| f.0).collect();
         self.model.retain_fds(pid, &open);
+    }
+
+    /// Makes `pid`'s new image stop again at its entry point, when its loader
+    /// has mapped the libraries (see leaktrace-ebpf/src/fork.rs).
+    fn hold_at_entry(&mut self, pid: u32) {
+        let entry = || {
+            let entry = target::entry_point(pid).ok()?;
+            let mapping = self.maps.get(&pid)?.lookup(entry)?;
+            let exe = target::mapped_file(pid, mapping)?;
+            Some((exe, entry - mapping.start + mapping.offset))
+        };
+        let Some((exe, offset)) = entry() else {
+            debug!("PID {pid}: entry point not found: not held there");
+            return;
+        };
+        if let Err(e) = self.probes.attach_entry(pid, &exe, offset) {
+            debug!("PID {pid}: not held at its entry point: {e}");
+        }
     }
 
     /// Probes the allocators of `pid`'s new image, unless they are the ones
@@ -1330,6 +1361,7 @@ impl Pump {
                 debug!("PID {} exited", t.target.pid);
                 self.unwinder.remove(&mut self.probes, t.target.pid);
                 self.probes.detach_allocators(t.target.pid);
+                self.probes.detach_entry(t.target.pid);
             }
         }
         self.traced.iter().all(|t| t.exited)
@@ -1364,7 +1396,7 @@ impl Drop for Pump {
         while let Some(item) = self.events.next() {
             match Event::read(&item) {
                 Some(Event::Fork(e)) if e.paused != 0 => resume(e.child),
-                Some(Event::Exec(e)) if e.paused != 0 => resume(e.tgid),
+                Some(Event::Exec(e) | Event::Entry(e)) if e.paused != 0 => resume(e.tgid),
                 _ => {}
             }
         }

@@ -416,16 +416,7 @@ fn hold_at_entry(child: &mut Child, at_exec: &mut impl FnMut(u32)) -> std::io::R
         return Err(err("not stopped at its exec"));
     }
     at_exec(child.pid);
-    let auxv = fs::read(format!("/proc/{pid}/auxv"))?;
-    let entry = auxv
-        .chunks_exact(16)
-        .map(|kv| {
-            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-            (word(&kv[..8]), word(&kv[8..]))
-        })
-        .find(|&(key, _)| key == AT_ENTRY)
-        .map(|(_, value)| value)
-        .ok_or_else(|| err("no AT_ENTRY"))?;
+    let entry = entry_point(child.pid)?;
     // SAFETY: ptrace on our stopped tracee; PEEKTEXT's result is data, errors
     // are told by errno.
     unsafe {
@@ -457,6 +448,20 @@ fn hold_at_entry(child: &mut Child, at_exec: &mut impl FnMut(u32)) -> std::io::R
         ptrace(libc::PTRACE_SETREGS, pid, 0, (&raw const regs) as u64);
     }
     Ok(())
+}
+
+/// Where process `pid`'s executable starts (`AT_ENTRY` of its auxiliary
+/// vector): reached once the dynamic loader has mapped the libraries.
+pub fn entry_point(pid: u32) -> std::io::Result<u64> {
+    let auxv = fs::read(format!("/proc/{pid}/auxv"))?;
+    auxv.chunks_exact(16)
+        .map(|kv| {
+            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+            (word(&kv[..8]), word(&kv[8..]))
+        })
+        .find(|&(key, _)| key == AT_ENTRY)
+        .map(|(_, value)| value)
+        .ok_or_else(|| std::io::Error::other("no AT_ENTRY"))
 }
 
 /// `ptrace(2)` with its address and data as the full-width words the kernel reads.
