@@ -768,11 +768,7 @@ impl Pump {
     /// Probes the allocators of `pid`'s new image, unless they are the ones
     /// already probed (the same functions of the same files).
     fn probe_new_image(&mut self, pid: u32) {
-        let Some(t) = self
-            .traced
-            .iter_mut()
-            .find(|t| t.target.pid == pid && !t.exited)
-        else {
+        let Some(t) = live(&mut self.traced, pid) else {
             return;
         };
         let Ok(target) = Target::existing(pid) else {
@@ -1256,11 +1252,7 @@ impl Pump {
         let Some(maps) = self.maps.get(&pid) else {
             return;
         };
-        let Some(t) = self
-            .traced
-            .iter_mut()
-            .find(|t| t.target.pid == pid && !t.exited)
-        else {
+        let Some(t) = live(&mut self.traced, pid) else {
             return;
         };
         let new: Vec<PathBuf> = maps
@@ -1366,6 +1358,11 @@ impl Pump {
         }
         self.traced.iter().all(|t| t.exited)
     }
+}
+
+/// Process `pid` among `traced`, if it has not exited.
+fn live(traced: &mut [Traced], pid: u32) -> Option<&mut Traced> {
+    traced.iter_mut().find(|t| t.target.pid == pid && !t.exited)
 }
 
 /// Continues process `pid`, stopped by leaktrace-ebpf/src/fork.rs for its probes.
