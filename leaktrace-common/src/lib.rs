@@ -19,6 +19,7 @@ pub mod maps {
     pub const UNWIND_PAGES: &str = "UNWIND_PAGES";
     pub const MAPPINGS: &str = "MAPPINGS";
     pub const PAUSE: &str = "PAUSE";
+    pub const FORKED: &str = "FORKED";
 }
 
 pub mod args;
@@ -147,8 +148,10 @@ pub enum Counter {
     StackWalks = 7,
     /// Frames recorded by those walks.
     StackFrames = 8,
+    /// A process a target forked could not become a target: `TARGETS` was full.
+    UnfollowedForks = 9,
     /// First of one slot per [`unwind::StackEnd`]: why each walk ended.
-    StackEnds = 9,
+    StackEnds = 10,
 }
 
 pub const COUNTER_SLOTS: u32 = Counter::StackEnds as u32 + unwind::STACK_END_KINDS;

@@ -29,6 +29,8 @@ const VFORK: u64 = 58;
 const CLONE3: u64 = 435;
 const CLONE_THREAD: u64 = 0x10000;
 const SIGSTOP: u32 = 19;
+/// What a full hash map answers an insert with.
+const E2BIG: i32 = -7;
 
 /// `offsetof(struct task_struct, tgid)` in the running kernel, from its BTF:
 /// set by userspace at load, 0 when unknown (`sched_process_fork` is then not
@@ -90,8 +92,14 @@ pub fn exit(tgid: u32, child: u32) {
 
 #[inline(always)]
 fn adopt(parent: u32, child: u32) {
-    if TARGETS.insert(child, 1, BPF_NOEXIST as u64).is_err() {
-        return;
+    match TARGETS.insert(child, 1, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Full: counted, never silent. (Otherwise it is a target already.)
+        Err(E2BIG) => {
+            count(Counter::UnfollowedForks);
+            return;
+        }
+        Err(_) => return,
     }
     // Its first allocations unwind like the parent's, before userspace hears of it.
     unwind::inherit(parent, child);

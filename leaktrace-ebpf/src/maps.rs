@@ -20,8 +20,9 @@ pub static SITES: HashMap<SiteKey, SiteStats> = HashMap::with_max_entries(1 << 1
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// Target processes (tgid → 1): the syscall tracepoints see every process.
+/// Userspace removes each once it has exited.
 #[map]
-pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 
 /// Per-thread allocator call state (tid → state). LRU so exited threads age out.
 #[map]

@@ -172,6 +172,9 @@ pub struct Lost {
     /// Forked processes whose allocator probes could not be attached (their
     /// heap is missing from the report; the warning names the cause).
     pub untraced_heaps: u64,
+    /// Processes targets forked that could not be followed (the kernel's
+    /// target map was full).
+    pub unfollowed_forks: u64,
 }
 
 impl Lost {
@@ -182,6 +185,7 @@ impl Lost {
             + self.ring_buffer_overruns
             + self.syscalls_map_full
             + self.untraced_heaps
+            + self.unfollowed_forks
     }
 }
 

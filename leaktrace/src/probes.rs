@@ -9,6 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
+        raw_trace_point::RawTracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
@@ -150,13 +151,11 @@ pub struct Probes {
     limits: Limits,
     /// What a probe costs here, measured the first time it is asked.
     step_costs: Option<Costs>,
-    /// Each process's allocator attachments (program, link), detached when
-    /// its image is replaced or it exits.
-    allocator_links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
-    /// The Go runtime attachments.
-    go_links: Vec<(&'static str, UProbeLinkId)>,
-    /// Each new image's entry-point probe, until it is reached.
-    entry_links: StdHashMap<u32, UProbeLinkId>,
+    /// Each process's uprobes (program, link), removed when leaktrace ends:
+    /// not before, see [`Drop for Probes`](#impl-Drop-for-Probes).
+    links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// The syscall and fork tracepoints (program, link).
+    tracepoints: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -192,9 +191,8 @@ impl Probes {
             loaded: Vec::new(),
             limits,
             step_costs: None,
-            allocator_links: StdHashMap::new(),
-            go_links: Vec::new(),
-            entry_links: StdHashMap::new(),
+            links: StdHashMap::new(),
+            tracepoints: Vec::new(),
         };
         // Exec is followed whatever the families: a new image needs its probes.
         let mut tracepoints = vec!["sys_enter", "sys_exit"];
@@ -203,8 +201,10 @@ impl Probes {
         }
         for tracepoint in tracepoints {
             let prog: &mut RawTracePoint = probes.program(tracepoint)?;
-            prog.attach(tracepoint)
+            let link = prog
+                .attach(tracepoint)
                 .map_err(|e| ProbeError::Tracepoint(tracepoint, cause(&e)))?;
+            probes.tracepoints.push((tracepoint, link));
         }
         Ok(probes)
     }
@@ -220,7 +220,6 @@ impl Probes {
 
     /// Attaches `image_entry` at `offset` of `exe` for process `pid` only.
     pub fn attach_entry(&mut self, pid: u32, exe: &Path, offset: u64) -> Result<(), ProbeError> {
-        self.detach_entry(pid);
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
         let probe: &mut UProbe = self.program("image_entry")?;
         let link = probe
@@ -231,23 +230,11 @@ impl Probes {
                 pid,
                 error: cause(&e),
             })?;
-        self.entry_links.insert(pid, link);
+        self.links
+            .entry(pid)
+            .or_default()
+            .push(("image_entry", link));
         Ok(())
-    }
-
-    /// Removes process `pid`'s entry-point probe, in the background.
-    pub fn detach_entry(&mut self, pid: u32) {
-        if let Some(link) = self.entry_links.remove(&pid) {
-            let links = self.take_links(vec![("image_entry", link)]);
-            std::thread::spawn(move || detach(links));
-        }
-    }
-
-    /// Removes the allocator probes of process `pid`, in the background.
-    pub fn detach_allocators(&mut self, pid: u32) {
-        let links = self.allocator_links.remove(&pid).unwrap_or_default();
-        let links = self.take_links(links);
-        std::thread::spawn(move || detach(links));
     }
 
     /// The links `ids` name, out of their programs.
@@ -301,10 +288,7 @@ impl Probes {
             .chain(allocator.points.iter().map(|p| (p.program, p)));
         for (program, point) in programs {
             let link = self.attach_uprobe(program, point, &allocator.path, pid)?;
-            self.allocator_links
-                .entry(pid)
-                .or_default()
-                .push((program, link));
+            self.links.entry(pid).or_default().push((program, link));
         }
         Ok(())
     }
@@ -327,7 +311,10 @@ impl Probes {
             };
             if wanted {
                 let link = self.attach_uprobe(point.program, point, &go.path, target.pid)?;
-                self.go_links.push((point.program, link));
+                self.links
+                    .entry(target.pid)
+                    .or_default()
+                    .push((point.program, link));
             }
         }
         Ok(())
@@ -423,6 +410,15 @@ impl Probes {
     }
 
     /// Every site's totals.
+    /// Lets the syscall tracepoints forget `pid`, which has exited.
+    pub fn remove_target(&mut self, pid: u32) {
+        for name in [maps::TARGETS, maps::FORKED] {
+            if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, u32>>(name) {
+                let _ = map.remove(&pid);
+            }
+        }
+    }
+
     pub fn sites(&self) -> Result<Vec<(SiteKey, SiteStats)>, ProbeError> {
         let mut sites = Vec::new();
         self.each(maps::SITES, |k: &SiteKey, v: &SiteStats| {
@@ -602,35 +598,72 @@ impl Probes {
     }
 }
 
-/// Removing a uprobe waits for a grace period of the kernel's (~0.1 s):
-/// removed one after another, a few dozen take seconds; removed at once, the
-/// waits overlap.
-fn detach(links: Vec<UProbeLink>) {
-    std::thread::scope(|scope| {
-        for link in links {
-            scope.spawn(move || drop(link));
-        }
-    });
-}
-
-/// Every uprobe is removed before the programs are (at once: see [`detach`]).
+/// Removing a uprobe is slow: the kernel waits for a grace period (~0.1 s)
+/// holding a lock every perf-event uprobe attachment also takes. Removed while
+/// tracing, a child's probes held up the next child's attachment (and that
+/// child, stopped meanwhile) by seconds; so they stay until the end, where
+/// those of live processes go first, then the rest: at once when few, else
+/// by a process left to it.
 impl Drop for Probes {
     fn drop(&mut self) {
-        let mut ids = std::mem::take(&mut self.go_links);
-        ids.extend(
-            std::mem::take(&mut self.allocator_links)
-                .into_values()
-                .flatten(),
+        let (live, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(pid, _)| Path::new(&format!("/proc/{pid}/exe")).exists());
+        let started = std::time::Instant::now();
+        let live = self.take_links(live.into_iter().flat_map(|(_, ids)| ids).collect());
+        let n = live.len();
+        drop(live);
+        for (name, link) in std::mem::take(&mut self.tracepoints) {
+            if let Ok(tracepoint) = self.program::<RawTracePoint>(name) {
+                let _ = tracepoint.detach(link);
+            }
+        }
+        let gone = self.take_links(gone.into_iter().flat_map(|(_, ids)| ids).collect());
+        log::debug!(
+            "{n} uprobes of live processes removed in {:.2?}; {} of exited ones left",
+            started.elapsed(),
+            gone.len()
         );
-        ids.extend(
-            std::mem::take(&mut self.entry_links)
-                .into_values()
-                .map(|link| ("image_entry", link)),
-        );
-        let links = self.take_links(ids);
-        let (n, started) = (links.len(), std::time::Instant::now());
-        detach(links);
-        log::debug!("{n} uprobes removed in {:.2?}", started.elapsed());
+        if gone.len() > REMOVED_BY_LEAKTRACE {
+            remove_after_exit();
+        }
+        drop(gone);
+    }
+}
+
+/// Uprobes of exited processes leaktrace removes itself before it exits, at
+/// most (~0.1 s each); beyond, a process of its own (`leaktrace-rm`) does,
+/// after it exits. Those probes cannot fire: their processes are gone.
+const REMOVED_BY_LEAKTRACE: usize = 64;
+
+/// Forks a process that holds every descriptor leaktrace has until leaktrace
+/// exits, then closes them (the last reference: the slow removals happen
+/// there) and ends. leaktrace's own closes are then quick.
+fn remove_after_exit() {
+    let Ok((hold, wait)) = std::io::pipe() else {
+        return;
+    };
+    // SAFETY: the child calls only async-signal-safe functions (close, read,
+    // setsid, close_range, _exit) and touches no memory of Rust's.
+    unsafe {
+        match libc::fork() {
+            0 => {
+                libc::setsid();
+                libc::prctl(libc::PR_SET_NAME, c"leaktrace-rm".as_ptr());
+                libc::close(std::os::fd::AsRawFd::as_raw_fd(&hold));
+                let mut byte = 0u8;
+                // EOF: leaktrace has exited (or dropped its end).
+                libc::read(
+                    std::os::fd::AsRawFd::as_raw_fd(&wait),
+                    (&raw mut byte).cast(),
+                    1,
+                );
+                libc::close_range(0, u32::MAX, 0);
+                libc::_exit(0);
+            }
+            -1 => {}
+            _ => std::mem::forget(hold), // closed when leaktrace exits
+        }
     }
 }
 

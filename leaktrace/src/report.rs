@@ -564,6 +564,10 @@ impl Report {
                 l.untraced_heaps,
                 "forked processes' heaps (probes refused: see the warning)",
             ),
+            (
+                l.unfollowed_forks,
+                "forked processes not followed (more than 16,384 targets at once)",
+            ),
         ]);
         format!("LOST: {}", parts.join(", "))
     }

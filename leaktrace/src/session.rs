@@ -645,7 +645,6 @@ impl Pump {
                 Event::Entry(e) => {
                     // The loader has mapped the libraries: their tables go in
                     // before `main` runs.
-                    self.probes.detach_entry(e.tgid);
                     self.refresh_maps_of(e.tgid);
                     if e.paused != 0 {
                         resume(e.tgid);
@@ -765,8 +764,8 @@ impl Pump {
         }
     }
 
-    /// Probes the allocators of `pid`'s new image, unless they are the ones
-    /// already probed (the same functions of the same files).
+    /// Probes the allocators of `pid`'s new image that are not probed already
+    /// (the same functions of the same files).
     fn probe_new_image(&mut self, pid: u32) {
         let Some(t) = live(&mut self.traced, pid) else {
             return;
@@ -784,38 +783,39 @@ impl Pump {
                     "PID {pid}: the heap of {} is not traced: {e}",
                     escape::shown(&target.exe.to_string_lossy())
                 );
-                self.probes.detach_allocators(pid);
-                t.allocators = Found::default();
+                // Its old image's probes stay attached (see probes.rs: removing
+                // them stalls every attachment); they fire only if it calls them.
                 t.target = target;
                 return;
             }
         };
-        let probed = |f: &Found| -> Vec<(Option<FileId>, Vec<u64>)> {
-            f.allocators
-                .iter()
-                .map(|a| {
-                    let at = a.points.iter().map(|p| p.file_offset + p.shift).collect();
-                    (FileId::of_path(&a.path), at)
-                })
-                .collect()
+        // Attached once per process: those of the old image stay.
+        let key = |a: &allocator::Allocator| -> (Option<FileId>, Vec<u64>) {
+            let at = a.points.iter().map(|p| p.file_offset + p.shift).collect();
+            (FileId::of_path(&a.path), at)
         };
-        if probed(&found) != probed(&t.allocators) {
-            self.probes.detach_allocators(pid);
-            let mut refused = None;
-            for alloc in &found.allocators {
-                match self.probes.attach_allocator(&target, alloc) {
-                    Ok(()) => info!("PID {pid}: new image: probing {}", alloc.describe()),
-                    Err(e) => {
-                        refused.get_or_insert(format!("{}: {e}", alloc.describe()));
-                    }
+        let attached: Vec<_> = t.allocators.allocators.iter().map(key).collect();
+        let mut refused = None;
+        for alloc in found.allocators {
+            if attached.contains(&key(&alloc)) {
+                continue;
+            }
+            match self.probes.attach_allocator(&target, &alloc) {
+                Ok(()) => {
+                    info!("PID {pid}: new image: probing {}", alloc.describe());
+                    t.allocators.allocators.push(alloc);
+                }
+                Err(e) => {
+                    refused.get_or_insert(format!("{}: {e}", alloc.describe()));
                 }
             }
-            if let Some(why) = refused {
-                self.model.lost.untraced_heaps += 1;
-                warn!("PID {pid}: heap of its new image not traced: {why}");
-            }
         }
-        t.allocators = found;
+        if let Some(why) = refused {
+            self.model.lost.untraced_heaps += 1;
+            warn!("PID {pid}: heap of its new image not traced: {why}");
+        }
+        t.allocators.unsupported = found.unsupported;
+        t.allocators.files.extend(found.files);
         t.target = target;
     }
 
@@ -1155,6 +1155,7 @@ impl Pump {
         lost.stacks_lost = c[Counter::StackLost as usize];
         lost.ring_buffer_overruns = c[Counter::EventsLost as usize];
         lost.syscalls_map_full = c[Counter::SyscallsFull as usize];
+        lost.unfollowed_forks = c[Counter::UnfollowedForks as usize];
         let ends = Counter::StackEnds as usize;
         self.model.stack_walks = StackWalks::from_counters(
             c[Counter::StackWalks as usize],
@@ -1352,8 +1353,8 @@ impl Pump {
             if t.exited {
                 debug!("PID {} exited", t.target.pid);
                 self.unwinder.remove(&mut self.probes, t.target.pid);
-                self.probes.detach_allocators(t.target.pid);
-                self.probes.detach_entry(t.target.pid);
+                // Its PID may be another process's next.
+                self.probes.remove_target(t.target.pid);
             }
         }
         self.traced.iter().all(|t| t.exited)

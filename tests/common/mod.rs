@@ -13,7 +13,8 @@ pub fn leaktrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_leaktrace"))
 }
 
-/// Runs `cmd`, printing what it wrote (shown when a test fails).
+/// Runs `cmd`, printing what it wrote (shown when a test fails), then waits
+/// until the probes of the processes it traced are all removed.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run leaktrace");
     eprintln!(
@@ -21,7 +22,28 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    wait_for_probe_removal();
     out
+}
+
+/// leaktrace leaves the removal of many exited processes' probes to a
+/// process of its own (`leaktrace-rm`): each removal holds a lock every
+/// attachment takes, so the next test waits for it to end.
+pub fn wait_for_probe_removal() {
+    let removing = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|p| {
+                std::fs::read_to_string(p.path().join("stat"))
+                    .is_ok_and(|s| s.contains("(leaktrace-rm) ") && !s.contains(") Z "))
+            })
+    };
+    let started = std::time::Instant::now();
+    while removing() && started.elapsed() < std::time::Duration::from_secs(300) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// The JSON report leaktrace wrote to `json`, each site's `stack` (indices
