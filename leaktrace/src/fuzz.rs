@@ -12,23 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{btf, elf::ElfImage, golang, placement, procmaps::ProcMaps, target, unwind};
-
-/// xorshift64: reproducible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::{
+    btf, elf::ElfImage, golang, placement, procmaps::ProcMaps, target, testrng::Rng, unwind,
+};
 
 fn budget() -> Duration {
     let ms = std::env::var("LEAKTRACE_FUZZ_MS")

@@ -559,20 +559,14 @@ mod tests {
         let mut huge = good.clone();
         huge[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
         assert!(parse_pclntab(&huge, None).is_none());
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testrng::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let mut tab = good.clone();
-            for _ in 0..1 + next() % 4 {
-                let at = (next() % tab.len() as u64) as usize;
-                tab[at] = next() as u8;
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() % tab.len() as u64) as usize;
+                tab[at] = rng.next() as u8;
             }
-            let cut = (next() % (tab.len() as u64 + 1)) as usize;
+            let cut = (rng.next() % (tab.len() as u64 + 1)) as usize;
             if let Some((funcs, _)) = parse_pclntab(&tab[..cut], Some(0x1000)) {
                 assert!(funcs.len() <= cut / 8 + 1);
             }

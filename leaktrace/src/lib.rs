@@ -31,3 +31,5 @@ pub mod verdict;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod testrng;
