@@ -25,7 +25,9 @@ use crate::{
     golang::{DEFAULT_MEM_PROFILE_RATE, GoRuntime},
     handles,
     limits::{FdLimit, MemoryLimit},
-    model::{BEFORE_ATTACH, Handle, HeapAges, Kind, Model, Ns, SiteId, StackWalks, stands_for},
+    model::{
+        BEFORE_ATTACH, Handle, HeapAges, Kind, Lost, Model, Ns, SiteId, StackWalks, stands_for,
+    },
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
@@ -291,6 +293,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         traced,
         go_heap_sampling: opts.go_heap_sampling,
         heap: opts.families.heap,
+        pausing: false,
         started: now_ns(),
     };
     // After the probes: a descriptor opened or a goroutine started meanwhile is
@@ -387,6 +390,10 @@ struct Pump {
     go_heap_sampling: bool,
     /// Whether the heap is traced: allocators of libraries loaded later are probed.
     heap: bool,
+    /// Whether new processes and images stop themselves for their probes
+    /// (see leaktrace-ebpf/src/fork.rs): while the heap is traced, until
+    /// tracing ends.
+    pausing: bool,
     started: Ns,
 }
 
@@ -402,7 +409,8 @@ impl Pump {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         // Events that cannot wait for the next drain (a process stopped for
-        // its probes) wake the ring buffer's descriptor; the others do not.
+        // its probes, a quarter of the ring full) wake the ring buffer's
+        // descriptor; the others do not.
         let ring = self
             .events
             .as_fd()
@@ -414,6 +422,7 @@ impl Pump {
             .context("watching the ring buffer")?;
         if self.heap {
             self.probes.set_pausing(true)?;
+            self.pausing = true;
         }
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
@@ -501,6 +510,20 @@ impl Pump {
         self.refresh()?;
         self.sample();
         self.settle()
+    }
+
+    /// No new process or image stops itself from now on; those stopped before
+    /// are in the ring buffer once this returns.
+    fn stop_pausing(&mut self) {
+        if !std::mem::take(&mut self.pausing) {
+            return;
+        }
+        if let Err(e) = self.probes.set_pausing(false) {
+            warn!("{e}");
+        }
+        // A probe that read the flag before it was cleared finishes its event
+        // within microseconds.
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     /// Brings totals, ages and symbols up to date and snapshots the model.
@@ -646,9 +669,7 @@ impl Pump {
                     // The loader has mapped the libraries: their tables go in
                     // before `main` runs.
                     self.refresh_maps_of(e.tgid);
-                    if e.paused != 0 {
-                        resume(e.tgid);
-                    }
+                    resume(&e);
                 }
                 Event::FdClose(e) => {
                     self.model.close_fds(e.tgid, e.first, e.last);
@@ -657,9 +678,7 @@ impl Pump {
                 Event::Fork(e) => {
                     self.model.apply_map_events(&std::mem::take(&mut maps));
                     self.adopt(e.tgid, e.child);
-                    if e.paused != 0 {
-                        resume(e.child);
-                    }
+                    resume(&e);
                 }
                 Event::Goroutine(e) => {
                     if e.kind == EventKind::GoroutineNew as u32 {
@@ -692,17 +711,13 @@ impl Pump {
             .find(|t| t.target.pid == parent)
             .map(|t| t.allocators.clone())
             .unwrap_or_default();
-        let mut refused = None;
-        for alloc in &allocators.allocators {
-            if let Err(e) = self.probes.attach_allocator(&target, alloc) {
-                refused.get_or_insert(format!("{}: {e}", alloc.describe()));
-            }
-        }
-        if let Some(why) = refused {
-            // Counted, so the report never says "nothing lost" over it.
-            self.model.lost.untraced_heaps += 1;
-            warn!("PID {child} (forked by {parent}): heap not traced: {why}");
-        }
+        attach_heap(
+            &mut self.probes,
+            &mut self.model.lost,
+            &target,
+            &allocators.allocators,
+            &format!("PID {child} (forked by {parent})"),
+        );
         if let Some(maps) = self.maps.get(&parent).cloned() {
             self.maps.insert(child, maps);
         }
@@ -725,6 +740,16 @@ impl Pump {
         // The old image's stacks symbolize with its maps, before they go.
         self.symbolize();
         self.model.forget_mappings(pid);
+        update_maps(&mut self.probes, &mut self.unwinder, &mut self.maps, pid);
+        if self.heap {
+            self.probe_new_image(pid);
+        }
+        if e.paused != 0 {
+            self.hold_at_entry(pid);
+        }
+        resume(e);
+        // After the process goes on (a walk of every outstanding allocation):
+        // what the new image allocates is younger than the exec.
         match self.probes.take_allocs(pid, e.ts_ns) {
             Ok(gone) => {
                 for info in gone {
@@ -733,14 +758,6 @@ impl Pump {
                 }
             }
             Err(e) => warn!("PID {pid}: the heap of its image before exec stays counted: {e}"),
-        }
-        update_maps(&mut self.probes, &mut self.unwinder, &mut self.maps, pid);
-        if self.heap {
-            self.probe_new_image(pid);
-        }
-        if e.paused != 0 {
-            self.hold_at_entry(pid);
-            resume(pid);
         }
         let open: Vec<i32> = handles::open_fds(pid).iter().map(|f| f.0).collect();
         self.model.retain_fds(pid, &open);
@@ -795,24 +812,21 @@ impl Pump {
             (FileId::of_path(&a.path), at)
         };
         let attached: Vec<_> = t.allocators.allocators.iter().map(key).collect();
-        let mut refused = None;
-        for alloc in found.allocators {
-            if attached.contains(&key(&alloc)) {
-                continue;
-            }
-            match self.probes.attach_allocator(&target, &alloc) {
-                Ok(()) => {
-                    info!("PID {pid}: new image: probing {}", alloc.describe());
-                    t.allocators.allocators.push(alloc);
-                }
-                Err(e) => {
-                    refused.get_or_insert(format!("{}: {e}", alloc.describe()));
-                }
-            }
-        }
-        if let Some(why) = refused {
-            self.model.lost.untraced_heaps += 1;
-            warn!("PID {pid}: heap of its new image not traced: {why}");
+        let new: Vec<_> = found
+            .allocators
+            .into_iter()
+            .filter(|a| !attached.contains(&key(a)))
+            .collect();
+        let whose = format!("PID {pid}'s new image");
+        for alloc in attach_heap(
+            &mut self.probes,
+            &mut self.model.lost,
+            &target,
+            &new,
+            &whose,
+        ) {
+            info!("{whose}: probing {}", alloc.describe());
+            t.allocators.allocators.push(alloc.clone());
         }
         t.allocators.unsupported = found.unsupported;
         t.allocators.files.extend(found.files);
@@ -1361,30 +1375,52 @@ impl Pump {
     }
 }
 
+/// Attaches each of `allocators` to `target` (`whose` heap, in messages);
+/// the first refusal is said once and the heap counted as not traced, so the
+/// report never says "nothing lost" over it. Returns those attached.
+fn attach_heap<'a>(
+    probes: &mut Probes,
+    lost: &mut Lost,
+    target: &Target,
+    allocators: &'a [allocator::Allocator],
+    whose: &str,
+) -> Vec<&'a allocator::Allocator> {
+    let mut refused = None;
+    let attached = allocators
+        .iter()
+        .filter(|alloc| match probes.attach_allocator(target, alloc) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.get_or_insert(format!("{}: {e}", alloc.describe()));
+                false
+            }
+        })
+        .collect();
+    if let Some(why) = refused {
+        lost.untraced_heaps += 1;
+        warn!("{whose}: heap not traced: {why}");
+    }
+    attached
+}
+
 /// Process `pid` among `traced`, if it has not exited.
 fn live(traced: &mut [Traced], pid: u32) -> Option<&mut Traced> {
     traced.iter_mut().find(|t| t.target.pid == pid && !t.exited)
 }
 
-/// Continues process `pid`, stopped by leaktrace-ebpf/src/fork.rs for its probes.
-fn resume(pid: u32) {
+/// Continues the process `e` is about, if it stopped itself for its probes
+/// (leaktrace-ebpf/src/fork.rs): the child of a fork, else the process.
+fn resume(e: &ProcEvent) {
+    if e.paused == 0 {
+        return;
+    }
+    let pid = if e.kind == EventKind::Fork as u32 {
+        e.child
+    } else {
+        e.tgid
+    };
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-}
-
-impl Pump {
-    /// No new process or image stops itself from now on; those stopped before
-    /// are in the ring buffer once this returns.
-    fn stop_pausing(&mut self) {
-        if self.heap {
-            if let Err(e) = self.probes.set_pausing(false) {
-                warn!("{e}");
-            }
-            // A probe that read the flag before it was cleared finishes its
-            // event within microseconds.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// However the session ends, no process stays stopped waiting for it.
@@ -1392,10 +1428,8 @@ impl Drop for Pump {
     fn drop(&mut self) {
         self.stop_pausing();
         while let Some(item) = self.events.next() {
-            match Event::read(&item) {
-                Some(Event::Fork(e)) if e.paused != 0 => resume(e.child),
-                Some(Event::Exec(e) | Event::Entry(e)) if e.paused != 0 => resume(e.tgid),
-                _ => {}
+            if let Some(Event::Fork(e) | Event::Exec(e) | Event::Entry(e)) = Event::read(&item) {
+                resume(&e);
             }
         }
     }
