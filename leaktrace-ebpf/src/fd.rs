@@ -1,7 +1,8 @@
 //! File descriptors: every successful call that creates one (open, socket,
 //! accept, pipe, dup, eventfd, epoll, timerfd, …) and every way one ends (close,
-//! close_range, exec). Each goes to userspace, which keeps the table per process:
-//! dup2 onto an open descriptor and exec's close-on-exec need its knowledge.
+//! close_range; exec's close-on-exec is applied by userspace on fork.rs's exec
+//! event). Each goes to userspace, which keeps the table per process: dup2 onto
+//! an open descriptor and close-on-exec need its knowledge.
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes},

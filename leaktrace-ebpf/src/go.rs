@@ -212,6 +212,5 @@ fn send(event: GoroutineEvent) {
         return;
     };
     entry.write(event);
-    // No wakeup: userspace drains on a timer (see docs/design.md).
     entry.submit(wakeup(false));
 }

@@ -33,9 +33,10 @@ pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 
 pub static SYSCALLS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(1 << 16, 0);
 
 /// Processes a target forked that have not yet returned to user space
-/// (child tgid → parent tgid).
+/// (child tgid → parent tgid). As large as `TARGETS`: every child in it is
+/// one there.
 #[map]
-pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 
 /// Slot 0 nonzero: a new process or image stops itself (SIGSTOP) until
 /// userspace has attached its probes (see fork.rs). Userspace clears it

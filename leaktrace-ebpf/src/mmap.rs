@@ -64,6 +64,5 @@ pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
             unwind::stack_id(regs.rip, regs.rsp, regs.rbp)
         };
     }
-    // Userspace drains on a timer: no wakeup per event.
     entry.submit(wakeup(false));
 }

@@ -108,19 +108,19 @@ impl Output {
 
     fn write_to(&self, path: &Path, report: &Report) -> Result<()> {
         let bytes = match self.format {
-            // Streamed: a report of 100k sites is tens of MB of JSON.
-            Format::Json => Vec::new(),
-            Format::Pprof => pprof::encode(report, wall_clock_ns())?,
-            Format::Svg => flamegraph::svg(report)?,
-            Format::Folded => flamegraph::folded(report).into_bytes(),
+            // Streamed to the file: a report of 100k sites is tens of MB of JSON.
+            Format::Json => None,
+            Format::Pprof => Some(pprof::encode(report, wall_clock_ns())?),
+            Format::Svg => Some(flamegraph::svg(report)?),
+            Format::Folded => Some(flamegraph::folded(report).into_bytes()),
         };
-        write_atomically(path, |file| match self.format {
-            Format::Json => {
+        write_atomically(path, |file| match &bytes {
+            Some(bytes) => file.write_all(bytes),
+            None => {
                 let mut out = std::io::BufWriter::new(file);
                 report.write_json(&mut out)?;
                 out.flush()
             }
-            _ => file.write_all(&bytes),
         })
         .with_context(|| format!("writing {}", path.display()))
     }

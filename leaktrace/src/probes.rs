@@ -409,7 +409,6 @@ impl Probes {
             .map_err(|e| ProbeError::Map(maps::TARGETS, cause(&e)))
     }
 
-    /// Every site's totals.
     /// Lets the syscall tracepoints forget `pid`, which has exited.
     pub fn remove_target(&mut self, pid: u32) {
         for name in [maps::TARGETS, maps::FORKED] {
@@ -419,6 +418,7 @@ impl Probes {
         }
     }
 
+    /// Every site's totals.
     pub fn sites(&self) -> Result<Vec<(SiteKey, SiteStats)>, ProbeError> {
         let mut sites = Vec::new();
         self.each(maps::SITES, |k: &SiteKey, v: &SiteStats| {
@@ -643,8 +643,8 @@ fn remove_after_exit() {
     let Ok((hold, wait)) = std::io::pipe() else {
         return;
     };
-    // SAFETY: the child calls only async-signal-safe functions (close, read,
-    // setsid, close_range, _exit) and touches no memory of Rust's.
+    // SAFETY: the child makes only async-signal-safe system calls (setsid,
+    // prctl, close, read, close_range, _exit) and touches no memory of Rust's.
     unsafe {
         match libc::fork() {
             0 => {
