@@ -20,6 +20,7 @@ pub mod maps {
     pub const MAPPINGS: &str = "MAPPINGS";
     pub const PAUSE: &str = "PAUSE";
     pub const FORKED: &str = "FORKED";
+    pub const EXITING: &str = "EXITING";
 }
 
 pub mod args;
@@ -179,7 +180,37 @@ pub enum EventKind {
     /// [`ProcEvent`]: an exec'd image reached its entry point (the loader has
     /// mapped its libraries).
     Entry = 10,
+    /// [`ExitEvent`]: a target called the C library's `_exit`: its heap is
+    /// still whole.
+    Exit = 11,
 }
+
+/// Slots of the `PAUSE` array: what makes a target stop itself for userspace.
+pub mod pause {
+    /// New processes and images stop until their probes are attached.
+    pub const NEW: u32 = 0;
+    /// A process calling `_exit` stops until its heap is scanned.
+    pub const EXIT: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
+/// A target is exiting (`_exit`): its heap and the registers of the thread
+/// exiting, the only ones readable without ptrace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub tid: u32,
+    /// 1: the process stopped itself (SIGSTOP) until userspace continues it.
+    pub paused: u32,
+    /// The exiting thread's general-purpose registers (rax…r15, rsp among them).
+    pub regs: [u64; EXIT_REGS],
+}
+
+/// Registers an [`ExitEvent`] carries.
+pub const EXIT_REGS: usize = 16;
 
 /// A goroutine started or ended. Goroutines are told apart by their `g` (the
 /// runtime reuses a `g` only after its goroutine has exited).
@@ -309,6 +340,7 @@ const _: () = {
     assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
     assert!(size_of::<MapEvent>() == 56);
     assert!(size_of::<GoroutineEvent>() == 56);
+    assert!(size_of::<ExitEvent>() == 24 + 8 * EXIT_REGS);
     assert!(size_of::<unwind::UnwindRow>() == 8);
     assert!(size_of::<unwind::Mapping>() == 40);
     assert!(size_of::<unwind::StackTrace>() == 8 + 8 * unwind::MAX_FRAMES);

@@ -16,10 +16,10 @@ use aya_ebpf::{
     macros::{raw_tracepoint, uprobe},
     programs::{ProbeContext, RawTracePointContext},
 };
-use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs};
+use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs, pause};
 
 use crate::{
-    maps::{EVENTS, FORKED, PAUSE, SYSCALLS, TARGETS, count, current_tgid_tid, wakeup},
+    maps::{EVENTS, FORKED, SYSCALLS, TARGETS, count, current_tgid_tid, pausing, wakeup},
     unwind,
 };
 
@@ -28,7 +28,7 @@ const FORK: u64 = 57;
 const VFORK: u64 = 58;
 const CLONE3: u64 = 435;
 const CLONE_THREAD: u64 = 0x10000;
-const SIGSTOP: u32 = 19;
+pub const SIGSTOP: u32 = 19;
 /// What a full hash map answers an insert with.
 const E2BIG: i32 = -7;
 
@@ -143,7 +143,7 @@ fn announce(kind: EventKind, tgid: u32, child: u32) {
         count(Counter::EventsLost);
         return;
     };
-    let pausing = PAUSE.get(0).is_some_and(|&p| p != 0);
+    let pausing = pausing(pause::NEW);
     // SAFETY: signals the current process; delivered before it returns to user space.
     let paused = pausing && unsafe { bpf_send_signal(SIGSTOP) } == 0;
     entry.write(ProcEvent {

@@ -5,6 +5,7 @@
 //! - [`fd`]: descriptors created and closed (files, sockets, pipes, …), sent to userspace.
 //! - [`go`]: the Go runtime's sampled heap and goroutines (entry uprobes only).
 //! - [`fork`]: processes forked by targets become targets, in the kernel.
+//! - [`exit`]: a target calling `_exit` stops until its heap is scanned.
 //! - [`unwind`]: user stacks, unwound from the modules' `.eh_frame` tables.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
@@ -12,6 +13,7 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod alloc;
+mod exit;
 mod fd;
 mod fork;
 mod go;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use leaktrace_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, Counter, Inflight, SiteKey, SiteStats, SyscallArgs,
+    AllocInfo, AllocKey, COUNTER_SLOTS, Counter, Inflight, SiteKey, SiteStats, SyscallArgs, pause,
 };
 
 /// Outstanding heap allocations. Userspace sets the real size before loading.
@@ -38,11 +38,24 @@ pub static SYSCALLS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries
 #[map]
 pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 
-/// Slot 0 nonzero: a new process or image stops itself (SIGSTOP) until
-/// userspace has attached its probes (see fork.rs). Userspace clears it
-/// before it lets go of the targets.
+/// Processes stopped at `_exit` once already (exit.rs): a process calls it
+/// once, but its probe may fire again as it goes on. Removed by userspace
+/// with the process's other entries.
 #[map]
-pub static PAUSE: Array<u32> = Array::with_max_entries(1, 0);
+pub static EXITING: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Slot [`pause::NEW`] nonzero: a new process or image stops itself (SIGSTOP)
+/// until userspace has attached its probes (see fork.rs); slot
+/// [`pause::EXIT`]: an exiting one, until its heap is scanned (exit.rs).
+/// Userspace clears them before it lets go of the targets.
+#[map]
+pub static PAUSE: Array<u32> = Array::with_max_entries(pause::SLOTS, 0);
+
+/// Whether slot `slot` of [`PAUSE`] is set.
+#[inline(always)]
+pub fn pausing(slot: u32) -> bool {
+    PAUSE.get(slot).is_some_and(|&p| p != 0)
+}
 
 const EVENTS_BYTES: u64 = 16 << 20;
 

@@ -289,10 +289,21 @@ pub fn describe(name: &str, prefixes: &[impl AsRef<str>], file: &Path) -> String
     format!("{name}{prefixes} in {}", file.display())
 }
 
+/// Where a process ends through its C library: `_exit`, which every `exit`
+/// and return from `main` goes through. Probed to stop the process there for
+/// the reachability scan of its heap (leaktrace-ebpf/src/exit.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitPoint {
+    pub path: PathBuf,
+    pub file_offset: u64,
+}
+
 /// What discovery found in a target.
 #[derive(Clone, Debug, Default)]
 pub struct Found {
     pub allocators: Vec<Allocator>,
+    /// The first `_exit` in the search order (the executable, then its libraries).
+    pub exit: Option<ExitPoint>,
     /// Allocators seen and not probed: "rpmalloc in /srv/app".
     pub unsupported: Vec<String>,
     /// The files looked at: a library mapped later is looked at once.
@@ -303,6 +314,7 @@ impl Found {
     /// Adds what was found in one more file.
     pub fn extend(&mut self, more: Found) {
         self.allocators.extend(more.allocators);
+        self.exit = self.exit.take().or(more.exit);
         self.unsupported.extend(more.unsupported);
         self.files.extend(more.files);
     }
@@ -348,6 +360,12 @@ pub fn find(
             }
         };
         found.extend(inspect(&current, &mut plain_bound, &mut new_bound));
+        if found.exit.is_none() {
+            found.exit = current.function("_exit").map(|f| ExitPoint {
+                path: current.path.clone(),
+                file_offset: f.file_offset,
+            });
+        }
         for name in current.needed() {
             // musl's loader is also the `libc.so` its programs ask for.
             let path = if musl && name.starts_with("libc.") {
@@ -443,6 +461,7 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
         }
     }
     Found {
+        exit: None,
         allocators: file.allocators,
         unsupported,
         files: FileId::of_path(&image.path).into_iter().collect(),

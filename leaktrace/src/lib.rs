@@ -19,6 +19,7 @@ pub mod pprof;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;
+pub mod reach;
 pub mod report;
 pub mod series;
 pub mod session;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use leaktrace::{
     cli::{Cli, View},
+    report::{self, FailOn, Report},
     session, top,
 };
 
@@ -27,9 +28,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if live { run_top(opts) } else { run(opts) };
+    let result = if live {
+        run_top(opts).map(|()| ExitCode::SUCCESS)
+    } else {
+        run(opts)
+    };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // The reader went away (`leaktrace … | head`): nothing left to say.
         Err(err)
             if err
@@ -45,7 +50,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(opts: session::Options) -> anyhow::Result<()> {
+fn run(opts: session::Options) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -59,8 +64,35 @@ fn run(opts: session::Options) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.final_text(opts.top).as_bytes())?;
     stdout.flush()?;
-    Ok(())
+    Ok(gate(&opts, &report))
 }
+
+/// --fail-on: status 3 and the sites on stderr when any qualifies.
+fn gate(opts: &session::Options, report: &Report) -> ExitCode {
+    let Some(on) = opts.fail_on else {
+        return ExitCode::SUCCESS;
+    };
+    let failing = report.failing(on);
+    if failing.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let what = match on {
+        FailOn::Unreachable => "unreachable",
+        FailOn::Leak => "leak",
+    };
+    eprintln!(
+        "leaktrace: --fail-on {what}: {} site{} qualify:",
+        failing.len(),
+        if failing.len() == 1 { "" } else { "s" }
+    );
+    for s in failing {
+        eprintln!("  {}", report::site_line(s));
+    }
+    ExitCode::from(GATE_FAILED)
+}
+
+/// The exit status of a run --fail-on fails.
+const GATE_FAILED: u8 = 3;
 
 /// Every --output can be written: checked before anything is attached.
 fn check_outputs(opts: &session::Options) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::{
     golang::{DEFAULT_MEM_PROFILE_RATE, scale},
     handles::HandleKind,
+    reach::{Reach, process::ScanStats},
     series::{Point, Series},
     symbolize::Frames,
 };
@@ -136,6 +137,8 @@ pub struct Site {
     pub details: Vec<(HandleKind, String, u64)>,
     /// Symbolized stack, innermost first; empty until symbolized or when the stack was lost.
     pub frames: Frames,
+    /// Heap sites: their blocks by reachability, from their process's latest scan.
+    pub reach: Option<Reach>,
 }
 
 impl Site {
@@ -152,6 +155,7 @@ impl Site {
             series: Series::default(),
             details: Vec::new(),
             frames: Frames::from([]),
+            reach: None,
         }
     }
 }
@@ -304,6 +308,23 @@ pub struct Model {
     /// of the kernel's outstanding allocations, so never freed there, and
     /// taken off the kernel's live totals here.
     gone: HashMap<SiteId, [u64; 2]>,
+    /// Reachability scans made, and the latest's cost.
+    pub scans: Scans,
+}
+
+/// The reachability scans of the session (see reach.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Scans {
+    /// Scans of processes stopped as they exited.
+    pub at_exit: u64,
+    /// Scans of running processes (--scan-every).
+    pub running: u64,
+    /// Scans that could not complete (process gone, --scan-max-bytes): their
+    /// process's blocks stay unclassified.
+    pub failed: u64,
+    /// The longest a process waited, stopped at exit, for its scan.
+    pub longest_pause_ms: f64,
+    pub latest: Option<ScanStats>,
 }
 
 fn page_up(len: u64) -> u64 {
@@ -523,6 +544,17 @@ impl Model {
     }
 
     /// Adds a point to every site's series; `t` is seconds since tracing began.
+    /// The blocks of process `tgid` by site and class, from a scan: replaces
+    /// what its previous scan said.
+    pub fn set_reach(&mut self, tgid: u32, reach: HashMap<SiteId, Reach>) {
+        for site in self.sites.values_mut().filter(|s| s.id.tgid == tgid) {
+            site.reach = None;
+        }
+        for (id, r) in reach {
+            self.sites.entry(id).or_insert_with(|| Site::new(id)).reach = Some(r);
+        }
+    }
+
     pub fn sample(&mut self, t: f64) {
         for site in self.sites.values_mut() {
             site.series.push(Point {

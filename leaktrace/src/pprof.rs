@@ -390,6 +390,7 @@ mod tests {
             growth_count_per_s: 0.1,
             time_to_limit_s: None,
             details: Vec::new(),
+            reachability: None,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: frames.into_iter().map(std::sync::Arc::new).collect(),
@@ -400,6 +401,7 @@ mod tests {
             duration_s: 1.0,
             lost: Default::default(),
             stacks: Default::default(),
+            scans: Default::default(),
             totals: Totals::default(),
             sites: vec![site.clone(), SiteReport { pid: 43, ..site }],
             modules: vec![ModuleMap {

@@ -22,7 +22,7 @@ use leaktrace_common::{
 mod batch;
 
 use crate::{
-    allocator::{Allocator, ProbePoint},
+    allocator::{Allocator, ExitPoint, ProbePoint},
     btf,
     golang::GoRuntime,
     stepcost::{self, Costs},
@@ -209,31 +209,48 @@ impl Probes {
         Ok(probes)
     }
 
-    /// Whether new processes and images of the targets stop themselves until
-    /// their probes are attached (see leaktrace-ebpf/src/fork.rs).
-    pub fn set_pausing(&mut self, on: bool) -> Result<(), ProbeError> {
+    /// Whether targets stop themselves for userspace: new processes and images
+    /// until their probes are attached (`pause::NEW`, see
+    /// leaktrace-ebpf/src/fork.rs), exiting ones until their heap is scanned
+    /// (`pause::EXIT`, exit.rs).
+    pub fn set_pausing(&mut self, slot: u32, on: bool) -> Result<(), ProbeError> {
         let mut pause: Array<&mut MapData, u32> = self.map_mut(maps::PAUSE)?;
         pause
-            .set(0, on as u32, 0)
+            .set(slot, on as u32, 0)
             .map_err(|e| ProbeError::Map(maps::PAUSE, cause(&e)))
+    }
+
+    /// Attaches `image_exit` at `exit` for process `pid` only.
+    pub fn attach_exit(&mut self, pid: u32, exit: &ExitPoint) -> Result<(), ProbeError> {
+        self.attach_one(pid, "image_exit", "_exit", &exit.path, exit.file_offset)
     }
 
     /// Attaches `image_entry` at `offset` of `exe` for process `pid` only.
     pub fn attach_entry(&mut self, pid: u32, exe: &Path, offset: u64) -> Result<(), ProbeError> {
+        self.attach_one(pid, "image_entry", "the entry point", exe, offset)
+    }
+
+    /// Attaches `program` (`what`, in errors) at `offset` of `path` for process
+    /// `pid` only, keeping the link.
+    fn attach_one(
+        &mut self,
+        pid: u32,
+        program: &'static str,
+        what: &str,
+        path: &Path,
+        offset: u64,
+    ) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).expect("PID 0 is never a target"));
-        let probe: &mut UProbe = self.program("image_entry")?;
+        let probe: &mut UProbe = self.program(program)?;
         let link = probe
-            .attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)
+            .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
             .map_err(|e| ProbeError::Attach {
-                function: "the entry point".into(),
-                path: exe.display().to_string(),
+                function: what.into(),
+                path: path.display().to_string(),
                 pid,
                 error: cause(&e),
             })?;
-        self.links
-            .entry(pid)
-            .or_default()
-            .push(("image_entry", link));
+        self.links.entry(pid).or_default().push((program, link));
         Ok(())
     }
 
@@ -411,7 +428,7 @@ impl Probes {
 
     /// Lets the syscall tracepoints forget `pid`, which has exited.
     pub fn remove_target(&mut self, pid: u32) {
-        for name in [maps::TARGETS, maps::FORKED] {
+        for name in [maps::TARGETS, maps::FORKED, maps::EXITING] {
             if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, u32>>(name) {
                 let _ = map.remove(&pid);
             }
@@ -425,6 +442,17 @@ impl Probes {
             sites.push((*k, *v))
         })?;
         Ok(sites)
+    }
+
+    /// The outstanding allocations of process `pid`.
+    pub fn allocs_of(&self, pid: u32) -> Result<Vec<(u64, AllocInfo)>, ProbeError> {
+        let mut allocs = Vec::new();
+        self.each_alloc(|k, v| {
+            if k.tgid == pid {
+                allocs.push((k.addr, *v));
+            }
+        })?;
+        Ok(allocs)
     }
 
     /// Calls `each` with every outstanding allocation.

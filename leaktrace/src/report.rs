@@ -8,7 +8,8 @@ use crate::{
     escape::shown,
     handles::HandleKind,
     limits::{FdLimit, MemoryLimit},
-    model::{Kind, Lost, Model, Ns, Site, StackWalks},
+    model::{Kind, Lost, Model, Ns, Scans, Site, StackWalks},
+    reach::Reach,
     symbolize::{Frame, Frames},
     verdict::{self, Assessment, Evidence, Verdict},
 };
@@ -23,6 +24,8 @@ pub struct Report {
     pub lost: Lost,
     /// How the kernel's stack walks ended.
     pub stacks: StackWalks,
+    /// The reachability scans made (docs/reachability.md).
+    pub scans: Scans,
     pub totals: Totals,
     /// In the JSON with their stacks as indices: see [`Report::write_json`].
     #[serde(skip)]
@@ -144,6 +147,9 @@ pub struct SiteReport {
     /// Handle sites: what the open descriptors point to, most frequent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
+    /// Heap sites of a process scanned: its blocks by reachability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<Reach>,
     /// The last few samples of the outstanding bytes (memory) or count
     /// (handles), oldest first, as (seconds since start, value): for live
     /// views (a report keeps no more per site: it may have 100k sites).
@@ -203,6 +209,7 @@ impl Report {
             duration_s: seconds(now.saturating_sub(started)),
             lost: model.lost,
             stacks: model.stack_walks,
+            scans: model.scans,
             totals: Totals {
                 heap_bytes: model.live_bytes(Kind::Heap),
                 mmap_bytes: model.live_bytes(Kind::Mmap),
@@ -270,20 +277,7 @@ impl Report {
             "VERDICT", "KIND", "BYTES", "COUNT", "GROWTH/s", "OLDEST", "PID"
         );
         for s in self.outstanding().take(top) {
-            let stack: Vec<String> = s
-                .frames
-                .iter()
-                .take(3)
-                .map(|f| shown(&f.short()).into_owned())
-                .collect();
-            let mut stack = if stack.is_empty() {
-                "[stack not recorded]".to_string()
-            } else {
-                stack.join(" ← ")
-            };
-            if let Some(d) = s.details.first() {
-                stack = format!("{} ← {stack}", shown(&d.describe()));
-            }
+            let stack = s.summary();
             let _ = writeln!(
                 out,
                 "{:<9} {:<9} {:>11} {:>9} {:>11} {:>8}  {:<7} {}",
@@ -379,6 +373,9 @@ impl Report {
         let _ = writeln!(out, "  {}", self.lost_line());
         let _ = writeln!(out, "  stacks: {}", self.stacks_line());
         let _ = writeln!(out, "  verdicts: {}", self.verdict_line());
+        if let Some(line) = self.scans_line() {
+            let _ = writeln!(out, "  reachability: {line}");
+        }
         let leaking: Vec<&SiteReport> = self.outstanding().collect();
         if leaking.is_empty() {
             let _ = writeln!(out, "\nNothing outstanding.");
@@ -445,6 +442,9 @@ impl Report {
             for d in &s.details {
                 let _ = writeln!(out, "    {} ×{}", shown(&d.describe()), d.count);
             }
+            if let Some(r) = &s.reachability {
+                let _ = writeln!(out, "    {}", reach_line(r));
+            }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
             }
@@ -509,6 +509,52 @@ impl Report {
         } else {
             parts.join(", ")
         }
+    }
+
+    /// "1 scan at exit, 12 while running (latest: 3.1 MiB read in 4.2 ms);
+    /// 2 unreachable blocks (96 B), 3 indirect", or nothing without scans.
+    fn scans_line(&self) -> Option<String> {
+        let s = &self.scans;
+        if s.at_exit + s.running + s.failed == 0 {
+            return None;
+        }
+        let mut parts = counted(&[
+            (s.at_exit, "at exit"),
+            (s.running, "while running"),
+            (s.failed, "not completed (see the warning)"),
+        ]);
+        if s.at_exit > 0 {
+            parts.push(format!(
+                "targets stopped at exit for {:.1} ms at most",
+                s.longest_pause_ms
+            ));
+        }
+        let mut line = format!("scans {}", parts.join(", "));
+        if let Some(l) = &s.latest {
+            let _ = write!(
+                line,
+                " (latest: {} blocks, {} read in {:.1} ms)",
+                l.blocks,
+                human_bytes(l.bytes_read),
+                l.ms
+            );
+        }
+        let mut lost = Reach::default();
+        for r in self.sites.iter().filter_map(|s| s.reachability) {
+            lost.unreachable_count += r.unreachable_count;
+            lost.unreachable_bytes += r.unreachable_bytes;
+            lost.indirect_count += r.indirect_count;
+            lost.indirect_bytes += r.indirect_bytes;
+        }
+        let _ = write!(
+            line,
+            "; {} unreachable blocks ({}), {} indirect ({})",
+            lost.unreachable_count,
+            human_bytes(lost.unreachable_bytes),
+            lost.indirect_count,
+            human_bytes(lost.indirect_bytes)
+        );
+        Some(line)
     }
 
     /// How many stacks were walked whole, and why the others stopped.
@@ -583,6 +629,26 @@ fn counted(counts: &[(u64, &str)]) -> Vec<String> {
 }
 
 impl SiteReport {
+    /// Its first frames, after what its descriptors point to: "file /tmp/x ←
+    /// open_log (log.c:12) ← main (main.c:40)", escaped for a terminal.
+    pub fn summary(&self) -> String {
+        let stack: Vec<String> = self
+            .frames
+            .iter()
+            .take(3)
+            .map(|f| shown(&f.short()).into_owned())
+            .collect();
+        let stack = if stack.is_empty() {
+            "[stack not recorded]".to_string()
+        } else {
+            stack.join(" ← ")
+        };
+        match self.details.first() {
+            Some(d) => format!("{} ← {stack}", shown(&d.describe())),
+            None => stack,
+        }
+    }
+
     /// "+1.5 KiB/s" for memory, "+2.0/s" for handles.
     pub fn growth_per_s(&self) -> String {
         if self.kind.is_handle() {
@@ -606,6 +672,101 @@ impl Detail {
     }
 }
 
+/// One line for a site --fail-on lists: "leak heap 96 B in 3 (unreachable 1,
+/// indirect 2) · pid 42 · leak_list (reach.c:31) ← main (reach.c:80)".
+pub fn site_line(s: &SiteReport) -> String {
+    let held = if s.kind.is_handle() {
+        format!("{} open", s.outstanding_count)
+    } else {
+        format!(
+            "{} in {}",
+            human_bytes(s.outstanding_bytes),
+            s.outstanding_count
+        )
+    };
+    let lost = s
+        .reachability
+        .filter(|r| r.lost_count() > 0)
+        .map(|r| {
+            format!(
+                " (unreachable {}, indirect {})",
+                r.unreachable_count, r.indirect_count
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {} {held}{lost} · pid {} · {}",
+        s.verdict.name(),
+        s.kind.name(),
+        s.pid,
+        s.summary()
+    )
+}
+
+/// What `--fail-on` fails a run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    /// Heap blocks nothing points to (unreachable or indirect) in a scan; for
+    /// a Go program that exited, goroutines still alive and descriptors
+    /// still open then (its heap is the garbage collector's).
+    Unreachable,
+    /// Any site with verdict `leak`.
+    Leak,
+}
+
+impl Report {
+    /// The sites `on` fails the run for, in report order.
+    pub fn failing(&self, on: FailOn) -> Vec<&SiteReport> {
+        let go_exited: Vec<u32> = self
+            .targets
+            .iter()
+            .filter(|t| t.exited && t.go.is_some())
+            .map(|t| t.pid)
+            .collect();
+        self.sites
+            .iter()
+            .filter(|s| match on {
+                FailOn::Leak => s.verdict == Verdict::Leak,
+                FailOn::Unreachable => {
+                    s.reachability.is_some_and(|r| r.lost_count() > 0)
+                        || go_exited.contains(&s.pid)
+                            && s.kind.is_handle()
+                            && s.outstanding_count > 0
+                            && !runtime_made(&s.frames)
+                }
+            })
+            .collect()
+    }
+}
+
+/// A stack wholly in the Go runtime (its own goroutines: GC workers, the
+/// finalizer, timers), or notes: what goleak ignores too.
+fn runtime_made(frames: &[std::sync::Arc<Frame>]) -> bool {
+    frames.iter().all(|f| {
+        f.function
+            .as_deref()
+            .is_none_or(|n| n.starts_with("runtime.") || n.starts_with('['))
+    })
+}
+
+/// "unreachable 3 (96 B) · indirect 3 (96 B) · reachable 2 (64 B), at exit".
+pub fn reach_line(r: &Reach) -> String {
+    let when = if r.at_exit {
+        "at exit"
+    } else {
+        "while running"
+    };
+    format!(
+        "unreachable {} ({}) · indirect {} ({}) · reachable {} ({}), scanned {when}",
+        r.unreachable_count,
+        human_bytes(r.unreachable_bytes),
+        r.indirect_count,
+        human_bytes(r.indirect_bytes),
+        r.reachable_count,
+        human_bytes(r.reachable_bytes),
+    )
+}
+
 /// Leaks first, then growing, stable, transient; within a verdict, what
 /// holds the most first (a 64 MiB slab must not rank below a 2 KiB site that
 /// is surer of itself), then the surest, the fastest growing.
@@ -624,7 +785,7 @@ fn rank(sites: &mut [SiteReport]) {
 fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteReport {
     let oldest_age_s = s.oldest_ns.map(|t| seconds(now.saturating_sub(t)));
     let points = s.series.points();
-    let a: Assessment = verdict::assess(
+    let mut a: Assessment = verdict::assess(
         &points,
         Evidence {
             live_count: s.live_count,
@@ -632,6 +793,11 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
             by_count: s.id.kind.is_handle(),
         },
     );
+    // Blocks nothing points to can never be freed: a leak, grown or not.
+    if s.reach.is_some_and(|r| r.lost_count() > 0) {
+        a.verdict = Verdict::Leak;
+        a.confidence = 1.0;
+    }
     let (outstanding_bytes, outstanding_count) = if min_age > 0 {
         (s.aged_bytes, s.aged_count)
     } else {
@@ -687,6 +853,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
                 count: *count,
             })
             .collect(),
+        reachability: s.reach,
         growth_last_minute: change_over(&history, 60.0),
         history: history[history.len().saturating_sub(HISTORY_POINTS)..].to_vec(),
         frames: s.frames.clone(),
@@ -771,6 +938,7 @@ mod tests {
             growth_count_per_s: 0.0,
             time_to_limit_s: None,
             details: Vec::new(),
+            reachability: None,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: Frames::from([Frame::note(function)]),
@@ -805,6 +973,7 @@ mod tests {
             duration_s: 10.0,
             lost: Lost::default(),
             stacks: StackWalks::default(),
+            scans: Default::default(),
             totals: Totals::default(),
             sites,
             modules: Vec::new(),

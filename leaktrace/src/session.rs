@@ -8,8 +8,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use leaktrace_common::{
-    Counter, EventKind, FdClose, FdOpen, GoroutineEvent, MapEvent, NO_STACK, ProcEvent, SiteKey,
-    SiteKind, SiteStats, StackId,
+    Counter, EventKind, ExitEvent, FdClose, FdOpen, GoroutineEvent, MapEvent, NO_STACK, ProcEvent,
+    SiteKey, SiteKind, SiteStats, StackId, pause,
     unwind::{STACK_END_KINDS, StackEnd},
 };
 use log::{debug, info, warn};
@@ -32,6 +32,7 @@ use crate::{
     preflight,
     probes::{Families, Limits, Probes},
     procmaps::{FileId, ProcMaps},
+    reach::{self, Block, Confirmation, Reach},
     report::{AllocatorInfo, GoInfo, ModuleMap, Report, TargetInfo},
     symbolize::{Frame, Frames, Symbolizer},
     target::{self, Child, Credentials, Launched, Target, in_root},
@@ -56,6 +57,13 @@ pub struct Options {
     pub families: Families,
     /// Turn on Go heap sampling where the runtime has it off (writes the target's memory).
     pub go_heap_sampling: bool,
+    /// Stop targets at `_exit` to scan their heap's reachability.
+    pub scan_at_exit: bool,
+    /// Scan running targets' heaps this often.
+    pub scan_every: Option<Duration>,
+    /// Bytes one scan reads at most.
+    pub scan_max_bytes: u64,
+    pub fail_on: Option<crate::report::FailOn>,
     pub limits: Limits,
 }
 
@@ -90,6 +98,7 @@ enum Event {
     Fork(ProcEvent),
     Exec(ProcEvent),
     Entry(ProcEvent),
+    Exit(Box<ExitEvent>),
     Goroutine(GoroutineEvent),
 }
 
@@ -109,6 +118,8 @@ impl Event {
             Event::Exec(read_as(bytes)?)
         } else if kind == EventKind::Entry as u32 {
             Event::Entry(read_as(bytes)?)
+        } else if kind == EventKind::Exit as u32 {
+            Event::Exit(Box::new(read_as(bytes)?))
         } else if kind == EventKind::GoroutineNew as u32 || kind == EventKind::GoroutineExit as u32
         {
             Event::Goroutine(read_as(bytes)?)
@@ -138,6 +149,9 @@ struct Traced {
     go: Option<Go>,
     child: Option<Child>,
     exited: bool,
+    /// Whether its heap is traced from its exec on (a command leaktrace
+    /// started, or an image exec'd while traced): every live block is known.
+    whole_heap: bool,
 }
 
 /// A Go target's runtime and its heap sampling rate as last read.
@@ -195,6 +209,9 @@ fn attach(
             );
         }
     }
+    if opts.scan_at_exit {
+        attach_exit(probes, target.pid, found.exit.as_ref());
+    }
     for unsupported in &found.unsupported {
         warn!(
             "PID {}: {unsupported} is an allocator leaktrace does not probe: its \
@@ -249,6 +266,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
             go,
             child: None,
             exited: false,
+            whole_heap: false,
         });
     }
     if !opts.command.is_empty() {
@@ -274,6 +292,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
             go,
             child: Some(child),
             exited: false,
+            whole_heap: true,
         });
     }
     let mut pump = Pump {
@@ -293,6 +312,9 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         traced,
         go_heap_sampling: opts.go_heap_sampling,
         heap: opts.families.heap,
+        scan_at_exit: opts.scan_at_exit,
+        scan_max_bytes: opts.scan_max_bytes,
+        confirmations: HashMap::new(),
         pausing: false,
         started: now_ns(),
     };
@@ -390,9 +412,14 @@ struct Pump {
     go_heap_sampling: bool,
     /// Whether the heap is traced: allocators of libraries loaded later are probed.
     heap: bool,
-    /// Whether new processes and images stop themselves for their probes
-    /// (see leaktrace-ebpf/src/fork.rs): while the heap is traced, until
-    /// tracing ends.
+    /// Whether exiting processes stop for the scan of their heap.
+    scan_at_exit: bool,
+    scan_max_bytes: u64,
+    /// Each process's running scans so far (see reach.rs).
+    confirmations: HashMap<u32, Confirmation>,
+    /// Whether processes stop themselves for leaktrace (see
+    /// leaktrace-ebpf/src/fork.rs and exit.rs): new ones and new images while
+    /// the heap is traced, exiting ones with the exit scan; until tracing ends.
     pausing: bool,
     started: Ns,
 }
@@ -421,7 +448,11 @@ impl Pump {
             .map_err(|e| e.into_parts().1)
             .context("watching the ring buffer")?;
         if self.heap {
-            self.probes.set_pausing(true)?;
+            self.probes.set_pausing(pause::NEW, true)?;
+            self.pausing = true;
+        }
+        if self.scan_at_exit {
+            self.probes.set_pausing(pause::EXIT, true)?;
             self.pausing = true;
         }
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -441,6 +472,11 @@ impl Pump {
         let every = opts.snapshot_every.unwrap_or(Duration::MAX / 4);
         let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut snapshots = 0;
+        let scan_every = opts.scan_every.unwrap_or(Duration::MAX / 4);
+        let mut scan =
+            tokio::time::interval_at(tokio::time::Instant::now() + scan_every, scan_every);
+        // A long scan is not followed by the scans it delayed.
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Cleared when stdout's reader goes away (`| head`): tracing goes on.
         let mut tables = !opts.quiet;
         let stop = loop {
@@ -476,6 +512,7 @@ impl Pump {
                         tables = false;
                     }
                 }
+                _ = scan.tick(), if opts.scan_every.is_some() => self.scan_running(),
                 _ = snapshot.tick(), if opts.snapshot_every.is_some() => {
                     snapshots += 1;
                     // A snapshot that cannot be written is said; the trace goes on.
@@ -518,8 +555,10 @@ impl Pump {
         if !std::mem::take(&mut self.pausing) {
             return;
         }
-        if let Err(e) = self.probes.set_pausing(false) {
-            warn!("{e}");
+        for slot in [pause::NEW, pause::EXIT] {
+            if let Err(e) = self.probes.set_pausing(slot, false) {
+                warn!("{e}");
+            }
         }
         // A probe that read the flag before it was cleared finishes its event
         // within microseconds.
@@ -675,6 +714,7 @@ impl Pump {
                     self.model.close_fds(e.tgid, e.first, e.last);
                     touched.push(e.tgid);
                 }
+                Event::Exit(e) => self.scan_exiting(&e),
                 Event::Fork(e) => {
                     self.model.apply_map_events(&std::mem::take(&mut maps));
                     self.adopt(e.tgid, e.child);
@@ -718,6 +758,9 @@ impl Pump {
             &allocators.allocators,
             &format!("PID {child} (forked by {parent})"),
         );
+        if self.scan_at_exit {
+            attach_exit(&mut self.probes, child, allocators.exit.as_ref());
+        }
         if let Some(maps) = self.maps.get(&parent).cloned() {
             self.maps.insert(child, maps);
         }
@@ -729,6 +772,7 @@ impl Pump {
             go: None,
             child: None,
             exited: false,
+            whole_heap: false,
         });
     }
 
@@ -803,6 +847,7 @@ impl Pump {
                 // Its old image's probes stay attached (see probes.rs: removing
                 // them stalls every attachment); they fire only if it calls them.
                 t.target = target;
+                t.whole_heap = false;
                 return;
             }
         };
@@ -828,9 +873,14 @@ impl Pump {
             info!("{whose}: probing {}", alloc.describe());
             t.allocators.allocators.push(alloc.clone());
         }
+        if self.scan_at_exit && found.exit.is_some() && found.exit != t.allocators.exit {
+            attach_exit(&mut self.probes, pid, found.exit.as_ref());
+            t.allocators.exit = found.exit;
+        }
         t.allocators.unsupported = found.unsupported;
         t.allocators.files.extend(found.files);
         t.target = target;
+        t.whole_heap = true;
     }
 
     /// A descriptor (or a pair) made by a syscall: its kind and detail from the
@@ -1354,6 +1404,116 @@ impl Pump {
         }
     }
 
+    /// A target stopped in `_exit` (leaktrace-ebpf/src/exit.rs): its heap is
+    /// scanned whole, then it goes on exiting.
+    fn scan_exiting(&mut self, e: &ExitEvent) {
+        if e.paused == 0 {
+            return; // not stopped: its memory would be torn down under the scan
+        }
+        self.scan(e.tgid, &e.regs, None);
+        cont(e.tgid);
+        let waited_ms = now_ns().saturating_sub(e.ts_ns) as f64 / 1e6;
+        let scans = &mut self.model.scans;
+        scans.longest_pause_ms = scans
+            .longest_pause_ms
+            .max((waited_ms * 100.0).round() / 100.0);
+    }
+
+    /// Scans every live target with a traced heap, running (--scan-every).
+    fn scan_running(&mut self) {
+        let pids: Vec<u32> = self
+            .traced
+            .iter()
+            .filter(|t| !t.exited && !t.allocators.allocators.is_empty())
+            .map(|t| t.target.pid)
+            .collect();
+        for pid in pids {
+            let now = now_ns();
+            self.scan(pid, &[], Some(now));
+        }
+    }
+
+    /// Classifies `pid`'s outstanding blocks: stopped at exit (`running`
+    /// `None`, `regs` its exiting thread's registers), or running since
+    /// `running`, where a block is lost only once scans agree (reach.rs).
+    fn scan(&mut self, pid: u32, regs: &[u64], running: Option<Ns>) {
+        let allocs = match self.probes.allocs_of(pid) {
+            Ok(allocs) => allocs,
+            Err(e) => {
+                self.model.scans.failed += 1;
+                warn!("PID {pid}: heap not scanned: {e}");
+                return;
+            }
+        };
+        let blocks: Vec<Block> = allocs
+            .iter()
+            .map(|&(addr, info)| Block {
+                addr,
+                size: info.size,
+            })
+            .collect();
+        // Every block known: traced from its exec, none lost for a full map.
+        let complete = self
+            .traced
+            .iter()
+            .any(|t| t.target.pid == pid && t.whole_heap)
+            && self
+                .probes
+                .counters()
+                .is_ok_and(|c| c[Counter::AllocsFull as usize] == 0);
+        let scanned = match reach::process::scan(pid, &blocks, regs, self.scan_max_bytes, complete)
+        {
+            Ok(scanned) => scanned,
+            // Exited since the last check: its scan at exit (if any) stands.
+            Err(reach::process::ScanError::Gone) if running.is_some() => return,
+            Err(e) => {
+                self.model.scans.failed += 1;
+                warn!("PID {pid}: reachability of its heap not known: {e}");
+                return;
+            }
+        };
+        let raw_lost = scanned
+            .classes
+            .iter()
+            .filter(|&&c| c != reach::Class::Reachable)
+            .count();
+        let classes = match running {
+            None => scanned.classes,
+            Some(now) => {
+                let ids: Vec<_> = allocs
+                    .iter()
+                    .zip(&scanned.classes)
+                    .map(|(&(addr, info), &class)| ((addr, info.ts_ns), class))
+                    .collect();
+                self.confirmations
+                    .entry(pid)
+                    .or_default()
+                    .confirm(now, &ids)
+            }
+        };
+        let mut by_site: HashMap<SiteId, Reach> = HashMap::new();
+        for ((_, info), class) in allocs.iter().zip(classes) {
+            let reach = by_site
+                .entry(SiteId::in_kernel(&info.site))
+                .or_insert_with(|| Reach {
+                    at_exit: running.is_none(),
+                    ..Reach::default()
+                });
+            reach.add(class, info.size);
+        }
+        debug!(
+            "PID {pid}: {} blocks scanned, {raw_lost} lost in this scan, {} bytes read in {} ms",
+            scanned.stats.blocks, scanned.stats.bytes_read, scanned.stats.ms
+        );
+        self.model.set_reach(pid, by_site);
+        let scans = &mut self.model.scans;
+        match running {
+            None => scans.at_exit += 1,
+            Some(_) => scans.running += 1,
+        }
+        scans.latest = Some(scanned.stats);
+    }
+
     /// Marks exited targets; true when none is left.
     fn check_exits(&mut self) -> bool {
         for t in &mut self.traced {
@@ -1366,6 +1526,7 @@ impl Pump {
             };
             if t.exited {
                 debug!("PID {} exited", t.target.pid);
+                self.confirmations.remove(&t.target.pid);
                 self.unwinder.remove(&mut self.probes, t.target.pid);
                 // Its PID may be another process's next.
                 self.probes.remove_target(t.target.pid);
@@ -1419,8 +1580,23 @@ fn resume(e: &ProcEvent) {
     } else {
         e.tgid
     };
+    cont(pid);
+}
+
+fn cont(pid: u32) {
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
+/// Makes `pid` stop at its C library's `_exit` (when it has one) for the
+/// scan of its heap; a refusal only costs that scan.
+fn attach_exit(probes: &mut Probes, pid: u32, exit: Option<&allocator::ExitPoint>) {
+    let Some(exit) = exit else {
+        return;
+    };
+    if let Err(e) = probes.attach_exit(pid, exit) {
+        warn!("PID {pid}: its heap is not scanned at exit: {e}");
+    }
 }
 
 /// However the session ends, no process stays stopped waiting for it.
@@ -1428,8 +1604,10 @@ impl Drop for Pump {
     fn drop(&mut self) {
         self.stop_pausing();
         while let Some(item) = self.events.next() {
-            if let Some(Event::Fork(e) | Event::Exec(e) | Event::Entry(e)) = Event::read(&item) {
-                resume(&e);
+            match Event::read(&item) {
+                Some(Event::Fork(e) | Event::Exec(e) | Event::Entry(e)) => resume(&e),
+                Some(Event::Exit(e)) if e.paused != 0 => cont(e.tgid),
+                _ => {}
             }
         }
     }

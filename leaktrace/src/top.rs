@@ -618,6 +618,7 @@ mod tests {
             growth_count_per_s: 0.0,
             time_to_limit_s: None,
             details: Vec::new(),
+            reachability: None,
             history: (0..30)
                 .map(|t| (t as f64, (t as u64 * bytes / 30) as f64))
                 .collect(),
@@ -646,6 +647,7 @@ mod tests {
             duration_s: 30.0,
             lost: Default::default(),
             stacks: Default::default(),
+            scans: Default::default(),
             totals: Totals::default(),
             sites: vec![
                 site("remember_session", Kind::Heap, 4096, 4, Verdict::Leak),
