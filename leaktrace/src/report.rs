@@ -739,14 +739,16 @@ impl Report {
     }
 }
 
-/// A stack wholly in the Go runtime (its own goroutines: GC workers, the
-/// finalizer, timers), or notes: what goleak ignores too.
+/// Made by the Go runtime for itself (its poller, the finalizer goroutine,
+/// GC workers, cgroup files): the first frame past the system-call wrappers
+/// is the runtime's. goleak ignores these too.
 fn runtime_made(frames: &[std::sync::Arc<Frame>]) -> bool {
-    frames.iter().all(|f| {
-        f.function
-            .as_deref()
-            .is_none_or(|n| n.starts_with("runtime.") || n.starts_with('['))
-    })
+    let wrapper = |n: &str| n.starts_with("internal/runtime/") || n.starts_with("syscall.");
+    frames
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .find(|n| !wrapper(n))
+        .is_some_and(|n| n.starts_with("runtime."))
 }
 
 /// "unreachable 3 (96 B) · indirect 3 (96 B) · reachable 2 (64 B), at exit".

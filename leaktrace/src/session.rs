@@ -836,6 +836,12 @@ impl Pump {
         };
         let found = match target.allocators() {
             Ok(found) => found,
+            // A Go program without cgo: its heap is Go's (the command
+            // leaktrace started execs into it).
+            Err(AllocatorError::NotFound { .. }) if t.go.is_some() => {
+                t.target = target;
+                return;
+            }
             Err(e) => {
                 if !matches!(e, AllocatorError::NotFound { .. }) {
                     self.model.lost.untraced_heaps += 1;

@@ -7,6 +7,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod go;
 pub mod prod;
 
 pub fn leaktrace() -> Command {

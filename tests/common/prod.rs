@@ -56,9 +56,16 @@ pub fn cc_build(
     libraries: &[&str],
     name: &str,
 ) -> PathBuf {
+    // Once per test run: tests running side by side must not overwrite a
+    // program another is running.
+    static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let dir = tmp().join("prod");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
+    let mut built = BUILT.lock().unwrap();
+    if built.contains(&out) {
+        return out;
+    }
     let src = prod_sources().join(source);
     let status = Command::new(compiler)
         .args(options)
@@ -73,6 +80,7 @@ pub fn cc_build(
         "compiling {} with {compiler}",
         src.display()
     );
+    built.push(out.clone());
     out
 }
 

@@ -405,10 +405,10 @@ mod tests {
         let heap = 0x10_0000..0x10_1000;
         let mut m = Fake::default();
         m.put(b[0].addr, b[1].addr);
-        let c = classify(&b, &[GLOBALS, heap], &[], &mut m, u64::MAX).unwrap();
+        let c = classify(&b, &[GLOBALS, heap.clone()], &[], &mut m, u64::MAX).unwrap();
         assert_eq!(c, [Class::Unreachable, Class::Indirect]);
         assert_eq!(
-            gaps(&[0x10_0000..0x10_1000], &b),
+            gaps(std::slice::from_ref(&heap), &b),
             [0x10_0040..0x10_0100, 0x10_0140..0x10_1000]
         );
     }

@@ -269,7 +269,7 @@ impl ProcessMemory {
 
     /// Reads `batch` (remote ranges, at most `READ_BYTES` in all) into the
     /// buffer, skipping a page that faults and going on after it.
-    fn read_batch(&mut self, batch: &mut Vec<Range<u64>>, each: &mut dyn FnMut(u64, &[u8])) {
+    fn read_batch(&mut self, batch: &mut [Range<u64>], each: &mut dyn FnMut(u64, &[u8])) {
         let mut first = 0;
         while first < batch.len() {
             let remote: Vec<libc::iovec> = batch[first..]
@@ -382,7 +382,7 @@ mod tests {
 7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]
 ";
         let mut stats = ScanStats::default();
-        let (r, brk) = roots(maps, &[0x7ffc0001_0000, 0x7f00_0040_0000], &mut stats);
+        let (r, brk) = roots(maps, &[0x7ffc_0001_0000, 0x7f00_0040_0000], &mut stats);
         assert_eq!(brk, Some(0x55d0c1000000..0x55d0c1021000));
         assert_eq!(
             r,
@@ -390,7 +390,7 @@ mod tests {
                 0x55d0c0003000..0x55d0c0004000,
                 0x55d0c1000000..0x55d0c1021000,
                 0x7f00_0040_0000 - 128..0x7f0000800000,
-                0x7ffc0001_0000 - 128..0x7ffc00021000,
+                0x7ffc_0001_0000 - 128..0x7ffc00021000,
             ]
         );
     }
@@ -425,7 +425,8 @@ mod tests {
             let start = p as u64;
             let mut m = ProcessMemory::new(std::process::id());
             let mut got = 0u64;
-            m.read(&[start..start + 3 * PAGE], &mut |_, bytes| {
+            let whole = start..start + 3 * PAGE;
+            m.read(std::slice::from_ref(&whole), &mut |_, bytes| {
                 assert!(bytes.iter().all(|&b| b == 7));
                 got += bytes.len() as u64;
             });

@@ -3,6 +3,7 @@
  * alike. Each kind of block comes from its own function.
  *   reach leaks [CODE]   every class below, then exit(CODE) (default 0)
  *   reach clean [CODE]   only reachable blocks, then exit(CODE)
+ *   reach hold SECONDS   every class below, then sleeps SECONDS and exits
  *   reach churn SECONDS  keeps moving, replacing and freeing blocks that stay
  *                        reachable, for SECONDS, then exits
  * Classes:
@@ -187,8 +188,12 @@ int main(int argc, char **argv) {
     }
     int code = argc > 2 ? atoi(argv[2]) : 0;
     reachable();
-    if (!strcmp(mode, "leaks"))
+    if (strcmp(mode, "clean"))
         lost();
     scrub();
+    if (!strcmp(mode, "hold")) {
+        sleep(code);
+        return 0;
+    }
     return code;
 }

@@ -1,0 +1,375 @@
+//! Reachability of the heap (docs/reachability.md): the scan at exit against
+//! LeakSanitizer on the same sources, the --fail-on gate, and scans of a
+//! running process that mutates its heap under them.
+mod common;
+
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use common::{go::go_target, leaktrace, prod, report, run, scratch_dir};
+use serde_json::Value;
+
+/// (unreachable or direct, indirect, reachable) blocks.
+type Classes = (u64, u64, u64);
+
+/// LeakSanitizer's report of `exe ARGS`, a build with -fsanitize=leak: per
+/// function of `ours` (the first of them on a leak's stack), its direct and
+/// indirect leaks (LSan does not list reachable blocks).
+fn lsan(exe: &Path, args: &[&str], ours: &[&str]) -> BTreeMap<String, Classes> {
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .expect("run the LSan build");
+    let text = String::from_utf8_lossy(&out.stderr);
+    eprintln!("LeakSanitizer:\n{text}");
+    let mut found: BTreeMap<String, Classes> = BTreeMap::new();
+    // (direct, objects) of the leak whose frames are being read, until one
+    // of ours is found among them.
+    let mut leak: Option<(bool, u64)> = None;
+    for line in text.lines() {
+        let header = line
+            .strip_prefix("Direct leak of ")
+            .map(|r| (true, r))
+            .or_else(|| line.strip_prefix("Indirect leak of ").map(|r| (false, r)));
+        if let Some((direct, rest)) = header {
+            let objects = rest
+                .split(" in ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect("N byte(s) in M object(s)");
+            leak = Some((direct, objects));
+            continue;
+        }
+        let Some((direct, objects)) = leak else {
+            continue;
+        };
+        let named = |name: &&&str| {
+            [" ", "(", "["].iter().any(|end| {
+                line.contains(&format!(" in {name}{end}"))
+                    || line.contains(&format!("::{name}{end}"))
+            })
+        };
+        if let Some(name) = ours.iter().find(named) {
+            let c = found.entry(name.to_string()).or_default();
+            if direct {
+                c.0 += objects;
+            } else {
+                c.1 += objects;
+            }
+            leak = None;
+        }
+    }
+    found
+}
+
+/// leaktrace's scan at exit of the process `pid` in `r`: per function of
+/// `ours` (the first of them on a site's stack), its blocks by class.
+fn scanned(r: &Value, pid: u64, ours: &[&str]) -> BTreeMap<String, Classes> {
+    let mut found: BTreeMap<String, Classes> = BTreeMap::new();
+    for site in prod::sites(r, pid, "heap") {
+        let reach = &site["reachability"];
+        if site["outstanding_count"] == 0 {
+            continue;
+        }
+        assert!(
+            reach.is_object(),
+            "a heap site unscanned:\n{}",
+            prod::stack(site)
+        );
+        assert_eq!(reach["at_exit"], true);
+        let ours = prod::functions(site).into_iter().flatten().find_map(|f| {
+            ours.iter().find(|name| {
+                f == **name
+                    || f.ends_with(&format!("::{name}"))
+                    || f.starts_with(&format!("{name}["))
+            })
+        });
+        let Some(name) = ours else { continue };
+        let c = found.entry(name.to_string()).or_default();
+        let n = |k: &str| reach[k].as_u64().unwrap();
+        c.0 += n("unreachable_count");
+        c.1 += n("indirect_count");
+        c.2 += n("reachable_count");
+    }
+    found
+}
+
+/// Traces `exe ARGS` to its end with leaktrace's default exit scan, and runs
+/// the LSan build `lsan_exe` of the same source: their classes per function
+/// of `ours` agree, and leaktrace's reachable blocks are `reachable`.
+fn agrees_with_lsan(
+    exe: &Path,
+    lsan_exe: &Path,
+    args: &[&str],
+    ours: &[&str],
+    reachable: &[(&str, u64)],
+) {
+    let dir = scratch_dir(&format!(
+        "reach-{}",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
+    let (r, pid) = prod::trace_command(&dir, exe, args);
+    assert_eq!(r["scans"]["at_exit"], 1, "{}", r["scans"]);
+    let ours_found = scanned(&r, pid, ours);
+    let lsan_found = lsan(lsan_exe, args, ours);
+    assert!(
+        !lsan_found.is_empty(),
+        "LeakSanitizer found no leak of ours"
+    );
+    for (name, &(direct, indirect, _)) in &lsan_found {
+        let (unreachable, ind, _) = ours_found.get(name).copied().unwrap_or_default();
+        assert_eq!(
+            (unreachable, ind),
+            (direct, indirect),
+            "{name}: leaktrace (unreachable, indirect) against LeakSanitizer (direct, indirect)"
+        );
+    }
+    for (name, classes) in &ours_found {
+        if !lsan_found.contains_key(name) {
+            assert_eq!(
+                (classes.0, classes.1),
+                (0, 0),
+                "{name}: lost for leaktrace, not for LeakSanitizer"
+            );
+        }
+    }
+    for (name, want) in reachable {
+        assert_eq!(
+            ours_found.get(*name).map(|c| c.2),
+            Some(*want),
+            "{name}: reachable blocks"
+        );
+    }
+    // A site with lost blocks is a leak, however short the trace.
+    for site in prod::sites(&r, pid, "heap") {
+        let n = |k: &str| site["reachability"][k].as_u64().unwrap_or(0);
+        let lost = n("unreachable_count") + n("indirect_count");
+        if lost > 0 {
+            assert_eq!(site["verdict"], "leak", "{}", prod::stack(site));
+        }
+    }
+}
+
+const C_FUNCTIONS: [&str; 7] = [
+    "lost_block",
+    "list_node",
+    "cycle_node",
+    "cached_block",
+    "interior_block",
+    "tls_block",
+    "stack_block",
+];
+
+#[test]
+fn c_blocks_are_classified_as_leak_sanitizer_classifies_them() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = prod::cc_target("reach.c", "-O2");
+    let lsan_exe = prod::cc_build(
+        "gcc",
+        "reach.c",
+        &["-O2", "-g", "-fsanitize=leak"],
+        &[],
+        "reach-c-lsan",
+    );
+    agrees_with_lsan(
+        &exe,
+        &lsan_exe,
+        &["leaks"],
+        &C_FUNCTIONS,
+        &[
+            ("cached_block", 4),
+            ("interior_block", 1),
+            ("tls_block", 2),
+            ("stack_block", 1),
+        ],
+    );
+}
+
+#[test]
+fn cpp_blocks_are_classified_as_leak_sanitizer_classifies_them() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = prod::cc_target("reach.cpp", "-O2");
+    let lsan_exe = prod::cc_build(
+        "g++",
+        "reach.cpp",
+        &["-O2", "-g", "-fsanitize=leak"],
+        &[],
+        "reach-cpp-lsan",
+    );
+    // The global vector and map are destroyed before exit: what they held is
+    // lost then, for both.
+    agrees_with_lsan(
+        &exe,
+        &lsan_exe,
+        &[],
+        &[
+            "make_session",
+            "make_buffer",
+            "make_node",
+            "make_name",
+            "make_entry",
+            "_M_construct",
+        ],
+        &[],
+    );
+}
+
+/// leaktrace --fail-on WHAT -- EXE ARGS: its exit status, stderr and report.
+fn gate(what: &str, exe: &Path, args: &[&str]) -> (i32, String, Value) {
+    let dir = scratch_dir("reach-gate");
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "-d", "60s", "--fail-on", what, "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(exe)
+        .args(args));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
+        out.status.code().expect("an exit status"),
+        stderr,
+        report(&json),
+    )
+}
+
+#[test]
+fn the_gate_fails_a_leaking_run_with_status_3_and_passes_a_clean_one() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = prod::cc_target("reach.c", "-O2");
+    let (status, stderr, r) = gate("unreachable", &exe, &["leaks", "7"]);
+    assert_eq!(status, 3, "{stderr}");
+    assert_eq!(
+        r["targets"][0]["exit_code"], 7,
+        "the target's own code is kept"
+    );
+    for lost in ["lost_block", "list_node", "cycle_node"] {
+        assert!(stderr.contains(lost), "{lost} not listed: {stderr}");
+    }
+    for kept in ["cached_block", "interior_block", "stack_block", "tls_block"] {
+        assert!(!stderr.contains(kept), "{kept} listed: {stderr}");
+    }
+    let (status, stderr, r) = gate("unreachable", &exe, &["clean", "5"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(r["targets"][0]["exit_code"], 5);
+    // `leak`: every site with verdict leak, the lost ones among them.
+    let (status, stderr, _) = gate("leak", &exe, &["leaks"]);
+    assert_eq!(status, 3, "{stderr}");
+    assert!(stderr.contains("lost_block"), "{stderr}");
+}
+
+#[test]
+fn the_gate_fails_a_go_program_on_goroutines_alive_and_files_open_at_exit() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = go_target("gate");
+    let (status, stderr, _) = gate("unreachable", &exe, &["leak"]);
+    assert_eq!(status, 3, "{stderr}");
+    assert!(stderr.contains("goroutine"), "{stderr}");
+    assert!(stderr.contains("main.main"), "{stderr}");
+    assert!(stderr.contains("leaktrace-gate"), "the open file: {stderr}");
+    let (status, stderr, _) = gate("unreachable", &exe, &["clean"]);
+    assert_eq!(status, 0, "{stderr}");
+}
+
+/// The sites of process `pid` with blocks lost in the latest scan.
+fn lost_sites(r: &Value, pid: u64) -> Vec<&Value> {
+    prod::sites(r, pid, "heap")
+        .into_iter()
+        .filter(|s| {
+            let n = |k: &str| s["reachability"][k].as_u64().unwrap_or(0);
+            n("unreachable_count") + n("indirect_count") > 0
+        })
+        .collect()
+}
+
+#[test]
+fn running_scans_of_a_heap_mutated_under_them_call_nothing_lost() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = prod::cc_target("reach.c", "-O2");
+    let dir = scratch_dir("reach-churn");
+    let json = dir.join("report.json");
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "--scan-every", "50ms", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .args(["churn", "10"]));
+    assert!(out.status.success());
+    let r = report(&json);
+    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    assert!(
+        r["scans"]["running"].as_u64().unwrap() >= 100,
+        "{}",
+        r["scans"]
+    );
+    assert_eq!(r["scans"]["failed"], 0, "{}", r["scans"]);
+    let lost = lost_sites(&r, pid);
+    assert!(lost.is_empty(), "called lost:\n{}", prod::stacks(&lost));
+}
+
+#[test]
+fn running_scans_find_lost_blocks_before_exit() {
+    if !prod::is_root() {
+        return;
+    }
+    let exe = prod::cc_target("reach.c", "-O2");
+    let dir = scratch_dir("reach-hold");
+    let json = dir.join("report.json");
+    // Without the exit scan: what is found is the running scans'.
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "--no-exit-scan", "--scan-every", "500ms", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .args(["hold", "4"]));
+    assert!(out.status.success());
+    let r = report(&json);
+    let pid = r["targets"][0]["pid"].as_u64().unwrap();
+    assert_eq!(r["scans"]["at_exit"], 0);
+    let found = scanned_running(&r, pid);
+    assert_eq!(found.get("lost_block"), Some(&(5, 0)));
+    assert_eq!(found.get("list_node"), Some(&(1, 3)));
+    assert_eq!(found.get("cycle_node"), Some(&(0, 2)));
+    for kept in ["cached_block", "interior_block", "tls_block", "stack_block"] {
+        assert_eq!(found.get(kept).map(|c| (c.0, c.1)), Some((0, 0)), "{kept}");
+    }
+    for site in lost_sites(&r, pid) {
+        assert_eq!(site["verdict"], "leak", "{}", prod::stack(site));
+    }
+}
+
+/// The latest running scan of `pid`: per function of reach.c, (unreachable,
+/// indirect).
+fn scanned_running(r: &Value, pid: u64) -> BTreeMap<String, (u64, u64)> {
+    let mut found = BTreeMap::new();
+    for site in prod::sites(r, pid, "heap") {
+        let reach = &site["reachability"];
+        if !reach.is_object() {
+            continue;
+        }
+        assert_eq!(reach["at_exit"], false);
+        let Some(name) = prod::functions(site)
+            .into_iter()
+            .flatten()
+            .find(|f| C_FUNCTIONS.contains(f))
+        else {
+            continue;
+        };
+        let c: &mut (u64, u64) = found.entry(name.to_string()).or_default();
+        c.0 += reach["unreachable_count"].as_u64().unwrap();
+        c.1 += reach["indirect_count"].as_u64().unwrap();
+    }
+    found
+}
