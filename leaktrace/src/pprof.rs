@@ -172,11 +172,43 @@ impl Builder {
         if let Some(d) = site.details.first() {
             label.push(self.label("detail", &d.describe()));
         }
-        self.profile.sample.push(Sample {
-            location_id,
-            value,
-            label,
-        });
+        let Some(r) = site.reachability else {
+            self.profile.sample.push(Sample {
+                location_id,
+                value,
+                label,
+            });
+            return;
+        };
+        // A scanned site: one sample per class of its blocks (`-tagfocus
+        // reachability=unreachable`), its totals on the first.
+        let scanned = r.unreachable_count + r.indirect_count + r.reachable_count;
+        let scanned_bytes = r.unreachable_bytes + r.indirect_bytes + r.reachable_bytes;
+        let classes = [
+            ("unreachable", r.unreachable_count, r.unreachable_bytes),
+            ("indirect", r.indirect_count, r.indirect_bytes),
+            ("reachable", r.reachable_count, r.reachable_bytes),
+            // Allocated since the scan.
+            (
+                "unscanned",
+                site.outstanding_count.saturating_sub(scanned),
+                site.outstanding_bytes.saturating_sub(scanned_bytes),
+            ),
+        ];
+        let mut totals = Some((value[0], value[1]));
+        for (class, count, bytes) in classes {
+            if count == 0 && bytes == 0 {
+                continue;
+            }
+            let (total_count, total_bytes) = totals.take().unwrap_or((0, 0));
+            let mut label = label.clone();
+            label.push(self.label("reachability", class));
+            self.profile.sample.push(Sample {
+                location_id: location_id.clone(),
+                value: vec![total_count, total_bytes, count as i64, bytes as i64, 0, 0, 0],
+                label,
+            });
+        }
     }
 
     fn location(&mut self, report: &Report, pid: u32, frames: &[&Frame]) -> u64 {
@@ -443,6 +475,40 @@ mod tests {
         // pid 43 has no mapping: the file offset stands, without a mapping.
         let other = &p.location[p.sample[1].location_id[0] as usize - 1];
         assert_eq!((other.mapping_id, other.address), (0, 0x1234));
+    }
+
+    #[test]
+    fn a_scanned_site_has_a_sample_per_class_its_totals_once() {
+        let mut r = report(vec![frame("main", 0x1300, false)]);
+        r.sites[0].reachability = Some(crate::reach::Reach {
+            unreachable_count: 1,
+            unreachable_bytes: 40,
+            reachable_count: 1,
+            reachable_bytes: 50,
+            at_exit: false,
+            ..Default::default()
+        });
+        let p = build(&r, 0);
+        assert_eq!(check(&p), Vec::<String>::new());
+        let of_42: Vec<(&str, &Vec<i64>)> = p
+            .sample
+            .iter()
+            .filter_map(|s| {
+                let class = s
+                    .label
+                    .iter()
+                    .find(|l| p.string_table[l.key as usize] == "reachability")?;
+                Some((p.string_table[class.str as usize].as_str(), &s.value))
+            })
+            .collect();
+        assert_eq!(
+            of_42,
+            [
+                ("unreachable", &vec![5, 300, 1, 40, 0, 0, 0]),
+                ("reachable", &vec![0, 0, 1, 50, 0, 0, 0]),
+                ("unscanned", &vec![0, 0, 0, 10, 0, 0, 0]),
+            ]
+        );
     }
 
     #[test]

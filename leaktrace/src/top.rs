@@ -268,6 +268,17 @@ impl App {
             .iter()
             .filter(|s| s.verdict == Verdict::Leak)
             .count();
+        let lost: u64 = r
+            .sites
+            .iter()
+            .filter_map(|s| s.reachability)
+            .map(|r| r.lost_count())
+            .sum();
+        let scanned = if r.scans.at_exit + r.scans.running > 0 {
+            format!("{lost} heap blocks unreachable · ")
+        } else {
+            String::new()
+        };
         let lines = vec![
             Line::from(vec![
                 Span::raw(format!("{:.0}s traced · ", r.duration_s)),
@@ -291,6 +302,7 @@ impl App {
                         Style::new()
                     },
                 ),
+                Span::raw(scanned),
                 health,
             ]),
         ];
@@ -473,6 +485,14 @@ fn detail(s: &SiteReport) -> Paragraph<'static> {
     }
     for d in &s.details {
         lines.push(Line::from(format!("  {} ×{}", shown(&d.describe()), d.count)).fg(Color::Cyan));
+    }
+    if let Some(r) = &s.reachability {
+        let line = Line::from(crate::report::reach_line(r));
+        lines.push(if r.lost_count() > 0 {
+            line.fg(Color::Red)
+        } else {
+            line
+        });
     }
     lines.push(Line::from(""));
     for f in s.frames.iter() {
@@ -732,6 +752,29 @@ mod tests {
         assert!(
             screen(&mut app, 100, 24).contains("dial_backend"),
             "paused: old rows stay"
+        );
+    }
+
+    #[test]
+    fn the_detail_pane_says_how_many_blocks_are_lost() {
+        let mut r = (*report()).clone();
+        r.scans.at_exit = 1;
+        r.sites[0].reachability = Some(crate::reach::Reach {
+            unreachable_count: 3,
+            unreachable_bytes: 3072,
+            indirect_count: 1,
+            indirect_bytes: 1024,
+            at_exit: true,
+            ..Default::default()
+        });
+        let mut app = App::default();
+        app.update(Arc::new(r));
+        press(&mut app, KeyCode::Enter);
+        let s = screen(&mut app, 120, 24);
+        assert!(s.contains("4 heap blocks unreachable"), "{s}");
+        assert!(
+            s.contains("unreachable 3 (3.0 KiB) · indirect 1 (1.0 KiB)"),
+            "{s}"
         );
     }
 
