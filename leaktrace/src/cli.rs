@@ -35,6 +35,13 @@ uprobes touch Go code. A binary that never calls runtime.MemProfile has \
 sampling off (MemProfileRate 0): the report says so, and --go-heap-sampling \
 turns it on.
 
+When a traced C, C++ or Rust process exits, it stops for a moment in the C \
+library's _exit while leaktrace scans its memory, as LeakSanitizer does, for \
+heap blocks nothing points to any more: per site, unreachable (definitely \
+lost), indirect (only lost blocks point to them) and reachable blocks; a site \
+with lost blocks is a leak. --scan-every scans running processes too, \
+--fail-on makes the run fail on what it finds (docs/reachability.md).
+
 Every --interval it prints the top sites, leaks first, the largest first within \
 a verdict; at the end \
 (--duration, Ctrl-C, SIGTERM, or when every target has exited) it prints a \

@@ -170,7 +170,7 @@ impl ElfImage {
         file.segments().find_map(|seg| {
             let (offset, size) = seg.file_range();
             let start = seg.address();
-            (address >= start && address < start + size).then(|| address - start + offset)
+            (address >= start && address - start < size).then(|| address - start + offset)
         })
     }
 

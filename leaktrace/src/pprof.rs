@@ -205,7 +205,15 @@ impl Builder {
             label.push(self.label("reachability", class));
             self.profile.sample.push(Sample {
                 location_id: location_id.clone(),
-                value: vec![total_count, total_bytes, count as i64, bytes as i64, 0, 0, 0],
+                value: vec![
+                    total_count,
+                    total_bytes,
+                    count as i64,
+                    bytes as i64,
+                    0,
+                    0,
+                    0,
+                ],
                 label,
             });
         }

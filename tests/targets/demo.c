@@ -20,6 +20,16 @@ __attribute__((noinline)) static void remember_session(size_t id) {
     history[nhistory++ % (1 << 16)] = s;
 }
 
+/* Leak: a reply buffer never freed. Its only pointer is gone when the
+ * function returns: nothing points to it any more (definitely lost). */
+__attribute__((noinline)) static void send_reply(size_t id) {
+    char *reply = malloc(200);
+    memset(reply, 'r', 200);
+    reply[0] = (char)id;
+    if (write(-1, reply, 200) < 0) { /* "sent" nowhere */
+    }
+}
+
 /* Not a leak: a bounded cache that replaces old entries. */
 __attribute__((noinline)) static void cache_put(size_t id) {
     size_t slot = id % 32;
@@ -47,6 +57,7 @@ int main(int argc, char **argv) {
         parse_request(id);
         cache_put(id);
         remember_session(id);
+        send_reply(id);
         if (id % 20 == 0) map_big_request();
         usleep(50 * 1000);
     }

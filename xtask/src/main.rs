@@ -40,7 +40,19 @@ enum Task {
         /// is the last one that walked stacks with frame pointers only.
         #[arg(long, default_value = BASELINE)]
         baseline: String,
+        /// Only this measurement (the others take minutes).
+        #[arg(long, value_enum)]
+        only: Option<Only>,
     },
+}
+
+/// The measurements `cargo xtask bench --only` runs alone.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Only {
+    /// leaktrace's memory and JSON size with 100,000 sites.
+    ManySites,
+    /// The reachability scan of a 1 GiB heap at exit.
+    HeapScan,
 }
 
 const BPF_LINKER: &str = "0.13.0";
@@ -77,9 +89,20 @@ fn main() -> Result<()> {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Bench {
+            only: Some(only), ..
+        } => {
+            build()?;
+            let leaktrace = root().join("target/release/leaktrace");
+            match only {
+                Only::ManySites => many_sites(&leaktrace),
+                Only::HeapScan => heap_scan(&leaktrace),
+            }
+        }
+        Task::Bench {
             pairs,
             runs,
             baseline,
+            only: None,
         } => bench(pairs, runs, &baseline),
     }
 }
@@ -472,7 +495,49 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     let _ = idle.kill();
     let _ = idle.wait();
     tracer_cpu(&leaktrace)?;
-    many_sites(&leaktrace)
+    many_sites(&leaktrace)?;
+    heap_scan(&leaktrace)
+}
+
+/// The reachability scan at exit of a 1 GiB heap (262,144 blocks of 4 KiB,
+/// a pointer every 64 bytes): its time per GiB read, and how long the target
+/// waited, stopped, for it; against the same run without the scan.
+fn heap_scan(leaktrace: &Path) -> Result<()> {
+    const MIB: &str = "1024";
+    let load = compile_target_as("prod/reach", "reach", &["-O2", "-g"])?;
+    let json = root().join("target/heap_scan.json");
+    let timed = |extra: &[&str]| -> Result<f64> {
+        let started = std::time::Instant::now();
+        let status = Command::new(leaktrace)
+            .args(["-q", "-o"])
+            .arg(&json)
+            .args(extra)
+            .arg("--")
+            .arg(&load)
+            .args(["big", MIB])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("leaktrace on a {MIB} MiB heap: {status}");
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let without = timed(&["--no-exit-scan"])?;
+    let with = timed(&[])?;
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let scans = &report["scans"];
+    let latest = &scans["latest"];
+    let read = latest["bytes_read"].as_f64().unwrap_or(0.0);
+    let ms = latest["ms"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "scan at exit, {MIB} MiB heap in {} blocks: {:.0} MiB read in {ms:.0} ms ({:.0} ms per GiB), \
+         target stopped {:.0} ms; whole run {with:.1} s against {without:.1} s without the scan",
+        latest["blocks"],
+        read / (1 << 20) as f64,
+        ms / (read / (1u64 << 30) as f64),
+        scans["longest_pause_ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    Ok(())
 }
 
 /// leaktrace's peak memory and JSON size with 100,000 distinct leaking

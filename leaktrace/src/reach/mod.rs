@@ -99,18 +99,40 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// Blocks read at most per batch (one `process_vm_readv`'s iovecs).
 const BATCH_BLOCKS: usize = 1024;
 
-/// Blocks sorted by address, for the pointer test.
+/// Blocks sorted by address, for the pointer test: the address range they
+/// span cut in about as many equal buckets as there are blocks, each knowing
+/// the first block starting in it, so a lookup searches a few blocks, not all.
 struct Heap<'a> {
     blocks: &'a [Block],
     lo: u64,
     hi: u64,
+    shift: u32,
+    /// Per bucket, the first block starting at or after the bucket's start;
+    /// one more entry at the end.
+    first: Vec<u32>,
 }
 
 impl<'a> Heap<'a> {
     fn new(blocks: &'a [Block]) -> Self {
         let lo = blocks.first().map_or(0, |b| b.addr);
         let hi = blocks.iter().map(Block::end).max().unwrap_or(0);
-        Self { blocks, lo, hi }
+        let buckets = blocks.len().max(1).next_power_of_two() as u64;
+        let span = (hi - lo).max(1);
+        let shift = 64 - (span.div_ceil(buckets)).saturating_sub(1).leading_zeros();
+        let count = ((span - 1) >> shift) + 2;
+        let first = (0..count)
+            .map(|k| {
+                let start = lo.saturating_add(k << shift);
+                blocks.partition_point(|b| b.addr < start) as u32
+            })
+            .collect();
+        Self {
+            blocks,
+            lo,
+            hi,
+            shift,
+            first,
+        }
     }
 
     /// The block `value` points into (interior pointers count, as in LSan).
@@ -119,10 +141,12 @@ impl<'a> Heap<'a> {
         if value < self.lo || value >= self.hi {
             return None;
         }
-        let i = self
-            .blocks
-            .partition_point(|b| b.addr <= value)
-            .checked_sub(1)?;
+        let k = ((value - self.lo) >> self.shift) as usize;
+        // A block starting in an earlier bucket may reach into this one.
+        let from = (self.first[k] as usize).saturating_sub(1);
+        let to = self.first[k + 1] as usize;
+        let i = from + self.blocks[from..to].partition_point(|b| b.addr <= value);
+        let i = i.checked_sub(1)?;
         (value < self.blocks[i].end()).then_some(i)
     }
 }
@@ -171,8 +195,7 @@ fn gaps(roots: &[Range<u64>], blocks: &[Block]) -> Vec<Range<u64>> {
 
 /// Classifies `blocks` (sorted by address): reachable from `roots` (memory
 /// ranges, sorted and disjoint) or `root_words` (register values), else
-/// indirect or unreachable. Reads each byte at most once; stops with
-/// [`OverBudget`] past `budget` bytes.
+/// indirect or unreachable. Stops with [`OverBudget`] past `budget` bytes.
 pub fn classify(
     blocks: &[Block],
     roots: &[Range<u64>],
@@ -180,23 +203,22 @@ pub fn classify(
     memory: &mut dyn Memory,
     budget: u64,
 ) -> Result<Vec<Class>, OverBudget> {
+    classify_with(blocks, roots, root_words, memory, budget, MAX_EDGES)
+}
+
+/// Pointers between blocks kept in memory at most (8 bytes each): beyond, the
+/// walk reads blocks as it reaches them instead.
+const MAX_EDGES: usize = 16 << 20;
+
+fn classify_with(
+    blocks: &[Block],
+    roots: &[Range<u64>],
+    root_words: &[u64],
+    memory: &mut dyn Memory,
+    budget: u64,
+    max_edges: usize,
+) -> Result<Vec<Class>, OverBudget> {
     let heap = Heap::new(blocks);
-    let mut reached = vec![false; blocks.len()];
-    let mut frontier = Vec::new();
-    let mark = |value: u64, reached: &mut Vec<bool>, frontier: &mut Vec<usize>| {
-        if let Some(i) = heap.find(value)
-            && !reached[i]
-        {
-            reached[i] = true;
-            frontier.push(i);
-        }
-    };
-    for &value in root_words {
-        mark(value, &mut reached, &mut frontier);
-    }
-    memory.read(&gaps(roots, blocks), &mut |addr, bytes| {
-        words(addr, bytes, |v| mark(v, &mut reached, &mut frontier))
-    });
     let over = |memory: &dyn Memory| {
         let read = memory.bytes_read();
         if read > budget {
@@ -205,16 +227,144 @@ pub fn classify(
             Ok(())
         }
     };
+    let mut roots_reach = Vec::new();
+    for &value in root_words {
+        roots_reach.extend(heap.find(value));
+    }
+    memory.read(&gaps(roots, blocks), &mut |addr, bytes| {
+        words(addr, bytes, |v| roots_reach.extend(heap.find(v)))
+    });
     over(memory)?;
-    while !frontier.is_empty() {
-        let batch = take_batch(&mut frontier, blocks);
+    // Every block read once, in address order, in large batches: a linked
+    // list is walked in memory, not one read per link.
+    let graph = edges(blocks, &heap, memory, max_edges);
+    over(memory)?;
+    let (reached, indirect) = match graph {
+        Some(graph) => walk_in_memory(&graph, blocks.len(), roots_reach),
+        None => walk_reading(blocks, &heap, memory, roots_reach, &over)?,
+    };
+    Ok((0..blocks.len())
+        .map(|i| {
+            if reached[i] {
+                Class::Reachable
+            } else if indirect[i] {
+                Class::Indirect
+            } else {
+                Class::Unreachable
+            }
+        })
+        .collect())
+}
+
+/// Which blocks each block points to (not itself, each once), as offsets
+/// into one list; `None` past `max_edges`.
+struct Graph {
+    start: Vec<usize>,
+    to: Vec<u32>,
+}
+
+impl Graph {
+    fn from(&self, i: usize) -> &[u32] {
+        &self.to[self.start[i]..self.start[i + 1]]
+    }
+}
+
+fn edges(
+    blocks: &[Block],
+    heap: &Heap,
+    memory: &mut dyn Memory,
+    max_edges: usize,
+) -> Option<Graph> {
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    let mut queue: Vec<usize> = (0..blocks.len()).rev().collect();
+    let mut full = false;
+    while !queue.is_empty() && !full {
+        let batch = take_batch(&mut queue, blocks);
         memory.read(&batch, &mut |addr, bytes| {
-            words(addr, bytes, |v| mark(v, &mut reached, &mut frontier))
+            let Some(from) = heap.find(addr) else { return };
+            // The block found last: pointers in a block often go to one place.
+            let mut last = 0..0;
+            words(addr, bytes, |v| {
+                if last.contains(&v) {
+                    return;
+                }
+                if let Some(to) = heap.find(v) {
+                    last = blocks[to].addr..blocks[to].end();
+                    if to != from && pairs.last() != Some(&(from as u32, to as u32)) {
+                        pairs.push((from as u32, to as u32));
+                    }
+                }
+            });
+            full |= pairs.len() > max_edges;
         });
-        over(memory)?;
+    }
+    if full {
+        return None;
+    }
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut start = vec![0; blocks.len() + 1];
+    for &(from, _) in &pairs {
+        start[from as usize + 1] += 1;
+    }
+    for i in 0..blocks.len() {
+        start[i + 1] += start[i];
+    }
+    Some(Graph {
+        start,
+        to: pairs.into_iter().map(|(_, to)| to).collect(),
+    })
+}
+
+/// (reached, indirect) from the blocks the roots point to, over `graph`.
+fn walk_in_memory(graph: &Graph, n: usize, mut frontier: Vec<usize>) -> (Vec<bool>, Vec<bool>) {
+    let mut reached = vec![false; n];
+    frontier.retain(|&i| !std::mem::replace(&mut reached[i], true));
+    while let Some(i) = frontier.pop() {
+        for &j in graph.from(i) {
+            if !std::mem::replace(&mut reached[j as usize], true) {
+                frontier.push(j as usize);
+            }
+        }
     }
     // What the lost blocks point to is lost with them: indirect (pointers to
     // itself do not count, so a lone block stays unreachable).
+    let mut indirect = vec![false; n];
+    for i in (0..n).filter(|&i| !reached[i]) {
+        for &j in graph.from(i) {
+            if !reached[j as usize] {
+                indirect[j as usize] = true;
+            }
+        }
+    }
+    (reached, indirect)
+}
+
+/// [`walk_in_memory`] without the graph: each block read when reached, the
+/// lost ones after.
+fn walk_reading(
+    blocks: &[Block],
+    heap: &Heap,
+    memory: &mut dyn Memory,
+    roots_reach: Vec<usize>,
+    over: &dyn Fn(&dyn Memory) -> Result<(), OverBudget>,
+) -> Result<(Vec<bool>, Vec<bool>), OverBudget> {
+    let mut reached = vec![false; blocks.len()];
+    let mut frontier = roots_reach;
+    frontier.retain(|&i| !std::mem::replace(&mut reached[i], true));
+    while !frontier.is_empty() {
+        let batch = take_batch(&mut frontier, blocks);
+        memory.read(&batch, &mut |addr, bytes| {
+            words(addr, bytes, |v| {
+                if let Some(i) = heap.find(v)
+                    && !std::mem::replace(&mut reached[i], true)
+                {
+                    frontier.push(i);
+                }
+            })
+        });
+        over(memory)?;
+    }
     let mut indirect = vec![false; blocks.len()];
     let mut lost: Vec<usize> = (0..blocks.len()).filter(|&i| !reached[i]).collect();
     while !lost.is_empty() {
@@ -232,17 +382,7 @@ pub fn classify(
         });
         over(memory)?;
     }
-    Ok((0..blocks.len())
-        .map(|i| {
-            if reached[i] {
-                Class::Reachable
-            } else if indirect[i] {
-                Class::Indirect
-            } else {
-                Class::Unreachable
-            }
-        })
-        .collect())
+    Ok((reached, indirect))
 }
 
 /// Up to a batch of the blocks in `queue` (taken from its end), as sorted ranges.
@@ -368,6 +508,11 @@ mod tests {
         m.put(GLOBALS.start + 8, b[6].addr + 63);
         m.put(b[7].addr, b[7].addr);
         let c = classify(&b, &[GLOBALS], &[], &mut m, u64::MAX).unwrap();
+        // Without the graph in memory (too many pointers): the same.
+        assert_eq!(
+            classify_with(&b, &[GLOBALS], &[], &mut m, u64::MAX, 1).unwrap(),
+            c
+        );
         use Class::*;
         assert_eq!(
             c,
@@ -393,12 +538,14 @@ mod tests {
         m.put(b[1].addr, b[0].addr);
         m.put(GLOBALS.start, b[2].addr + 64);
         let c = classify(&b, &[GLOBALS], &[b[3].addr + 8], &mut m, u64::MAX).unwrap();
+        let reading = classify_with(&b, &[GLOBALS], &[b[3].addr + 8], &mut m, u64::MAX, 0);
+        assert_eq!(reading.unwrap(), c);
         use Class::*;
         assert_eq!(c, [Indirect, Indirect, Unreachable, Reachable]);
     }
 
     #[test]
-    fn a_block_inside_a_root_region_is_read_only_when_reached() {
+    fn pointers_in_a_lost_block_make_nothing_reachable() {
         // The heap region is a root region too (what is not a tracked block
         // there is scanned); the stale pointer inside the lost block is not.
         let b = blocks(2);
@@ -421,6 +568,38 @@ mod tests {
             classify(&b, &[GLOBALS], &[], &mut m, 100),
             Err(OverBudget { read: 4096 })
         );
+    }
+
+    #[test]
+    fn the_bucket_index_finds_what_a_linear_search_finds() {
+        let mut rng = crate::testrng::Rng(0x5eed);
+        for round in 0..200 {
+            // Clusters far apart (brk heap, mmap'd chunks), sizes 0 to 1 MiB.
+            let mut blocks = Vec::new();
+            let mut at = 0x5555_0000_0000u64;
+            for _ in 0..rng.below(300) {
+                at += rng.below(64) as u64 * 16;
+                if rng.below(50) == 0 {
+                    at += 1 << (20 + rng.below(24));
+                }
+                let size = if rng.below(20) == 0 {
+                    rng.below(1 << 20) as u64
+                } else {
+                    rng.below(200) as u64
+                };
+                blocks.push(Block { addr: at, size });
+                at += size.max(1);
+            }
+            let heap = Heap::new(&blocks);
+            let linear = |v: u64| blocks.iter().position(|b| v >= b.addr && v < b.end());
+            for _ in 0..500 {
+                let v = match blocks.get(rng.below(blocks.len())) {
+                    Some(b) if rng.below(4) > 0 => b.addr + rng.below(b.size as usize + 2) as u64,
+                    _ => rng.next() % (at + 4096),
+                };
+                assert_eq!(heap.find(v), linear(v), "round {round}, value {v:#x}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
  *   reach leaks [CODE]   every class below, then exit(CODE) (default 0)
  *   reach clean [CODE]   only reachable blocks, then exit(CODE)
  *   reach hold SECONDS   every class below, then sleeps SECONDS and exits
+ *   reach big MIB        MIB MiB of 4 KiB blocks for the benchmark: each holds a
+ *                        pointer to the block before it every 64 bytes, the
+ *                        newest is held by a global; then half of the chain
+ *                        is cut loose and it exits
  *   reach churn SECONDS  keeps moving, replacing and freeing blocks that stay
  *                        reachable, for SECONDS, then exits
  * Classes:
@@ -180,8 +184,30 @@ static void churn(int seconds) {
     }
 }
 
+void *newest;
+
+static void big(long mib) {
+    long n = mib * 256;
+    void **middle = NULL;
+    for (long i = 0; i < n; i++) {
+        void **b = malloc(4096);
+        for (int w = 0; w < 512; w++)
+            b[w] = w % 8 == 0 ? newest : (void *)(long)w;
+        newest = b;
+        if (i == n / 2)
+            middle = b;
+    }
+    if (middle)
+        for (int w = 0; w < 512; w += 8)
+            middle[w] = NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "leaks";
+    if (!strcmp(mode, "big")) {
+        big(argc > 2 ? atol(argv[2]) : 1024);
+        return 0;
+    }
     if (!strcmp(mode, "churn")) {
         churn(argc > 2 ? atoi(argv[2]) : 10);
         return 0;
