@@ -62,21 +62,22 @@ fn lsan(exe: &Path, args: &[&str], ours: &[&str]) -> BTreeMap<String, Classes> {
     found
 }
 
-/// leaktrace's scan at exit of the process `pid` in `r`: per function of
-/// `ours` (the first of them on a site's stack), its blocks by class.
-fn scanned(r: &Value, pid: u64, ours: &[&str]) -> BTreeMap<String, Classes> {
+/// leaktrace's latest scan (at exit, or while running) of the process `pid`
+/// in `r`: per function of `ours` (the first of them on a site's stack), its
+/// blocks by class.
+fn scanned(r: &Value, pid: u64, ours: &[&str], at_exit: bool) -> BTreeMap<String, Classes> {
     let mut found: BTreeMap<String, Classes> = BTreeMap::new();
     for site in prod::sites(r, pid, "heap") {
         let reach = &site["reachability"];
         if site["outstanding_count"] == 0 {
             continue;
         }
-        assert!(
-            reach.is_object(),
-            "a heap site unscanned:\n{}",
-            prod::stack(site)
-        );
-        assert_eq!(reach["at_exit"], true);
+        if !reach.is_object() {
+            // Only allocations made since the last running scan are unscanned.
+            assert!(!at_exit, "a heap site unscanned:\n{}", prod::stack(site));
+            continue;
+        }
+        assert_eq!(reach["at_exit"], at_exit);
         let ours = prod::functions(site).into_iter().flatten().find_map(|f| {
             ours.iter().find(|name| {
                 f == **name
@@ -94,23 +95,32 @@ fn scanned(r: &Value, pid: u64, ours: &[&str]) -> BTreeMap<String, Classes> {
     found
 }
 
-/// Traces `exe ARGS` to its end with leaktrace's default exit scan, and runs
-/// the LSan build `lsan_exe` of the same source: their classes per function
-/// of `ours` agree, and leaktrace's reachable blocks are `reachable`.
-fn agrees_with_lsan(
-    exe: &Path,
-    lsan_exe: &Path,
-    args: &[&str],
-    ours: &[&str],
-    reachable: &[(&str, u64)],
-) {
+/// Builds tests/targets/prod/SOURCE plainly (`-O2 -g`) and with
+/// -fsanitize=leak, traces the first to its end with leaktrace's default exit
+/// scan and runs the second: their classes per function of `ours` agree, and
+/// leaktrace's reachable blocks are `reachable`.
+fn agrees_with_lsan(source: &str, args: &[&str], ours: &[&str], reachable: &[(&str, u64)]) {
+    let exe = prod::cc_target(source, "-O2");
+    let compiler = if source.ends_with(".cpp") {
+        "g++"
+    } else {
+        "gcc"
+    };
+    let lsan_exe = prod::cc_build(
+        compiler,
+        source,
+        &["-O2", "-g", "-fsanitize=leak"],
+        &[],
+        &format!("{}-lsan", source.replace('.', "-")),
+    );
+    let (exe, lsan_exe) = (exe.as_path(), lsan_exe.as_path());
     let dir = scratch_dir(&format!(
         "reach-{}",
         exe.file_name().unwrap().to_string_lossy()
     ));
     let (r, pid) = prod::trace_command(&dir, exe, args);
     assert_eq!(r["scans"]["at_exit"], 1, "{}", r["scans"]);
-    let ours_found = scanned(&r, pid, ours);
+    let ours_found = scanned(&r, pid, ours, true);
     let lsan_found = lsan(lsan_exe, args, ours);
     assert!(
         !lsan_found.is_empty(),
@@ -165,17 +175,8 @@ fn c_blocks_are_classified_as_leak_sanitizer_classifies_them() {
     if !prod::is_root() {
         return;
     }
-    let exe = prod::cc_target("reach.c", "-O2");
-    let lsan_exe = prod::cc_build(
-        "gcc",
-        "reach.c",
-        &["-O2", "-g", "-fsanitize=leak"],
-        &[],
-        "reach-c-lsan",
-    );
     agrees_with_lsan(
-        &exe,
-        &lsan_exe,
+        "reach.c",
         &["leaks"],
         &C_FUNCTIONS,
         &[
@@ -192,19 +193,10 @@ fn cpp_blocks_are_classified_as_leak_sanitizer_classifies_them() {
     if !prod::is_root() {
         return;
     }
-    let exe = prod::cc_target("reach.cpp", "-O2");
-    let lsan_exe = prod::cc_build(
-        "g++",
-        "reach.cpp",
-        &["-O2", "-g", "-fsanitize=leak"],
-        &[],
-        "reach-cpp-lsan",
-    );
     // The global vector and map are destroyed before exit: what they held is
     // lost then, for both.
     agrees_with_lsan(
-        &exe,
-        &lsan_exe,
+        "reach.cpp",
         &[],
         &[
             "make_session",
@@ -338,38 +330,15 @@ fn running_scans_find_lost_blocks_before_exit() {
     let r = report(&json);
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
     assert_eq!(r["scans"]["at_exit"], 0);
-    let found = scanned_running(&r, pid);
-    assert_eq!(found.get("lost_block"), Some(&(5, 0)));
-    assert_eq!(found.get("list_node"), Some(&(1, 3)));
-    assert_eq!(found.get("cycle_node"), Some(&(0, 2)));
+    let found = scanned(&r, pid, &C_FUNCTIONS, false);
+    let lost = |f: &str| found.get(f).map(|c| (c.0, c.1));
+    assert_eq!(lost("lost_block"), Some((5, 0)));
+    assert_eq!(lost("list_node"), Some((1, 3)));
+    assert_eq!(lost("cycle_node"), Some((0, 2)));
     for kept in ["cached_block", "interior_block", "tls_block", "stack_block"] {
-        assert_eq!(found.get(kept).map(|c| (c.0, c.1)), Some((0, 0)), "{kept}");
+        assert_eq!(lost(kept), Some((0, 0)), "{kept}");
     }
     for site in lost_sites(&r, pid) {
         assert_eq!(site["verdict"], "leak", "{}", prod::stack(site));
     }
-}
-
-/// The latest running scan of `pid`: per function of reach.c, (unreachable,
-/// indirect).
-fn scanned_running(r: &Value, pid: u64) -> BTreeMap<String, (u64, u64)> {
-    let mut found = BTreeMap::new();
-    for site in prod::sites(r, pid, "heap") {
-        let reach = &site["reachability"];
-        if !reach.is_object() {
-            continue;
-        }
-        assert_eq!(reach["at_exit"], false);
-        let Some(name) = prod::functions(site)
-            .into_iter()
-            .flatten()
-            .find(|f| C_FUNCTIONS.contains(f))
-        else {
-            continue;
-        };
-        let c: &mut (u64, u64) = found.entry(name.to_string()).or_default();
-        c.0 += reach["unreachable_count"].as_u64().unwrap();
-        c.1 += reach["indirect_count"].as_u64().unwrap();
-    }
-    found
 }
