@@ -28,11 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = if live {
-        run_top(opts).map(|()| ExitCode::SUCCESS)
-    } else {
-        run(opts)
-    };
+    let result = if live { run_top(opts) } else { run(opts) };
     match result {
         Ok(code) => code,
         // The reader went away (`leaktrace … | head`): nothing left to say.
@@ -103,7 +99,7 @@ fn check_outputs(opts: &session::Options) -> anyhow::Result<()> {
 }
 
 /// `leaktrace top`: the view on a blocking thread, the pump on the runtime.
-fn run_top(mut opts: session::Options) -> anyhow::Result<()> {
+fn run_top(mut opts: session::Options) -> anyhow::Result<ExitCode> {
     opts.quiet = true; // the view replaces the periodic tables
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("leaktrace top needs a terminal: run it in one, or trace without top");
@@ -127,5 +123,5 @@ fn run_top(mut opts: session::Options) -> anyhow::Result<()> {
     for output in &opts.outputs {
         output.write(&report)?;
     }
-    Ok(())
+    Ok(gate(&opts, &report))
 }
