@@ -573,3 +573,46 @@ fn a_second_interrupt_quits_without_the_final_report() {
         "the command went with leaktrace: {stat}"
     );
 }
+
+/// Whether a `leaktrace-rm` process (not a zombie) is running.
+fn removing_probes() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|p| {
+            std::fs::read_to_string(p.path().join("stat"))
+                .is_ok_and(|s| s.contains("(leaktrace-rm) ") && !s.contains(") Z "))
+        })
+}
+
+#[test]
+fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() {
+    if !is_root() {
+        return;
+    }
+    common::wait_for_probe_removal();
+    // 40 processes, ~20 probes each: removing them takes ~0.1 s apiece, which
+    // leaktrace leaves to a process of its own, after its report is out.
+    let out = leaktrace()
+        .args([
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 40); do /bin/true; done",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        removing_probes(),
+        "leaktrace removed them itself before exiting, or left them to no one"
+    );
+    common::wait_for_probe_removal();
+    assert!(!removing_probes());
+}

@@ -668,7 +668,8 @@ const REMOVED_BY_LEAKTRACE: usize = 64;
 /// exits, then closes them (the last reference: the slow removals happen
 /// there) and ends. leaktrace's own closes are then quick.
 fn remove_after_exit() {
-    let Ok((hold, wait)) = std::io::pipe() else {
+    // Held open by leaktrace until it exits: then the child reads EOF.
+    let Ok((wait, hold)) = std::io::pipe() else {
         return;
     };
     // SAFETY: the child makes only async-signal-safe system calls (setsid,
