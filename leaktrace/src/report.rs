@@ -420,12 +420,16 @@ impl Report {
                     format!("{} allocated in all", human_bytes(s.total_bytes)),
                 )
             };
+            // A leak for its lost blocks says so, not how sure its series is.
+            let why = match s.reachability {
+                Some(r) if r.lost_count() > 0 => "blocks nothing points to".to_string(),
+                _ => format!("confidence {:.2}", s.confidence),
+            };
             let _ = writeln!(
                 out,
-                "\n#{} {} (confidence {:.2}) · {held} · growth {} · pid {} · oldest {} · {made}",
+                "\n#{} {} ({why}) · {held} · growth {} · pid {} · oldest {} · {made}",
                 i + 1,
                 s.verdict.name().to_uppercase(),
-                s.confidence,
                 s.growth_per_s(),
                 s.pid,
                 s.oldest_age_s
