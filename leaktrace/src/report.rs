@@ -10,7 +10,7 @@ use crate::{
     limits::{FdLimit, MemoryLimit},
     model::{Kind, Lost, Model, Ns, Scans, Site, StackWalks},
     reach::Reach,
-    symbolize::{Frame, Frames},
+    symbolize::{Frame, Frames, headline},
     verdict::{self, Assessment, Evidence, Verdict},
 };
 
@@ -425,9 +425,13 @@ impl Report {
                 Some(r) if r.lost_count() > 0 => "blocks nothing points to".to_string(),
                 _ => format!("confidence {:.2}", s.confidence),
             };
+            let at = s
+                .frames
+                .get(headline(&s.frames))
+                .map_or(String::new(), |f| format!(" · {}", shown(&f.short())));
             let _ = writeln!(
                 out,
-                "\n#{} {} ({why}) · {held} · growth {} · pid {} · oldest {} · {made}",
+                "\n#{} {} ({why}){at} · {held} · growth {} · pid {} · oldest {} · {made}",
                 i + 1,
                 s.verdict.name().to_uppercase(),
                 s.growth_per_s(),
@@ -633,11 +637,11 @@ fn counted(counts: &[(u64, &str)]) -> Vec<String> {
 }
 
 impl SiteReport {
-    /// Its first frames, after what its descriptors point to: "file /tmp/x ←
-    /// open_log (log.c:12) ← main (main.c:40)", escaped for a terminal.
+    /// Its first frames from its program's own code on (see [`headline`]),
+    /// after what its descriptors point to: "file /tmp/x ← open_log
+    /// (log.c:12) ← main (main.c:40)", escaped for a terminal.
     pub fn summary(&self) -> String {
-        let stack: Vec<String> = self
-            .frames
+        let stack: Vec<String> = self.frames[headline(&self.frames)..]
             .iter()
             .take(3)
             .map(|f| shown(&f.short()).into_owned())

@@ -76,6 +76,36 @@ impl Frame {
         }
     }
 
+    /// Whether this is the program's own code, not its language's runtime
+    /// or standard library, a system library, or a note: what a site is
+    /// named after in tables (see [`headline`]).
+    pub fn is_own_code(&self) -> bool {
+        let Some(f) = self.function.as_deref() else {
+            // Unnamed code: own code when it is in no system library.
+            return self.module.is_some() && !self.in_system_library();
+        };
+        let note = self.module.is_none() && self.address == 0;
+        !(note
+            || self.in_system_library()
+            // C and C++ reserve these names for the implementation.
+            || f.starts_with("__")
+            || f == "_start"
+            || RUNTIME_PREFIXES.iter().any(|p| f.starts_with(p))
+            || is_go_std(f))
+    }
+
+    /// In a library the system installed (the C library and its loader,
+    /// libstdc++, libgcc…), not in the program's executable.
+    fn in_system_library(&self) -> bool {
+        let Some(m) = self.module.as_deref() else {
+            return false;
+        };
+        let dirs = ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/"];
+        let name = Path::new(m).file_name().map(|n| n.to_string_lossy());
+        dirs.iter().any(|d| m.starts_with(d))
+            && name.is_some_and(|n| n.starts_with("lib") || n.starts_with("ld-"))
+    }
+
     pub fn location(&self) -> String {
         match &self.module {
             Some(m) => {
@@ -87,6 +117,97 @@ impl Frame {
             None => format!("{:#x}", self.address),
         }
     }
+}
+
+/// Functions of C++'s, Rust's and cgo's runtime and standard library.
+const RUNTIME_PREFIXES: &[&str] = &[
+    "std::",
+    "<std::",
+    "core::",
+    "<core::",
+    "alloc::",
+    "<alloc::",
+    "hashbrown::",
+    "__gnu_cxx::",
+    "operator new",
+    "operator delete",
+    "_cgo_",
+    "x_cgo_",
+];
+
+/// Go's standard library: its packages' first path element (user packages
+/// are `main` or under a module path).
+const GO_STD: &[&str] = &[
+    "archive",
+    "bufio",
+    "bytes",
+    "cmp",
+    "compress",
+    "container",
+    "context",
+    "crypto",
+    "database",
+    "debug",
+    "embed",
+    "encoding",
+    "errors",
+    "expvar",
+    "flag",
+    "fmt",
+    "go",
+    "hash",
+    "html",
+    "image",
+    "index",
+    "internal",
+    "io",
+    "iter",
+    "log",
+    "maps",
+    "math",
+    "mime",
+    "net",
+    "os",
+    "path",
+    "plugin",
+    "reflect",
+    "regexp",
+    "runtime",
+    "slices",
+    "sort",
+    "strconv",
+    "strings",
+    "structs",
+    "sync",
+    "syscall",
+    "testing",
+    "text",
+    "time",
+    "unicode",
+    "unique",
+    "unsafe",
+    "vendor",
+    "weak",
+];
+
+/// `net/http.(*Client).Do`, `runtime.mallocgc`, `internal/poll.(*FD).Read`:
+/// a Go standard-library function.
+fn is_go_std(f: &str) -> bool {
+    // The package path ends at the first '.' after its last '/'.
+    let slash = f.rfind('/').map_or(0, |i| i + 1);
+    let Some(dot) = f[slash..].find('.') else {
+        return false;
+    };
+    let path = &f[..slash + dot];
+    let first = path.split('/').next().unwrap_or(path);
+    GO_STD.contains(&first) && !f.contains(' ') && !f.contains("::")
+}
+
+/// The index of the first frame of the program's own code in `frames`
+/// (innermost first), else 0: what tables name a site after, past allocator
+/// wrappers, system-call wrappers and the runtime.
+pub fn headline(frames: &[Arc<Frame>]) -> usize {
+    frames.iter().position(|f| f.is_own_code()).unwrap_or(0)
 }
 
 /// A file that code was mapped from, as leaktrace can open it.
@@ -242,4 +363,71 @@ fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
         open: mapped_file(pid, mapping)?,
     };
     Some((module, addr - mapping.start + mapping.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(function: &str, module: &str) -> Arc<Frame> {
+        Arc::new(Frame {
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            address: 0x1234,
+            inlined: false,
+        })
+    }
+
+    #[test]
+    fn own_code_is_told_from_runtimes_and_system_libraries() {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let exe = "/srv/app";
+        for (function, module, own) in [
+            ("list_node", exe, true),
+            ("__GI___mmap64", libc, false),
+            ("open", libc, false),
+            (
+                "operator new(unsigned long)",
+                "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+                false,
+            ),
+            ("std::vector<int>::_M_realloc_insert", exe, false),
+            ("__libc_start_main_impl", exe, false),
+            ("_start", exe, false),
+            ("internal/runtime/syscall/linux.Syscall6", exe, false),
+            ("syscall.Syscall6", exe, false),
+            ("os.(*File).Write", exe, false),
+            ("net/http.(*Client).Do", exe, false),
+            ("runtime.mallocgc", exe, false),
+            ("main.openFileNoClose", exe, true),
+            ("main.main.gowrap1", exe, true),
+            ("github.com/acme/store.(*DB).Open", exe, true),
+            ("myapp/internal/db.Open", exe, true),
+            ("rust_leaks::make_row", exe, true),
+            ("alloc::raw_vec::finish_grow", exe, false),
+            (
+                "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+                exe,
+                false,
+            ),
+            ("redisMain", "/usr/bin/redis-server", true),
+            ("plugin_alloc", "/opt/app/lib/libplugin.so", true),
+        ] {
+            assert_eq!(
+                at(function, module).is_own_code(),
+                own,
+                "{function} in {module}"
+            );
+        }
+        assert!(!Frame::note("[opened before attach]").is_own_code());
+        let frames = [
+            at("__mmap64", libc),
+            at("map_big_request", exe),
+            at("main", exe),
+        ];
+        assert_eq!(headline(&frames), 1);
+        assert_eq!(headline(&frames[..1]), 0, "none own: the first");
+    }
 }

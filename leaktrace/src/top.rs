@@ -447,15 +447,7 @@ fn age(secs: f64) -> String {
 
 /// The first frame that is not the allocator or a libc wrapper: the caller.
 fn top_frame(s: &SiteReport) -> String {
-    let frame = s
-        .frames
-        .iter()
-        .find(|f| {
-            !f.module
-                .as_deref()
-                .is_some_and(|m| m.contains("libc.so") || m.contains("ld-linux"))
-        })
-        .or(s.frames.first());
+    let frame = s.frames.get(crate::symbolize::headline(&s.frames));
     let mut text = frame.map_or("[stack not recorded]".into(), |f| {
         shown(&f.short()).into_owned()
     });
