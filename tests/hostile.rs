@@ -616,3 +616,41 @@ fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() 
     common::wait_for_probe_removal();
     assert!(!removing_probes());
 }
+
+#[test]
+fn memory_watched_by_userfaultfd_is_never_read_by_the_scan() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch_dir("hostile-uffd");
+    let exe = cc_build("gcc", "uffd.c", &["-O2", "-g"], &[], "uffd");
+    let json = dir.join("report.json");
+    // Reading the watched page would wait for the target's own handler, and
+    // the target waits, stopped at exit, for the scan.
+    let mut tracer = leaktrace()
+        .args(["-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&exe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while tracer.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = tracer.kill();
+            let _ = Command::new("pkill").args(["-KILL", "-x", "uffd"]).status();
+            panic!("the scan hung on a page userfaultfd watches");
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let out = tracer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("userfaultfd"), "{stderr}");
+    let r = report(&json);
+    assert_eq!(r["scans"]["failed"], 1, "{}", r["scans"]);
+    assert_eq!(r["targets"][0]["exit_code"], 0);
+    common::wait_for_probe_removal();
+}

@@ -58,6 +58,10 @@ pub enum ScanError {
     Maps(io::Error),
     #[error("its memory is gone (it has exited)")]
     Gone,
+    /// Reading a page userfaultfd watches waits for the process's own
+    /// handler: a stopped (or hostile) process would hold leaktrace forever.
+    #[error("it has memory registered with userfaultfd, which leaktrace does not read")]
+    UserFaults,
     #[error("{0}")]
     OverBudget(#[from] OverBudget),
 }
@@ -83,14 +87,15 @@ pub fn scan(
         blocks: blocks.len() as u64,
         ..ScanStats::default()
     };
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(ScanError::Maps)?;
+    // smaps: the memory map with each mapping's flags.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(ScanError::Maps)?;
     let mut sps = thread_stack_pointers(pid, &mut stats);
     // The exiting thread's, from its registers (rsp is the 8th).
     sps.extend(regs.get(7));
     if maps.is_empty() {
         return Err(ScanError::Gone);
     }
-    let (mut roots, brk) = roots(&maps, &sps, &mut stats);
+    let (mut roots, brk) = roots(&maps, &sps, &mut stats)?;
     if complete && let Some(brk) = brk {
         // What the program put there before its first block (a static
         // binary's thread-local storage) stays a root.
@@ -121,19 +126,30 @@ fn duration_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
-/// The root regions in a memory map (`/proc/PID/maps` text): every readable,
-/// writable mapping but the kernel's and devices'; a stack holding one of
-/// `sps` from that pointer (less the red zone) up. Sorted, disjoint; and the
-/// brk heap's (`[heap]`) among them.
-fn roots(maps: &str, sps: &[u64], stats: &mut ScanStats) -> (Vec<Range<u64>>, Option<Range<u64>>) {
-    let mut roots = Vec::new();
-    let mut brk = None;
-    for line in maps.lines() {
+/// One mapping of `/proc/PID/smaps`.
+struct Mapped<'a> {
+    start: u64,
+    end: u64,
+    perms: &'a str,
+    path: &'a str,
+    /// Its `VmFlags` (two letters each), when given.
+    flags: &'a str,
+}
+
+/// The mappings of `/proc/PID/smaps` text (or `/proc/PID/maps`, without flags).
+fn mappings(smaps: &str) -> Vec<Mapped<'_>> {
+    let mut out: Vec<Mapped> = Vec::new();
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(m) = out.last_mut() {
+                m.flags = flags;
+            }
+            continue;
+        }
         let mut fields = line.split_ascii_whitespace();
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let path = fields.nth(3).unwrap_or("");
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
@@ -141,12 +157,42 @@ fn roots(maps: &str, sps: &[u64], stats: &mut ScanStats) -> (Vec<Range<u64>>, Op
         else {
             continue;
         };
-        if !perms.starts_with("rw") || start >= end {
+        out.push(Mapped {
+            start,
+            end,
+            perms,
+            path: fields.nth(3).unwrap_or(""),
+            flags: "",
+        });
+    }
+    out
+}
+
+/// The root regions in a memory map (`/proc/PID/smaps` text): every readable,
+/// writable mapping but the kernel's and devices'; a stack holding one of
+/// `sps` from that pointer (less the red zone) up. Sorted, disjoint; and the
+/// brk heap's (`[heap]`) among them.
+fn roots(
+    maps: &str,
+    sps: &[u64],
+    stats: &mut ScanStats,
+) -> Result<(Vec<Range<u64>>, Option<Range<u64>>), ScanError> {
+    let mut roots = Vec::new();
+    let mut brk = None;
+    for m in mappings(maps) {
+        let flag = |f: &str| m.flags.split_ascii_whitespace().any(|x| x == f);
+        if flag("um") || flag("uw") || flag("ui") {
+            return Err(ScanError::UserFaults);
+        }
+        let (start, end, path) = (m.start, m.end, m.path);
+        if !m.perms.starts_with("rw") || start >= end {
             continue;
         }
         let device = path.starts_with("/dev/") && !path.starts_with("/dev/shm/")
             || path.starts_with("[vvar")
-            || path == "[vsyscall]";
+            || path == "[vsyscall]"
+            || flag("io")
+            || flag("pf");
         if device && path != "/dev/zero" {
             continue;
         }
@@ -166,7 +212,7 @@ fn roots(maps: &str, sps: &[u64], stats: &mut ScanStats) -> (Vec<Range<u64>>, Op
         roots.push(from..end);
     }
     roots.sort_unstable_by_key(|r| r.start);
-    (roots, brk)
+    Ok((roots, brk))
 }
 
 /// Each thread's user stack pointer, from `/proc/PID/task/TID/syscall` (known
@@ -382,7 +428,7 @@ mod tests {
 7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]
 ";
         let mut stats = ScanStats::default();
-        let (r, brk) = roots(maps, &[0x7ffc_0001_0000, 0x7f00_0040_0000], &mut stats);
+        let (r, brk) = roots(maps, &[0x7ffc_0001_0000, 0x7f00_0040_0000], &mut stats).unwrap();
         assert_eq!(brk, Some(0x55d0c1000000..0x55d0c1021000));
         assert_eq!(
             r,
@@ -393,6 +439,27 @@ mod tests {
                 0x7ffc_0001_0000 - 128..0x7ffc00021000,
             ]
         );
+    }
+
+    #[test]
+    fn smaps_flags_skip_devices_and_refuse_userfaultfd() {
+        let smaps = "\
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0
+Size:                  4 kB
+VmFlags: rd wr mr mw me ac
+7f0000002000-7f0000003000 rw-s 00000000 00:05 9 /memfd:gpu (deleted)
+VmFlags: rd wr sh mr mw me io pf
+";
+        let mut stats = ScanStats::default();
+        let (r, _) = roots(smaps, &[], &mut stats).unwrap();
+        assert_eq!(r, [0x7f0000000000..0x7f0000001000]);
+        let watched = format!(
+            "{smaps}7f0000004000-7f0000005000 rw-p 00000000 00:00 0\nVmFlags: rd wr mr mw me ac um\n"
+        );
+        assert!(matches!(
+            roots(&watched, &[], &mut stats),
+            Err(ScanError::UserFaults)
+        ));
     }
 
     #[test]
