@@ -95,7 +95,10 @@ pub fn scan(
     if maps.is_empty() {
         return Err(ScanError::Gone);
     }
-    let (mut roots, brk) = roots(&maps, &sps, &mut stats)?;
+    let Roots {
+        ranges: mut roots,
+        brk,
+    } = roots(&maps, &sps, &mut stats)?;
     if complete && let Some(brk) = brk {
         // What the program put there before its first block (a static
         // binary's thread-local storage) stays a root.
@@ -172,11 +175,7 @@ fn mappings(smaps: &str) -> Vec<Mapped<'_>> {
 /// writable mapping but the kernel's and devices'; a stack holding one of
 /// `sps` from that pointer (less the red zone) up. Sorted, disjoint; and the
 /// brk heap's (`[heap]`) among them.
-fn roots(
-    maps: &str,
-    sps: &[u64],
-    stats: &mut ScanStats,
-) -> Result<(Vec<Range<u64>>, Option<Range<u64>>), ScanError> {
+fn roots(maps: &str, sps: &[u64], stats: &mut ScanStats) -> Result<Roots, ScanError> {
     let mut roots = Vec::new();
     let mut brk = None;
     for m in mappings(maps) {
@@ -212,7 +211,13 @@ fn roots(
         roots.push(from..end);
     }
     roots.sort_unstable_by_key(|r| r.start);
-    Ok((roots, brk))
+    Ok(Roots { ranges: roots, brk })
+}
+
+/// Root regions, sorted and disjoint, and the brk heap's among them.
+struct Roots {
+    ranges: Vec<Range<u64>>,
+    brk: Option<Range<u64>>,
 }
 
 /// Each thread's user stack pointer, from `/proc/PID/task/TID/syscall` (known
@@ -428,7 +433,8 @@ mod tests {
 7ffc00100000-7ffc00102000 r--p 00000000 00:00 0 [vvar]
 ";
         let mut stats = ScanStats::default();
-        let (r, brk) = roots(maps, &[0x7ffc_0001_0000, 0x7f00_0040_0000], &mut stats).unwrap();
+        let Roots { ranges: r, brk } =
+            roots(maps, &[0x7ffc_0001_0000, 0x7f00_0040_0000], &mut stats).unwrap();
         assert_eq!(brk, Some(0x55d0c1000000..0x55d0c1021000));
         assert_eq!(
             r,
@@ -451,8 +457,9 @@ VmFlags: rd wr mr mw me ac
 VmFlags: rd wr sh mr mw me io pf
 ";
         let mut stats = ScanStats::default();
-        let (r, _) = roots(smaps, &[], &mut stats).unwrap();
-        assert_eq!(r, [0x7f0000000000..0x7f0000001000]);
+        let r = roots(smaps, &[], &mut stats).unwrap().ranges;
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0], 0x7f0000000000..0x7f0000001000);
         let watched = format!(
             "{smaps}7f0000004000-7f0000005000 rw-p 00000000 00:00 0\nVmFlags: rd wr mr mw me ac um\n"
         );
