@@ -342,3 +342,26 @@ fn running_scans_find_lost_blocks_before_exit() {
         assert_eq!(site["verdict"], "leak", "{}", prod::stack(site));
     }
 }
+
+#[test]
+fn a_process_with_nothing_outstanding_is_not_stopped_at_exit() {
+    if !prod::is_root() {
+        return;
+    }
+    let dir = scratch_dir("reach-nothing");
+    let json = dir.join("report.json");
+    // dash holds heap blocks when it exits; /bin/true (no arguments) none.
+    let out = run(leaktrace()
+        .current_dir(&dir)
+        .args(["-q", "-o"])
+        .arg(&json)
+        .args(["--", "sh", "-c", "/bin/true; /bin/true; echo"]));
+    assert!(out.status.success());
+    let r = report(&json);
+    assert_eq!(
+        r["targets"].as_array().unwrap().len(),
+        3,
+        "sh and two trues"
+    );
+    assert_eq!(r["scans"]["at_exit"], 1, "only sh: {}", r["scans"]);
+}

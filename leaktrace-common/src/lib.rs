@@ -21,6 +21,7 @@ pub mod maps {
     pub const PAUSE: &str = "PAUSE";
     pub const FORKED: &str = "FORKED";
     pub const EXITING: &str = "EXITING";
+    pub const LIVE_BLOCKS: &str = "LIVE_BLOCKS";
 }
 
 pub mod args;

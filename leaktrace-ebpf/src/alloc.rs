@@ -13,7 +13,7 @@ use aya_ebpf::{
 use leaktrace_common::{AllocFn, AllocInfo, AllocKey, Counter, Inflight, SiteKey, SiteKind, args};
 
 use crate::{
-    maps::{ALLOCS, INFLIGHT, count, current_tgid_tid, site_add, site_stats},
+    maps::{ALLOCS, INFLIGHT, count, current_tgid_tid, live_blocks_add, site_add, site_stats},
     unwind,
 };
 
@@ -241,6 +241,9 @@ pub fn track(tgid: u32, addr: u64, size: u64, born: Option<u64>, site: SiteKey) 
         return;
     }
     site_add(stats, size as i64, 1);
+    if site.kind == SiteKind::Heap as u32 {
+        live_blocks_add(tgid, 1);
+    }
     count(Counter::Allocs);
 }
 
@@ -259,6 +262,9 @@ pub fn release(tgid: u32, addr: u64) -> Option<u64> {
     ALLOCS.remove(key).ok()?;
     if let Some(stats) = crate::maps::SITES.get_ptr_mut(info.site) {
         site_add(stats, -(info.size as i64), -1);
+    }
+    if info.site.kind == SiteKind::Heap as u32 {
+        live_blocks_add(tgid, -1);
     }
     count(Counter::Frees);
     Some(info.ts_ns)

@@ -16,7 +16,7 @@ use leaktrace_common::{Counter, EventKind, ExitEvent, pause};
 use crate::{
     alloc::user_regs,
     fork::SIGSTOP,
-    maps::{EVENTS, EXITING, count, current_tgid_tid, pausing, wakeup},
+    maps::{EVENTS, EXITING, LIVE_BLOCKS, count, current_tgid_tid, pausing, wakeup},
 };
 
 #[uprobe]
@@ -25,6 +25,10 @@ pub fn image_exit(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();
+    // Nothing outstanding on its heap: nothing to scan, no reason to stop it.
+    if (unsafe { LIVE_BLOCKS.get(tgid) }).is_none_or(|&n| n <= 0) {
+        return 0;
+    }
     if EXITING.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
         return 0; // stopped once already (or too many exiting at once)
     }

@@ -19,7 +19,9 @@ use aya_ebpf::{
 use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs, pause};
 
 use crate::{
-    maps::{EVENTS, FORKED, SYSCALLS, TARGETS, count, current_tgid_tid, pausing, wakeup},
+    maps::{
+        EVENTS, FORKED, LIVE_BLOCKS, SYSCALLS, TARGETS, count, current_tgid_tid, pausing, wakeup,
+    },
     unwind,
 };
 
@@ -119,9 +121,11 @@ pub fn first_return(tgid: u32) {
     }
 }
 
-/// An exec by a target returned: a new image, not yet probed.
+/// An exec by a target returned: a new image, not yet probed, whose heap
+/// starts empty (userspace takes the old image's blocks out of `ALLOCS`).
 #[inline(always)]
 pub fn exec(tgid: u32) {
+    let _ = LIVE_BLOCKS.remove(tgid);
     announce(EventKind::Exec, tgid, 0);
 }
 

@@ -38,6 +38,25 @@ pub static SYSCALLS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries
 #[map]
 pub static FORKED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 
+/// Heap blocks (C heap, not Go's) each process has outstanding: a process
+/// with none is not stopped at exit (exit.rs). Removed by userspace with the
+/// process's other entries.
+#[map]
+pub static LIVE_BLOCKS: HashMap<u32, i64> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Adds `n` to `tgid`'s outstanding heap blocks.
+#[inline(always)]
+pub fn live_blocks_add(tgid: u32, n: i64) {
+    if LIVE_BLOCKS.get_ptr_mut(tgid).is_none() {
+        // Full: the process is stopped at exit as if it had blocks.
+        let _ = LIVE_BLOCKS.insert(tgid, 0, BPF_NOEXIST as u64);
+    }
+    if let Some(live) = LIVE_BLOCKS.get_ptr_mut(tgid) {
+        // SAFETY: a map value, alive for the program's run, naturally aligned.
+        unsafe { atomic_add(live, n) };
+    }
+}
+
 /// Processes stopped at `_exit` once already (exit.rs): a process calls it
 /// once, but its probe may fire again as it goes on. Removed by userspace
 /// with the process's other entries.

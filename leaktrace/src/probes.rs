@@ -433,6 +433,9 @@ impl Probes {
                 let _ = map.remove(&pid);
             }
         }
+        if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, i64>>(maps::LIVE_BLOCKS) {
+            let _ = map.remove(&pid);
+        }
     }
 
     /// Every site's totals.
