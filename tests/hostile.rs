@@ -574,18 +574,6 @@ fn a_second_interrupt_quits_without_the_final_report() {
     );
 }
 
-/// Whether a `leaktrace-rm` process (not a zombie) is running.
-fn removing_probes() -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|p| {
-            std::fs::read_to_string(p.path().join("stat"))
-                .is_ok_and(|s| s.contains("(leaktrace-rm) ") && !s.contains(") Z "))
-        })
-}
-
 #[test]
 fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() {
     if !is_root() {
@@ -610,11 +598,11 @@ fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        removing_probes(),
+        common::removing_probes(),
         "leaktrace removed them itself before exiting, or left them to no one"
     );
     common::wait_for_probe_removal();
-    assert!(!removing_probes());
+    assert!(!common::removing_probes());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! running process that mutates its heap under them.
 mod common;
 
-use std::{collections::BTreeMap, path::Path, process::Command};
+use std::{collections::BTreeMap, ffi::OsStr, path::Path, process::Command};
 
 use common::{go::go_target, leaktrace, prod, report, run, scratch_dir};
 use serde_json::Value;
@@ -210,22 +210,40 @@ fn cpp_blocks_are_classified_as_leak_sanitizer_classifies_them() {
     );
 }
 
-/// leaktrace --fail-on WHAT -- EXE ARGS: its exit status, stderr and report.
-fn gate(what: &str, exe: &Path, args: &[&str]) -> (i32, String, Value) {
-    let dir = scratch_dir("reach-gate");
+/// `leaktrace -q OPTIONS -o report.json -- COMMAND…` in a scratch directory
+/// `name`: its exit status, stderr and report.
+fn trace(name: &str, options: &[&str], command: &[&OsStr]) -> (i32, String, Value) {
+    let dir = scratch_dir(name);
     let json = dir.join("report.json");
     let out = run(leaktrace()
         .current_dir(&dir)
-        .args(["-q", "-d", "60s", "--fail-on", what, "-o"])
+        .arg("-q")
+        .args(options)
+        .arg("-o")
         .arg(&json)
         .arg("--")
-        .arg(exe)
-        .args(args));
+        .args(command));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (
         out.status.code().expect("an exit status"),
         stderr,
         report(&json),
+    )
+}
+
+/// `exe ARGS` as a command for [`trace`].
+fn command<'a>(exe: &'a Path, args: &'a [&'a str]) -> Vec<&'a OsStr> {
+    std::iter::once(exe.as_os_str())
+        .chain(args.iter().map(OsStr::new))
+        .collect()
+}
+
+/// leaktrace --fail-on WHAT -- EXE ARGS: its exit status, stderr and report.
+fn gate(what: &str, exe: &Path, args: &[&str]) -> (i32, String, Value) {
+    trace(
+        "reach-gate",
+        &["-d", "60s", "--fail-on", what],
+        &command(exe, args),
     )
 }
 
@@ -288,17 +306,12 @@ fn running_scans_of_a_heap_mutated_under_them_call_nothing_lost() {
         return;
     }
     let exe = prod::cc_target("reach.c", "-O2");
-    let dir = scratch_dir("reach-churn");
-    let json = dir.join("report.json");
-    let out = run(leaktrace()
-        .current_dir(&dir)
-        .args(["-q", "--scan-every", "50ms", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(&exe)
-        .args(["churn", "10"]));
-    assert!(out.status.success());
-    let r = report(&json);
+    let (status, stderr, r) = trace(
+        "reach-churn",
+        &["--scan-every", "50ms"],
+        &command(&exe, &["churn", "10"]),
+    );
+    assert_eq!(status, 0, "{stderr}");
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
     assert!(
         r["scans"]["running"].as_u64().unwrap() >= 100,
@@ -316,18 +329,13 @@ fn running_scans_find_lost_blocks_before_exit() {
         return;
     }
     let exe = prod::cc_target("reach.c", "-O2");
-    let dir = scratch_dir("reach-hold");
-    let json = dir.join("report.json");
     // Without the exit scan: what is found is the running scans'.
-    let out = run(leaktrace()
-        .current_dir(&dir)
-        .args(["-q", "--no-exit-scan", "--scan-every", "500ms", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(&exe)
-        .args(["hold", "4"]));
-    assert!(out.status.success());
-    let r = report(&json);
+    let (status, stderr, r) = trace(
+        "reach-hold",
+        &["--no-exit-scan", "--scan-every", "500ms"],
+        &command(&exe, &["hold", "4"]),
+    );
+    assert_eq!(status, 0, "{stderr}");
     let pid = r["targets"][0]["pid"].as_u64().unwrap();
     assert_eq!(r["scans"]["at_exit"], 0);
     let found = scanned(&r, pid, &C_FUNCTIONS, false);
@@ -348,16 +356,14 @@ fn a_process_with_nothing_outstanding_is_not_stopped_at_exit() {
     if !prod::is_root() {
         return;
     }
-    let dir = scratch_dir("reach-nothing");
-    let json = dir.join("report.json");
     // dash holds heap blocks when it exits; /bin/true (no arguments) none.
-    let out = run(leaktrace()
-        .current_dir(&dir)
-        .args(["-q", "-o"])
-        .arg(&json)
-        .args(["--", "sh", "-c", "/bin/true; /bin/true; echo"]));
-    assert!(out.status.success());
-    let r = report(&json);
+    let sh = Path::new("sh");
+    let (status, stderr, r) = trace(
+        "reach-nothing",
+        &[],
+        &command(sh, &["-c", "/bin/true; /bin/true; echo"]),
+    );
+    assert_eq!(status, 0, "{stderr}");
     assert_eq!(
         r["targets"].as_array().unwrap().len(),
         3,

@@ -31,20 +31,22 @@ pub fn run(cmd: &mut Command) -> Output {
 /// process of its own (`leaktrace-rm`): each removal holds a lock every
 /// attachment takes, so the next test waits for it to end.
 pub fn wait_for_probe_removal() {
-    let removing = || {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|p| {
-                std::fs::read_to_string(p.path().join("stat"))
-                    .is_ok_and(|s| s.contains("(leaktrace-rm) ") && !s.contains(") Z "))
-            })
-    };
     let started = std::time::Instant::now();
-    while removing() && started.elapsed() < std::time::Duration::from_secs(300) {
+    while removing_probes() && started.elapsed() < std::time::Duration::from_secs(300) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Whether a `leaktrace-rm` process (not a zombie) is running.
+pub fn removing_probes() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|p| {
+            std::fs::read_to_string(p.path().join("stat"))
+                .is_ok_and(|s| s.contains("(leaktrace-rm) ") && !s.contains(") Z "))
+        })
 }
 
 /// The JSON report leaktrace wrote to `json`, each site's `stack` (indices
