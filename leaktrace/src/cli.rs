@@ -328,11 +328,10 @@ impl TraceArgs {
 
 /// `unreachable` or `leak`.
 fn parse_fail_on(s: &str) -> Result<FailOn, String> {
-    match s {
-        "unreachable" => Ok(FailOn::Unreachable),
-        "leak" => Ok(FailOn::Leak),
-        _ => Err(format!("`{s}`: expected `unreachable` or `leak`")),
-    }
+    FailOn::ALL
+        .into_iter()
+        .find(|on| on.name() == s)
+        .ok_or_else(|| format!("`{s}`: expected `unreachable` or `leak`"))
 }
 
 /// `4096`, `64KiB`, `512MiB`, `8GiB` (also K, M, G, KB, MB, GB: all powers of 1024).

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use leaktrace::{
     cli::{Cli, View},
-    report::{self, FailOn, Report},
+    report::{self, Report},
     session, top,
 };
 
@@ -72,12 +72,9 @@ fn gate(opts: &session::Options, report: &Report) -> ExitCode {
     if failing.is_empty() {
         return ExitCode::SUCCESS;
     }
-    let what = match on {
-        FailOn::Unreachable => "unreachable",
-        FailOn::Leak => "leak",
-    };
     eprintln!(
-        "leaktrace: --fail-on {what}: {} site{} qualify:",
+        "leaktrace: --fail-on {}: {} site{} qualify:",
+        on.name(),
         failing.len(),
         if failing.len() == 1 { "" } else { "s" }
     );

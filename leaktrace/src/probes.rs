@@ -15,7 +15,7 @@ use aya::{
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP,
-    SiteKey, SiteStats, StackId, TASK_TGID_GLOBAL, maps,
+    SiteKey, SiteKind, SiteStats, StackId, TASK_TGID_GLOBAL, maps,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -447,11 +447,12 @@ impl Probes {
         Ok(sites)
     }
 
-    /// The outstanding allocations of process `pid`.
-    pub fn allocs_of(&self, pid: u32) -> Result<Vec<(u64, AllocInfo)>, ProbeError> {
+    /// The outstanding C heap blocks of process `pid`, by address (Go's
+    /// sampled objects share the map: they are the garbage collector's).
+    pub fn heap_blocks_of(&self, pid: u32) -> Result<Vec<(u64, AllocInfo)>, ProbeError> {
         let mut allocs = Vec::new();
         self.each_alloc(|k, v| {
-            if k.tgid == pid {
+            if k.tgid == pid && v.site.kind == SiteKind::Heap as u32 {
                 allocs.push((k.addr, *v));
             }
         })?;

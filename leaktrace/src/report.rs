@@ -547,13 +547,7 @@ impl Report {
                 l.ms
             );
         }
-        let mut lost = Reach::default();
-        for r in self.sites.iter().filter_map(|s| s.reachability) {
-            lost.unreachable_count += r.unreachable_count;
-            lost.unreachable_bytes += r.unreachable_bytes;
-            lost.indirect_count += r.indirect_count;
-            lost.indirect_bytes += r.indirect_bytes;
-        }
+        let lost = self.lost_blocks();
         let _ = write!(
             line,
             "; {} unreachable blocks ({}), {} indirect ({})",
@@ -563,6 +557,20 @@ impl Report {
             human_bytes(lost.indirect_bytes)
         );
         Some(line)
+    }
+
+    /// Every scanned site's blocks by class, added up.
+    pub fn lost_blocks(&self) -> Reach {
+        let mut all = Reach::default();
+        for r in self.sites.iter().filter_map(|s| s.reachability) {
+            all.unreachable_count += r.unreachable_count;
+            all.unreachable_bytes += r.unreachable_bytes;
+            all.indirect_count += r.indirect_count;
+            all.indirect_bytes += r.indirect_bytes;
+            all.reachable_count += r.reachable_count;
+            all.reachable_bytes += r.reachable_bytes;
+        }
+        all
     }
 
     /// How many stacks were walked whole, and why the others stopped.
@@ -720,6 +728,18 @@ pub enum FailOn {
     Unreachable,
     /// Any site with verdict `leak`.
     Leak,
+}
+
+impl FailOn {
+    pub const ALL: [FailOn; 2] = [FailOn::Unreachable, FailOn::Leak];
+
+    /// As `--fail-on` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailOn::Unreachable => "unreachable",
+            FailOn::Leak => "leak",
+        }
+    }
 }
 
 impl Report {

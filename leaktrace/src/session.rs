@@ -1443,12 +1443,8 @@ impl Pump {
     /// `None`, `regs` its exiting thread's registers), or running since
     /// `running`, where a block is lost only once scans agree (reach.rs).
     fn scan(&mut self, pid: u32, regs: &[u64], running: Option<Ns>) {
-        let allocs = match self.probes.allocs_of(pid) {
-            // The C heap's: Go's sampled objects are the garbage collector's.
-            Ok(mut allocs) => {
-                allocs.retain(|(_, info)| info.site.kind == SiteKind::Heap as u32);
-                allocs
-            }
+        let allocs = match self.probes.heap_blocks_of(pid) {
+            Ok(allocs) => allocs,
             Err(e) => {
                 self.model.scans.failed += 1;
                 warn!("PID {pid}: heap not scanned: {e}");

@@ -268,12 +268,7 @@ impl App {
             .iter()
             .filter(|s| s.verdict == Verdict::Leak)
             .count();
-        let lost: u64 = r
-            .sites
-            .iter()
-            .filter_map(|s| s.reachability)
-            .map(|r| r.lost_count())
-            .sum();
+        let lost = r.lost_blocks().lost_count();
         let scanned = if r.scans.at_exit + r.scans.running > 0 {
             format!("{lost} heap blocks unreachable · ")
         } else {
