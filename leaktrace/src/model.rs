@@ -139,6 +139,8 @@ pub struct Site {
     pub frames: Frames,
     /// Heap sites: their blocks by reachability, from their process's latest scan.
     pub reach: Option<Reach>,
+    /// Its process has exited: what it held then, kept as it was.
+    pub ended: bool,
 }
 
 impl Site {
@@ -156,6 +158,7 @@ impl Site {
             details: Vec::new(),
             frames: Frames::from([]),
             reach: None,
+            ended: false,
         }
     }
 }
@@ -373,6 +376,9 @@ impl Model {
         }
         for (id, [live_count, live_bytes, total_count, total_bytes]) in sums {
             let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+            if site.ended {
+                continue;
+            }
             let [gone_count, gone_bytes] = self.gone.get(&id).copied().unwrap_or_default();
             site.live_count = (live_count.round() as u64).saturating_sub(gone_count);
             site.live_bytes = (live_bytes.round() as u64).saturating_sub(gone_bytes);
@@ -394,7 +400,11 @@ impl Model {
     /// Sets the oldest outstanding allocation of each kernel-accounted site and
     /// what is older than `--min-age`, from a walk of the outstanding allocations.
     pub fn set_heap_ages(&mut self, ages: &HashMap<SiteId, HeapAges>) {
-        for site in self.sites.values_mut().filter(|s| s.id.kind.in_kernel()) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind.in_kernel() && !s.ended)
+        {
             let a = ages.get(&site.id);
             site.oldest_ns = a.map(|a| a.oldest_ns);
             site.aged_bytes = a.map_or(0, |a| a.aged_bytes.round() as u64);
@@ -405,7 +415,11 @@ impl Model {
     /// Sets what each mmap and handle site holds that is older than `--min-age` at `now`.
     pub fn set_tracked_ages(&mut self, now: Ns) {
         let cutoff = now.saturating_sub(self.min_age);
-        for site in self.sites.values_mut().filter(|s| !s.id.kind.in_kernel()) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| !s.id.kind.in_kernel() && !s.ended)
+        {
             site.aged_bytes = 0;
             site.aged_count = 0;
         }
@@ -678,6 +692,50 @@ impl Model {
         }
         self.refresh_handles(child);
         self.refresh_mmap(child);
+    }
+
+    /// `tgid` has exited: its descriptor, goroutine and mapping tables go, and
+    /// its sites stop changing. With `keep`, they all stay as the record of
+    /// what it held at exit; without, only those that say something once it
+    /// is gone: outstanding heap that no scan found reachable, Go heap and
+    /// goroutines — exit itself closed its descriptors and unmapped its
+    /// memory. Returns whether any site of it stayed.
+    pub fn end_process(&mut self, tgid: u32, keep: bool) -> bool {
+        self.fds.remove(&tgid);
+        self.goroutines.remove(&tgid);
+        self.regions.remove(&tgid);
+        let says_something = |s: &Site| {
+            s.live_count > 0
+                && match s.id.kind {
+                    Kind::Heap => s.reach.is_none_or(|r| r.lost_count() > 0),
+                    Kind::GoHeap | Kind::Goroutine => true,
+                    _ => false,
+                }
+        };
+        self.sites
+            .retain(|id, s| id.tgid != tgid || keep || says_something(s));
+        self.gone.retain(|id, _| id.tgid != tgid);
+        let mut kept = false;
+        for site in self.sites.values_mut().filter(|s| s.id.tgid == tgid) {
+            site.ended = true;
+            kept = true;
+        }
+        kept
+    }
+
+    /// Gives back the room of tables that ended processes emptied: a burst
+    /// of short processes leaves them far larger than what stays.
+    pub fn compact(&mut self) {
+        fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+            if map.len() * 4 < map.capacity() {
+                map.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.sites);
+        shrink(&mut self.regions);
+        shrink(&mut self.fds);
+        shrink(&mut self.goroutines);
+        shrink(&mut self.gone);
     }
 
     /// Drops an mmap site and its mappings: memory another site accounts for.

@@ -438,6 +438,7 @@ mod tests {
         Report {
             version: 2,
             targets: Vec::new(),
+            targets_unlisted: 0,
             duration_s: 1.0,
             lost: Default::default(),
             stacks: Default::default(),

@@ -426,16 +426,70 @@ impl Probes {
             .map_err(|e| ProbeError::Map(maps::TARGETS, cause(&e)))
     }
 
-    /// Lets the syscall tracepoints forget `pid`, which has exited.
-    pub fn remove_target(&mut self, pid: u32) {
-        for name in [maps::TARGETS, maps::FORKED, maps::EXITING] {
-            if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, u32>>(name) {
-                let _ = map.remove(&pid);
+    /// Forgets processes that have exited (their sites' totals read before):
+    /// no kernel map keeps an entry of theirs, and their PIDs may be other
+    /// processes' next. `probed`: some had heap probes, so sites and blocks
+    /// (each map is walked whole: only then); `go`: some ran Go, whose
+    /// sampled objects the per-process block counts leave out.
+    pub fn forget(&mut self, pids: &[u32], probed: bool, go: bool) {
+        if pids.is_empty() {
+            return;
+        }
+        let mut blocks = go;
+        if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, i64>>(maps::LIVE_BLOCKS) {
+            for pid in pids {
+                blocks |= map.get(pid, 0).is_ok_and(|n| n > 0);
+                let _ = map.remove(pid);
             }
         }
-        if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, i64>>(maps::LIVE_BLOCKS) {
-            let _ = map.remove(&pid);
+        for name in [maps::TARGETS, maps::FORKED, maps::EXITING] {
+            if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, u32>>(name) {
+                for pid in pids {
+                    let _ = map.remove(pid);
+                }
+            }
         }
+        if !probed {
+            return;
+        }
+        let theirs = |tgid: u32| pids.contains(&tgid);
+        let mut result =
+            self.remove_where(maps::SITES, |k: &SiteKey, _: &SiteStats| theirs(k.tgid));
+        if go {
+            result = result.and_then(|()| {
+                self.remove_where(maps::GO_BEFORE_ATTACH, |k: &AllocKey, _: &i64| {
+                    theirs(k.tgid)
+                })
+            });
+        }
+        if blocks {
+            result = result.and_then(|()| {
+                self.remove_where(maps::ALLOCS, |k: &AllocKey, _: &AllocInfo| theirs(k.tgid))
+            });
+        }
+        if let Err(e) = result {
+            log::warn!("entries of exited processes left in the kernel: {e}");
+        }
+    }
+
+    /// Removes the entries of hash map `name` that `which` picks.
+    fn remove_where<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        mut which: impl FnMut(&K, &V) -> bool,
+    ) -> Result<(), ProbeError> {
+        let mut keys = Vec::new();
+        self.each(name, |k: &K, v: &V| {
+            if which(k, v) {
+                keys.push(*k);
+            }
+        })?;
+        let mut map: HashMap<&mut MapData, K, V> = self.map_mut(name)?;
+        for k in keys {
+            // Gone meanwhile (freed): nothing to remove.
+            let _ = map.remove(&k);
+        }
+        Ok(())
     }
 
     /// Every site's totals.

@@ -20,6 +20,9 @@ pub const FORMAT_VERSION: u32 = 4;
 pub struct Report {
     pub version: u32,
     pub targets: Vec<TargetInfo>,
+    /// Followed processes that exited leaving nothing, beyond those listed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub targets_unlisted: u64,
     pub duration_s: f64,
     pub lost: Lost,
     /// How the kernel's stack walks ended.
@@ -206,6 +209,7 @@ impl Report {
         Self {
             version: FORMAT_VERSION,
             targets,
+            targets_unlisted: 0,
             duration_s: seconds(now.saturating_sub(started)),
             lost: model.lost,
             stacks: model.stack_walks,
@@ -362,6 +366,13 @@ impl Report {
                 };
                 let _ = writeln!(out, "    {} · {sampling}", shown(version));
             }
+        }
+        if self.targets_unlisted > 0 {
+            let _ = writeln!(
+                out,
+                "  and {} more followed processes that exited leaving nothing",
+                self.targets_unlisted
+            );
         }
         let _ = writeln!(
             out,
@@ -719,6 +730,10 @@ pub fn site_line(s: &SiteReport) -> String {
     )
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What `--fail-on` fails a run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailOn {
@@ -1000,6 +1015,7 @@ mod tests {
         let report = Report {
             version: FORMAT_VERSION,
             targets: Vec::new(),
+            targets_unlisted: 0,
             duration_s: 10.0,
             lost: Lost::default(),
             stacks: StackWalks::default(),

@@ -651,6 +651,7 @@ mod tests {
         Arc::new(Report {
             version: 2,
             targets: Vec::new(),
+            targets_unlisted: 0,
             duration_s: 30.0,
             lost: Default::default(),
             stacks: Default::default(),

@@ -1,0 +1,438 @@
+//! The core: typed events in, the site model out. Descriptor tables (dup,
+//! dup2 over an open descriptor, close ranges, close-on-exec at exec, copies
+//! at fork), anonymous mappings, goroutines and their creation chains, and the
+//! symbols of new sites — through the two seams only (seams.rs), so all of it
+//! is tested here on made-up events.
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use leaktrace_common::{FdOpen, GoroutineEvent, MapEvent, StackId};
+use log::warn;
+
+use super::{
+    events::Event,
+    seams::{Kernel, Process},
+    stacks::{Note, Pc, Stacks},
+};
+use crate::{
+    handles::{self, HandleKind, Origin},
+    model::{BEFORE_ATTACH, Handle, Kind, Model, Ns, SiteId},
+    symbolize::{Frame, Frames},
+};
+
+/// Entries a goroutine's creation chain keeps at most.
+const MAX_CHAIN: usize = 128;
+
+/// `openat`'s "relative to the working directory".
+const AT_FDCWD: i32 = -100;
+
+/// A goroutine alive when tracing began, as the runtime lists it.
+pub struct GoroutineFound {
+    pub g: u64,
+    /// Return address of its `go` statement.
+    pub gopc: u64,
+    /// Entry of the function it runs.
+    pub start_pc: u64,
+}
+
+#[derive(Default)]
+pub struct Ingest {
+    pub model: Model,
+    stacks: Stacks,
+    /// Processes running Go: their runtime's own mmap sites are dropped.
+    go: HashSet<u32>,
+    /// mmap sites inside the Go runtime (heap arenas, stacks, GC metadata): the
+    /// Go heap accounts for what they hold, so they are not shown.
+    go_runtime_mmaps: HashSet<SiteId>,
+    /// Each live goroutine's creation chain, by (tgid, g): the stack that
+    /// created it, then what created that goroutine, and so on.
+    go_ancestry: HashMap<(u32, u64), StackId>,
+    /// Names of the functions goroutines run, by (tgid, entry address).
+    start_functions: HashMap<(u32, u64), String>,
+    /// Processes whose descriptors or goroutines changed since their sites
+    /// were last recounted.
+    stale: HashSet<u32>,
+    /// Mapping events not applied yet: a batch is applied at once.
+    maps: Vec<MapEvent>,
+}
+
+impl Ingest {
+    pub fn new(min_age: Ns) -> Self {
+        Self {
+            model: Model::new(min_age),
+            ..Self::default()
+        }
+    }
+
+    /// `pid` runs Go.
+    pub fn set_go(&mut self, pid: u32) {
+        self.go.insert(pid);
+    }
+
+    /// Applies an event that only the model needs: mappings, descriptors and
+    /// goroutines. Process events (fork, exec, entry, exit) are the session's,
+    /// which calls [`Ingest::fork`] and [`Ingest::exec`]; they return false.
+    pub fn apply(&mut self, event: &Event, kernel: &dyn Kernel, process: &mut dyn Process) -> bool {
+        match event {
+            Event::Map(e) => {
+                let site = SiteId {
+                    tgid: e.tgid,
+                    kind: Kind::Mmap,
+                    stack_id: e.stack_id,
+                };
+                if !self.go_runtime_mmaps.contains(&site) {
+                    self.maps.push(*e);
+                }
+            }
+            Event::FdOpen(e) => {
+                self.fd_open(e, kernel, process);
+                self.stale.insert(e.tgid);
+            }
+            Event::FdClose(e) => {
+                self.model.close_fds(e.tgid, e.first, e.last);
+                self.stale.insert(e.tgid);
+            }
+            Event::GoroutineNew(e) => {
+                self.start_goroutine(e, kernel, process);
+                self.stale.insert(e.tgid);
+            }
+            Event::GoroutineExit(e) => {
+                self.model.end_goroutine(e.tgid, e.g);
+                self.go_ancestry.remove(&(e.tgid, e.g));
+                self.stale.insert(e.tgid);
+            }
+            Event::Fork(_) | Event::Exec(_) | Event::Entry(_) | Event::Exit(_) => return false,
+        }
+        true
+    }
+
+    /// Applies the mapping events held back: before a fork copies them, an
+    /// exec drops them, and at the end of each batch.
+    pub fn flush(&mut self) {
+        self.model.apply_map_events(&std::mem::take(&mut self.maps));
+    }
+
+    /// Recounts the handle sites of processes whose tables changed: once a
+    /// second, not at every event (a goroutine-heavy service keeps tens of
+    /// thousands of them).
+    pub fn recount(&mut self) {
+        for tgid in std::mem::take(&mut self.stale) {
+            self.model.refresh_handles(tgid);
+        }
+    }
+
+    /// `child` was forked from `parent`: it holds copies of its descriptors
+    /// and mappings.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        self.flush();
+        self.model.fork(parent, child);
+        if self.go.contains(&parent) {
+            self.go.insert(child);
+        }
+    }
+
+    /// `pid` exec'd at `ts`: its old image's mappings and heap are gone (its
+    /// blocks taken out of the kernel's accounting), and so are its
+    /// close-on-exec descriptors — whichever /proc no longer lists.
+    pub fn exec(&mut self, pid: u32, ts: Ns, kernel: &mut dyn Kernel, process: &dyn Process) {
+        self.flush();
+        self.model.forget_mappings(pid);
+        self.go.remove(&pid);
+        match kernel.take_allocs(pid, ts) {
+            Ok(gone) => {
+                for info in gone {
+                    self.model
+                        .heap_gone(SiteId::in_kernel(&info.site), info.size);
+                }
+            }
+            Err(e) => warn!("PID {pid}: the heap of its image before exec stays counted: {e}"),
+        }
+        let open: Vec<i32> = process.open_fds(pid).iter().map(|f| f.0).collect();
+        self.model.retain_fds(pid, &open);
+        self.stale.insert(pid);
+    }
+
+    /// A descriptor (or a pair) made by a syscall: its kind and detail from the
+    /// call, a dup's from the descriptor it copies.
+    fn fd_open(&mut self, e: &FdOpen, kernel: &dyn Kernel, process: &mut dyn Process) {
+        let path = {
+            let end = e.path.iter().position(|&b| b == 0).unwrap_or(e.path.len());
+            String::from_utf8_lossy(&e.path[..end]).into_owned()
+        };
+        let from_proc = |fd: i32| {
+            process
+                .fd_link(e.tgid, fd)
+                .map_or((HandleKind::Other, String::new()), |l| {
+                    handles::classify(&l)
+                })
+        };
+        let (kind, detail) = match handles::origin(e.nr) {
+            Origin::Made(HandleKind::File) => {
+                let dirfd = e.args[0] as i32;
+                let at_dir = (e.nr == handles::nr::OPENAT || e.nr == handles::nr::OPENAT2)
+                    && dirfd != AT_FDCWD;
+                let dir = if at_dir {
+                    self.model
+                        .fd(e.tgid, dirfd)
+                        .map(|h| PathBuf::from(&h.detail))
+                } else {
+                    process.cwd(e.tgid)
+                };
+                (HandleKind::File, handles::absolute(&path, dir.as_deref()))
+            }
+            Origin::Made(HandleKind::Socket) => {
+                let detail = if e.nr == handles::nr::SOCKET || e.nr == handles::nr::SOCKETPAIR {
+                    handles::socket_detail(e.args[0], e.args[1])
+                } else {
+                    "socket".into() // accepted: addresses come from /proc at report time
+                };
+                (HandleKind::Socket, detail)
+            }
+            Origin::Made(HandleKind::Memfd) => (HandleKind::Memfd, path),
+            Origin::Made(kind) => (kind, String::new()),
+            Origin::CopyOf(arg) => match self.model.fd(e.tgid, e.args[arg] as i32) {
+                Some(h) => (h.kind, h.detail.clone()),
+                None => from_proc(e.fd),
+            },
+            Origin::Unknown => from_proc(e.fd),
+        };
+        let id = SiteId {
+            tgid: e.tgid,
+            kind: if kind == HandleKind::Socket {
+                Kind::Socket
+            } else {
+                Kind::Fd
+            },
+            stack_id: e.stack_id,
+        };
+        // On a goroutine leaktrace saw start, the call site continues where the
+        // goroutine was created (an HTTP connection is dialed on a goroutine of
+        // the Transport, on behalf of the function making the request).
+        let id = if self.go_ancestry.contains_key(&(e.tgid, e.g)) {
+            let pcs = self.stacks.get(id.stack_id, kernel).pcs;
+            SiteId {
+                stack_id: self.created_by(e.tgid, e.g, pcs),
+                ..id
+            }
+        } else {
+            id
+        };
+        for fd in [e.fd, e.fd2].into_iter().filter(|&fd| fd >= 0) {
+            let handle = Handle {
+                site: id,
+                kind,
+                detail: detail.clone(),
+                ts: e.ts_ns,
+            };
+            self.model.open_fd(e.tgid, fd, handle, true);
+        }
+    }
+
+    /// The descriptors `pid` has open at attach (`now`), under one site.
+    pub fn fds_before_attach(&mut self, pid: u32, now: Ns, process: &dyn Process) {
+        for (fd, link) in process.open_fds(pid) {
+            let (kind, detail) = handles::classify(&link);
+            let id = SiteId {
+                tgid: pid,
+                kind: if kind == HandleKind::Socket {
+                    Kind::Socket
+                } else {
+                    Kind::Fd
+                },
+                stack_id: BEFORE_ATTACH,
+            };
+            let handle = Handle {
+                site: id,
+                kind,
+                detail,
+                ts: now,
+            };
+            self.model.open_fd(pid, fd, handle, false);
+            if let Some(site) = self.model.sites.get_mut(&id) {
+                site.frames = Frames::from([Frame::note("[opened before attach]")]);
+            }
+        }
+        self.model.refresh_handles(pid);
+    }
+
+    /// The goroutines a Go target has alive at attach (`now`), each under a
+    /// site of its `go` statement (the one frame the runtime keeps of it).
+    pub fn goroutines_before_attach(
+        &mut self,
+        pid: u32,
+        now: Ns,
+        live: Vec<GoroutineFound>,
+        process: &mut dyn Process,
+    ) {
+        for g in live {
+            let site = SiteId {
+                tgid: pid,
+                kind: Kind::Goroutine,
+                stack_id: self.stacks.intern(vec![
+                    Pc::Return(g.gopc),
+                    Pc::Note(Note::StartedBeforeAttach),
+                ]),
+            };
+            let handle = Handle {
+                site,
+                kind: HandleKind::Goroutine,
+                detail: self.start_function(pid, g.start_pc, process),
+                ts: now,
+            };
+            self.model.start_goroutine(pid, g.g, handle, false);
+        }
+        self.model.refresh_handles(pid);
+    }
+
+    /// The stack id of Go heap allocated before attach at `stack`.
+    pub fn allocated_before_attach(&mut self, stack: Vec<u64>) -> StackId {
+        let pcs = stack.into_iter().map(Pc::Return);
+        let note = Pc::Note(Note::AllocatedBeforeAttach);
+        self.stacks.intern(pcs.chain([note]).collect())
+    }
+
+    /// A goroutine started. Its site is the function holding the `go` statement
+    /// (newproc's return address, which a frame-pointer walk at newproc's entry
+    /// may not see) and that function's callers; its detail, the function it runs.
+    fn start_goroutine(
+        &mut self,
+        e: &GoroutineEvent,
+        kernel: &dyn Kernel,
+        process: &mut dyn Process,
+    ) {
+        let mut walked = self.stacks.get(e.stack_id, kernel).pcs;
+        // newproc's own frame.
+        walked.drain(..walked.len().min(1));
+        // Kernels that fix up stacks taken at a function's entry (6.x, probe on
+        // `push rbp`) already list the caller.
+        let missing = e.caller != 0 && walked.first() != Some(&Pc::Return(e.caller));
+        let pcs: Vec<Pc> = missing
+            .then_some(Pc::Return(e.caller))
+            .into_iter()
+            .chain(walked)
+            .collect();
+        let site = SiteId {
+            tgid: e.tgid,
+            kind: Kind::Goroutine,
+            stack_id: self.stacks.intern(pcs.clone()),
+        };
+        let chain = self.created_by(e.tgid, e.parent, pcs);
+        self.go_ancestry.insert((e.tgid, e.g), chain);
+        let handle = Handle {
+            site,
+            kind: HandleKind::Goroutine,
+            detail: self.start_function(e.tgid, e.start_pc, process),
+            ts: e.ts_ns,
+        };
+        self.model.start_goroutine(e.tgid, e.g, handle, true);
+    }
+
+    /// The id of `pcs` followed by the creation chain of goroutine `g`, if
+    /// it is one leaktrace saw start (and the whole stays short enough).
+    fn created_by(&mut self, tgid: u32, g: u64, mut pcs: Vec<Pc>) -> StackId {
+        if let Some(&chain) = self.go_ancestry.get(&(tgid, g)) {
+            let chain = self.stacks.made(chain);
+            if pcs.len() + chain.len() < MAX_CHAIN {
+                pcs.push(Pc::Note(Note::CreatedBy));
+                pcs.extend_from_slice(chain);
+            }
+        }
+        self.stacks.intern(pcs)
+    }
+
+    /// The name of the function at `entry` (a function's first instruction).
+    fn start_function(&mut self, tgid: u32, entry: u64, process: &mut dyn Process) -> String {
+        self.start_functions
+            .entry((tgid, entry))
+            .or_insert_with(|| {
+                process
+                    .function_at(tgid, entry)
+                    .unwrap_or_else(|| format!("{entry:#x}"))
+            })
+            .clone()
+    }
+
+    /// Symbolizes sites seen for the first time. The Go runtime's own mmap
+    /// sites are dropped; a Go heap site starts where user code allocated.
+    pub fn symbolize(&mut self, kernel: &dyn Kernel, process: &mut dyn Process) {
+        let pending: Vec<SiteId> = self
+            .model
+            .sites
+            .values()
+            .filter(|s| s.frames.is_empty() && s.id.stack_id != BEFORE_ATTACH && !s.ended)
+            .map(|s| s.id)
+            .collect();
+        for id in pending {
+            if !process.knows(id.tgid) {
+                continue; // its memory map is not read yet
+            }
+            let stack = self.stacks.get(id.stack_id, kernel);
+            let mut frames: Vec<Arc<Frame>> = Vec::new();
+            for pc in &stack.pcs {
+                match *pc {
+                    Pc::Note(note) => frames.push(Frame::note(note.text())),
+                    Pc::Return(addr) => frames.extend(process.frames(id.tgid, addr)),
+                }
+            }
+            if let Some(why) = stack.truncation() {
+                frames.push(Frame::note(why));
+            }
+            let runtime = |f: &Arc<Frame>| {
+                f.function
+                    .as_ref()
+                    .is_some_and(|n| n.starts_with("runtime."))
+            };
+            if self.go.contains(&id.tgid)
+                && id.kind == Kind::Mmap
+                && frames.first().is_some_and(runtime)
+            {
+                self.go_runtime_mmaps.insert(id);
+                self.model.forget_mmap_site(id);
+                continue;
+            }
+            if id.kind == Kind::GoHeap {
+                // Like Go's own profile: the site is where user code allocated,
+                // not the runtime's allocator (mallocgc, growslice…) beneath it.
+                // The runtime's own allocations keep their whole stack.
+                let inner = frames.iter().take_while(|f| runtime(f)).count();
+                if inner < frames.len() {
+                    frames.drain(..inner);
+                }
+            }
+            if let Some(site) = self.model.sites.get_mut(&id) {
+                site.frames = frames.into();
+            }
+        }
+    }
+
+    /// `pid` has exited: its tables go. Its sites stay as the report's record
+    /// of what it held at exit when `keep` says so, frozen; else only those
+    /// whose blocks a scan found lost, or whose heap no scan looked at, stay.
+    /// Returns whether any of its sites stayed.
+    /// Call [`Ingest::compact`] after a batch of them.
+    pub fn end(&mut self, pid: u32, keep: bool) -> bool {
+        self.flush();
+        self.model.refresh_handles(pid);
+        self.stale.remove(&pid);
+        self.go.remove(&pid);
+        self.go_ancestry.retain(|&(tgid, _), _| tgid != pid);
+        self.start_functions.retain(|&(tgid, _), _| tgid != pid);
+        self.go_runtime_mmaps.retain(|id| id.tgid != pid);
+        self.model.end_process(pid, keep)
+    }
+
+    /// Gives back the room ended processes left in the tables.
+    pub fn compact(&mut self) {
+        self.model.compact();
+        self.go_ancestry.shrink_to(self.go_ancestry.len() * 2);
+        self.start_functions
+            .shrink_to(self.start_functions.len() * 2);
+        self.stale.shrink_to(self.stale.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests;

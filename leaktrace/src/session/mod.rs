@@ -1,0 +1,566 @@
+//! One tracing session: find the targets, attach, pump the kernel's data into
+//! the model, print tables, and produce the final report.
+//!
+//! The data flows one way through its modules: `events` types what the ring
+//! buffer holds, `ingest` (the core, behind the two `seams`) turns it into
+//! the site model, `targets` keeps each process from attach to exit,
+//! `attach` and `refresh` are the kernel side's (probes in, totals out),
+//! `scan` reads the targets' memory for reachability, and this module runs
+//! the loop and hands reports to the views.
+mod attach;
+mod events;
+mod ingest;
+mod refresh;
+mod scan;
+mod seams;
+mod stacks;
+mod targets;
+
+use std::{collections::HashMap, ffi::OsString, io::Write, os::fd::AsFd, time::Duration};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use leaktrace_common::{StackId, pause};
+use log::{debug, info, warn};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use self::{
+    attach::{attach, preload_from_env, update_maps},
+    events::Event,
+    ingest::Ingest,
+    seams::Procfs,
+    targets::{Targets, Traced},
+};
+use crate::{
+    allocator,
+    model::Ns,
+    output::Output,
+    preflight,
+    probes::{Families, Limits, Probes},
+    reach::Confirmation,
+    report::{ModuleMap, Report},
+    target::{self, Credentials, Launched, Target},
+    unwind::Unwinder,
+};
+
+/// Everything a session needs to know, from the command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pids: Vec<u32>,
+    pub command: Vec<OsString>,
+    /// --user: whom the command runs as (else the sudo user, else root).
+    pub user: Option<String>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub top: usize,
+    pub outputs: Vec<Output>,
+    pub snapshot_every: Option<Duration>,
+    pub quiet: bool,
+    /// Leave allocations younger than this out of reports.
+    pub min_age: Duration,
+    pub families: Families,
+    /// Turn on Go heap sampling where the runtime has it off (writes the target's memory).
+    pub go_heap_sampling: bool,
+    /// Stop targets at `_exit` to scan their heap's reachability.
+    pub scan_at_exit: bool,
+    /// Scan running targets' heaps this often.
+    pub scan_every: Option<Duration>,
+    /// Bytes one scan reads at most.
+    pub scan_max_bytes: u64,
+    pub fail_on: Option<crate::report::FailOn>,
+    pub limits: Limits,
+}
+
+/// Resolves when the live view asks to quit (or has gone); never without one.
+async fn quit_asked(live: &mut Option<Live>) {
+    match live {
+        Some(live) => {
+            let _ = live.quit.wait_for(|q| *q).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A live view of the session (`leaktrace top`): the pump publishes a fresh
+/// report every second, without ever waiting for the view, and stops when the
+/// view sets `quit`.
+pub struct Live {
+    pub reports: tokio::sync::watch::Sender<Option<std::sync::Arc<Report>>>,
+    pub quit: tokio::sync::watch::Receiver<bool>,
+}
+
+pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
+    preflight::check()?;
+    preflight::raise_open_files_limit();
+    let mut probes = Probes::load(opts.limits, opts.families)?;
+    let events = probes.take_events()?;
+    let mut unwinder = Unwinder::default();
+    let mut procfs = Procfs::default();
+    let mut targets = Targets::default();
+    for &pid in &opts.pids {
+        let target = Target::existing(pid)?;
+        // The unwinder knows the process's code before the first probe fires.
+        update_maps(&mut probes, &mut unwinder, &mut procfs.maps, pid);
+        let (allocators, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
+            target.allocators()
+        })?;
+        probes.add_target(pid)?;
+        info!("tracing PID {pid} ({})", target.comm);
+        targets.add(Traced {
+            target,
+            allocators,
+            go,
+            child: None,
+            root: true,
+            whole_heap: false,
+            seq: 0,
+        });
+    }
+    if !opts.command.is_empty() {
+        let credentials = Credentials::for_command(opts.user.as_deref())?;
+        if let Some(c) = &credentials {
+            info!("running the command as {c}");
+        }
+        let launched = Launched::spawn(&opts.command, credentials.as_ref())?;
+        let target = launched.target();
+        // A script runs its interpreter: that is what allocates.
+        let image = target::script_interpreter(&launched.exe).unwrap_or(launched.exe.clone());
+        let (allocators, go) = attach(&mut probes, &opts, &target, &image, || {
+            allocator::find(&image, &preload_from_env(), &allocator::search_library)
+        })?;
+        probes.add_target(target.pid)?;
+        info!("started {} as PID {}", launched.exe.display(), target.pid);
+        let child = launched.release(|pid| {
+            update_maps(&mut probes, &mut unwinder, &mut procfs.maps, pid);
+        });
+        targets.add(Traced {
+            target,
+            allocators,
+            go,
+            child: Some(child),
+            root: true,
+            whole_heap: true,
+            seq: 0,
+        });
+    }
+    let mut ingest = Ingest::new(opts.min_age.as_nanos() as Ns);
+    for t in targets.live().filter(|t| t.go.is_some()) {
+        ingest.set_go(t.target.pid);
+    }
+    let mut pump = Pump {
+        probes,
+        events,
+        ingest,
+        procfs,
+        unwinder,
+        targets,
+        go_heap_before: HashMap::new(),
+        go_heap_sampling: opts.go_heap_sampling,
+        heap: opts.families.heap,
+        scan_at_exit: opts.scan_at_exit,
+        scan_max_bytes: opts.scan_max_bytes,
+        confirmations: HashMap::new(),
+        pausing: false,
+        started: now_ns(),
+        ages_at: 0,
+        gone: Vec::new(),
+        compact_due: false,
+    };
+    // After the probes: a descriptor opened or a goroutine started meanwhile is
+    // in both the scan and the ring buffer, whose events are applied later and win.
+    let running: Vec<u32> = pump
+        .targets
+        .live()
+        .filter(|t| t.child.is_none())
+        .map(|t| t.target.pid)
+        .collect();
+    for &pid in &running {
+        pump.before_attach(pid, opts.families);
+    }
+    pump.trace(&opts, live).await?;
+    Ok(pump.finish())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, comparable with `bpf_ktime_get_ns`.
+pub fn now_ns() -> Ns {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How often the ring buffer is drained (no wakeup per event: see docs/design.md).
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often per-site totals are read and targets checked.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often the live view's ages are recomputed.
+const LIVE_AGES_EVERY: Duration = Duration::from_secs(5);
+
+/// The session's state: the kernel side, the core, the targets.
+struct Pump {
+    probes: Probes,
+    events: RingBuf<MapData>,
+    ingest: Ingest,
+    procfs: Procfs,
+    unwinder: Unwinder,
+    targets: Targets,
+    /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
+    /// their site's stack id and object size.
+    go_heap_before: HashMap<(u32, u64), (StackId, u64)>,
+    go_heap_sampling: bool,
+    /// Whether the heap is traced: allocators of libraries loaded later are probed.
+    heap: bool,
+    /// Whether exiting processes stop for the scan of their heap.
+    scan_at_exit: bool,
+    scan_max_bytes: u64,
+    /// Each process's running scans so far (see reach.rs).
+    confirmations: HashMap<u32, Confirmation>,
+    /// Whether processes stop themselves for leaktrace (see
+    /// leaktrace-ebpf/src/fork.rs and exit.rs): new ones and new images while
+    /// the heap is traced, exiting ones with the exit scan; until tracing ends.
+    pausing: bool,
+    started: Ns,
+    /// When ages were last brought up to date.
+    ages_at: Ns,
+    /// Forked processes that exited before they could be followed.
+    gone: Vec<u32>,
+    /// Processes ended since the tables were last compacted.
+    compact_due: bool,
+}
+
+enum Stop {
+    Duration,
+    Signal(&'static str),
+    TargetsExited,
+    Quit,
+}
+
+impl Pump {
+    async fn trace(&mut self, opts: &Options, mut live: Option<Live>) -> Result<()> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        // Events that cannot wait for the next drain (a process stopped for
+        // its probes, a quarter of the ring full) wake the ring buffer's
+        // descriptor; the others do not.
+        let ring = self
+            .events
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the ring buffer's descriptor")?;
+        // SAFETY: an OwnedFd is open, and the same, for as long as it is owned.
+        let woken = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("watching the ring buffer")?;
+        if self.heap {
+            self.probes.set_pausing(pause::NEW, true)?;
+            self.pausing = true;
+        }
+        if self.scan_at_exit {
+            self.probes.set_pausing(pause::EXIT, true)?;
+            self.pausing = true;
+        }
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let mut table =
+            tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
+        // --duration is kept to the millisecond, not to the next refresh.
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(over);
+        // Without --snapshot-every this timer is never polled.
+        let every = opts.snapshot_every.unwrap_or(Duration::MAX / 4);
+        let mut snapshot = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut snapshots = 0;
+        let scan_every = opts.scan_every.unwrap_or(Duration::MAX / 4);
+        let mut scan =
+            tokio::time::interval_at(tokio::time::Instant::now() + scan_every, scan_every);
+        // A long scan is not followed by the scans it delayed.
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Cleared when stdout's reader goes away (`| head`): tracing goes on.
+        let mut tables = !opts.quiet;
+        let stop = loop {
+            tokio::select! {
+                _ = sigint.recv() => break Stop::Signal("interrupted"),
+                _ = sigterm.recv() => break Stop::Signal("terminated"),
+                _ = drain.tick() => self.drain_events(),
+                ready = woken.readable() => {
+                    if let Ok(mut ready) = ready {
+                        ready.clear_ready();
+                    }
+                    self.drain_events();
+                }
+                _ = quit_asked(&mut live) => break Stop::Quit,
+                _ = &mut over => break Stop::Duration,
+                _ = refresh.tick() => {
+                    self.refresh()?;
+                    self.sample();
+                    // A live view stays on what the targets left when they exit.
+                    if self.check_exits() && live.is_none() {
+                        break Stop::TargetsExited;
+                    }
+                    self.compact();
+                    if let Some(live) = &live {
+                        let report = self.live_report()?;
+                        let _ = live.reports.send(Some(std::sync::Arc::new(report)));
+                    }
+                }
+                _ = table.tick(), if tables => {
+                    let text = self.current_report()?.table(opts.top);
+                    let mut stdout = std::io::stdout().lock();
+                    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                        warn!("no more tables on stdout ({e}): tracing goes on");
+                        tables = false;
+                    }
+                }
+                _ = scan.tick(), if opts.scan_every.is_some() => self.scan_running(),
+                _ = snapshot.tick(), if opts.snapshot_every.is_some() => {
+                    snapshots += 1;
+                    // A snapshot that cannot be written is said; the trace goes on.
+                    if let Err(e) = self.snapshot(&opts.outputs, snapshots) {
+                        warn!("snapshot {snapshots} not written: {e:#}");
+                    }
+                }
+            }
+        };
+        match stop {
+            Stop::Duration => info!("--duration reached"),
+            Stop::Signal(how) => {
+                info!("{how}: writing the final report (interrupt again to quit without it)")
+            }
+            Stop::TargetsExited => info!("every target has exited"),
+            Stop::Quit => info!("the view was closed"),
+        }
+        self.stop_pausing();
+        self.drain_events();
+        if matches!(stop, Stop::Signal(_)) {
+            // The final report of a big trace takes seconds: a second signal
+            // ends leaktrace at once. The kernel removes the probes, -- CMD
+            // goes with it (PR_SET_PDEATHSIG), and no process is left
+            // stopped: none stops from now on, and the drain continued the
+            // ones that had.
+            // SAFETY: restoring the default actions has no preconditions.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            }
+        }
+        self.refresh()?;
+        self.sample();
+        self.settle()
+    }
+
+    /// No new process or image stops itself from now on; those stopped before
+    /// are in the ring buffer once this returns.
+    fn stop_pausing(&mut self) {
+        if !std::mem::take(&mut self.pausing) {
+            return;
+        }
+        for slot in [pause::NEW, pause::EXIT] {
+            if let Err(e) = self.probes.set_pausing(slot, false) {
+                warn!("{e}");
+            }
+        }
+        // A probe that read the flag before it was cleared finishes its event
+        // within microseconds.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Once a second at most, after processes ended: the room their state
+    /// took goes back, to the system too (a node agent sees bursts of
+    /// thousands of short processes).
+    fn compact(&mut self) {
+        if !std::mem::take(&mut self.compact_due) {
+            return;
+        }
+        self.ingest.compact();
+        // SAFETY: no preconditions; glibc only hands free pages back.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Brings totals, ages and symbols up to date and snapshots the model.
+    fn current_report(&mut self) -> Result<Report> {
+        self.settle()?;
+        Ok(self.report())
+    }
+
+    /// Totals, ages, socket addresses and symbols up to date.
+    fn settle(&mut self) -> Result<()> {
+        self.refresh()?;
+        self.ages_and_symbols()
+    }
+
+    /// Ages, socket addresses and symbols up to date (totals just read).
+    fn ages_and_symbols(&mut self) -> Result<()> {
+        self.update_ages()?;
+        self.resolve_sockets();
+        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        Ok(())
+    }
+
+    /// The live view's report, each second, on the totals just read: ages
+    /// (a walk of every outstanding allocation) are brought up to date every
+    /// [`LIVE_AGES_EVERY`] only.
+    fn live_report(&mut self) -> Result<Report> {
+        let now = now_ns();
+        if now.saturating_sub(self.ages_at) >= LIVE_AGES_EVERY.as_nanos() as Ns {
+            self.update_ages()?;
+        }
+        self.resolve_sockets();
+        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        Ok(self.report())
+    }
+
+    /// Writes every output as snapshot number `n`.
+    fn snapshot(&mut self, outputs: &[Output], n: u32) -> Result<()> {
+        let report = self.current_report()?;
+        for output in outputs {
+            let path = output.write_snapshot(&report, n)?;
+            info!("snapshot {n}: {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// One point of every site's series, for the verdicts.
+    fn sample(&mut self) {
+        let t = now_ns().saturating_sub(self.started) as f64 / 1e9;
+        self.ingest.model.sample(t);
+    }
+
+    /// Stops commands leaktrace started itself if they still run; PIDs given with
+    /// --pid are never touched.
+    fn finish(mut self) -> Report {
+        let report = self.report();
+        self.targets.terminate_commands();
+        report
+    }
+
+    fn report(&mut self) -> Report {
+        let targets = self.targets.infos();
+        let modules = self.modules();
+        let mut report =
+            Report::build(&self.ingest.model, targets, modules, self.started, now_ns());
+        report.targets_unlisted = self.targets.unlisted;
+        report
+    }
+
+    /// The code mappings of every target, from their latest memory maps.
+    fn modules(&mut self) -> Vec<ModuleMap> {
+        let mut modules = Vec::new();
+        for (&pid, maps) in &self.procfs.maps {
+            for m in maps.code() {
+                let path = m.path.as_deref().expect("code() has paths");
+                modules.push(ModuleMap {
+                    pid,
+                    start: m.start,
+                    limit: m.end,
+                    offset: m.offset,
+                    path: path.to_string_lossy().into_owned(),
+                    build_id: self.procfs.symbolizer.build_id(pid, path),
+                });
+            }
+        }
+        modules
+    }
+
+    /// Applies the ring buffer's events in order. Also refreshes the targets'
+    /// memory maps first, so even short-lived targets symbolize after they exit —
+    /// except for a target that exec'd in this batch: its earlier events belong to
+    /// the old image, symbolized with the old maps before they are replaced.
+    fn drain_events(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(item) = self.events.next() {
+            match Event::read(&item) {
+                Some(event) => batch.push(event),
+                None => warn!("unknown event of {} bytes ignored", item.len()),
+            }
+        }
+        let execs: Vec<u32> = batch
+            .iter()
+            .filter_map(|e| match e {
+                Event::Exec(e) => Some(e.tgid),
+                _ => None,
+            })
+            .collect();
+        self.refresh_maps(&execs);
+        for event in &batch {
+            // A process ended with its state: what it did after, in the
+            // moment before the kernel forgot it, is not applied.
+            let pid = event.pid();
+            if self.targets.get(pid).is_none() && !self.gone.contains(&pid) {
+                debug!("event of PID {pid}, no longer traced, ignored");
+                resume(event);
+                continue;
+            }
+            if self.ingest.apply(event, &self.probes, &mut self.procfs) {
+                continue;
+            }
+            match event {
+                Event::Exec(e) => {
+                    self.new_image(e); // it goes on from there
+                    continue;
+                }
+                Event::Entry(e) => {
+                    // The loader has mapped the libraries: their tables go in
+                    // before `main` runs.
+                    self.refresh_maps_of(e.tgid);
+                }
+                Event::Exit(e) => self.scan_exiting(e),
+                Event::Fork(e) => self.adopt(e.tgid, e.child),
+                _ => {}
+            }
+            resume(event);
+        }
+        self.ingest.flush();
+        if !self.gone.is_empty() {
+            let gone = std::mem::take(&mut self.gone);
+            for &pid in &gone {
+                self.ingest.end(pid, false);
+                self.procfs.maps.remove(&pid);
+                self.unwinder.remove(&mut self.probes, pid);
+            }
+            self.compact_due = true;
+            self.targets.unlisted += gone.len() as u64;
+            // Never probed: only the target set and fork maps hold them.
+            self.probes.forget(&gone, false, false);
+        }
+    }
+}
+
+/// Continues the process an event left stopped for leaktrace, if it did
+/// (leaktrace-ebpf/src/fork.rs, exit.rs).
+fn resume(event: &Event) {
+    if let Some(pid) = event.paused_pid() {
+        cont(pid);
+    }
+}
+
+fn cont(pid: u32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
+/// However the session ends, no process stays stopped waiting for it.
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop_pausing();
+        while let Some(item) = self.events.next() {
+            if let Some(event) = Event::read(&item) {
+                resume(&event);
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! What is read each second: the kernel's totals and counters, ages, the Go
+//! runtimes' sampling rates, sockets' addresses — and which targets have
+//! exited, whose state then goes, in userspace and in the kernel.
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use leaktrace_common::{Counter, SiteKey, SiteKind, SiteStats, unwind::STACK_END_KINDS};
+use log::{debug, info, warn};
+
+use super::{Pump, now_ns};
+use crate::{
+    golang::DEFAULT_MEM_PROFILE_RATE,
+    handles,
+    model::{HeapAges, SiteId, StackWalks, stands_for},
+};
+
+impl Pump {
+    /// Reads per-site totals and counters from the kernel.
+    pub(super) fn refresh(&mut self) -> Result<()> {
+        self.ingest.recount();
+        self.read_go_rates();
+        let rates = self.go_rates();
+        let mut entries = self.probes.sites()?;
+        if !self.go_heap_before.is_empty() {
+            // Go heap from before attach: what is left of each bucket's objects.
+            let left = self.probes.go_before_attach()?;
+            for entry in left.iter() {
+                let (key, count) = entry.context("reading the Go heap before attach")?;
+                let Some(&(stack_id, size)) = self.go_heap_before.get(&(key.tgid, key.addr)) else {
+                    continue;
+                };
+                let site = SiteKey {
+                    tgid: key.tgid,
+                    kind: SiteKind::GoHeap as u32,
+                    stack_id,
+                    extra: size.min(u32::MAX as u64) as u32,
+                    _pad: 0,
+                };
+                let count = count.max(0);
+                let stats = SiteStats {
+                    live_bytes: count * size as i64,
+                    live_count: count,
+                    total_bytes: 0,
+                    total_count: 0,
+                };
+                entries.push((site, stats));
+            }
+        }
+        self.ingest.model.set_kernel_sites(&entries, &rates);
+        let c = self.probes.counters()?;
+        let lost = &mut self.ingest.model.lost;
+        lost.allocs_map_full = c[Counter::AllocsFull as usize];
+        lost.sites_map_full = c[Counter::SitesFull as usize];
+        lost.stacks_lost = c[Counter::StackLost as usize];
+        lost.ring_buffer_overruns = c[Counter::EventsLost as usize];
+        lost.syscalls_map_full = c[Counter::SyscallsFull as usize];
+        lost.unfollowed_forks = c[Counter::UnfollowedForks as usize];
+        let ends = Counter::StackEnds as usize;
+        self.ingest.model.stack_walks = StackWalks::from_counters(
+            c[Counter::StackWalks as usize],
+            c[Counter::StackFrames as usize],
+            &c[ends..ends + STACK_END_KINDS as usize],
+        );
+        self.ingest.model.allocs = c[Counter::Allocs as usize];
+        self.ingest.model.frees = c[Counter::Frees as usize];
+        Ok(())
+    }
+
+    /// Oldest outstanding allocation per site, and what is older than --min-age:
+    /// one walk of the heap allocations map, and the mmap regions.
+    pub(super) fn update_ages(&mut self) -> Result<()> {
+        let now = now_ns();
+        self.ages_at = now;
+        let cutoff = now.saturating_sub(self.ingest.model.min_age);
+        let rates = self.go_rates();
+        let mut ages: HashMap<SiteId, HeapAges> = HashMap::new();
+        self.probes.each_alloc(|_, info| {
+            let id = SiteId::in_kernel(&info.site);
+            let a = ages.entry(id).or_insert(HeapAges {
+                oldest_ns: info.ts_ns,
+                aged_bytes: 0.0,
+                aged_count: 0.0,
+            });
+            a.oldest_ns = a.oldest_ns.min(info.ts_ns);
+            if info.ts_ns <= cutoff {
+                let (count, bytes) = stands_for(&info.site, 1.0, info.size as f64, &rates);
+                a.aged_bytes += bytes;
+                a.aged_count += count;
+            }
+        })?;
+        self.ingest.model.set_heap_ages(&ages);
+        self.ingest.model.set_tracked_ages(now);
+        Ok(())
+    }
+
+    /// Reads each live Go target's heap sampling rate, turning sampling on
+    /// where it is off and --go-heap-sampling asks.
+    pub(super) fn read_go_rates(&mut self) {
+        for t in self.targets.live_mut() {
+            let Some(go) = &mut t.go else { continue };
+            let pid = t.target.pid;
+            match go.runtime.mem_profile_rate(pid) {
+                Ok(0) if self.go_heap_sampling => {
+                    match go
+                        .runtime
+                        .set_mem_profile_rate(pid, DEFAULT_MEM_PROFILE_RATE)
+                    {
+                        Ok(()) => {
+                            info!("PID {pid}: Go heap sampling turned on");
+                            go.rate = Some(DEFAULT_MEM_PROFILE_RATE);
+                        }
+                        Err(e) => warn!("--go-heap-sampling: {e}"),
+                    }
+                }
+                Ok(rate) => go.rate = Some(rate),
+                Err(e) => debug!("{e}"),
+            }
+        }
+    }
+
+    /// The Go heap sampling rates known, by PID.
+    pub(super) fn go_rates(&self) -> HashMap<u32, u64> {
+        self.targets
+            .live()
+            .filter_map(|t| Some((t.target.pid, t.go.as_ref()?.rate?)))
+            .collect()
+    }
+
+    /// Fills in sockets' protocol and addresses from /proc/PID/net, once they
+    /// are connected or listening.
+    pub(super) fn resolve_sockets(&mut self) {
+        let live: Vec<u32> = self.targets.live().map(|t| t.target.pid).collect();
+        for pid in live {
+            let mut sockets = None;
+            for (&fd, handle) in self.ingest.model.fds_mut(pid) {
+                if handle.kind != handles::HandleKind::Socket {
+                    continue;
+                }
+                let Some(inode) = handles::link(pid, fd).and_then(|l| handles::socket_inode(&l))
+                else {
+                    continue;
+                };
+                let table = sockets.get_or_insert_with(|| handles::Sockets::read(pid));
+                if let Some(detail) = table.describe(inode) {
+                    handle.detail = detail.to_string();
+                }
+            }
+            self.ingest.model.refresh_handles(pid);
+        }
+    }
+
+    /// Ends the targets that have exited: their last events applied and sites
+    /// symbolized, then their state goes — the core's tables, their memory
+    /// map unless their sites need it, the kernel's entries; the report keeps
+    /// what they leaked. True when no target is left.
+    pub(super) fn check_exits(&mut self) -> bool {
+        let pids = self.targets.exited();
+        if pids.is_empty() {
+            return self.targets.is_empty();
+        }
+        self.drain_events();
+        if let Err(e) = self.refresh() {
+            warn!("the totals of exited processes may be a second old: {e:#}");
+        }
+        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        let (mut probed, mut go) = (false, false);
+        for &pid in &pids {
+            let Some(t) = self.targets.take(pid) else {
+                continue;
+            };
+            debug!("PID {pid} exited");
+            go |= t.go.is_some();
+            probed |= !t.allocators.allocators.is_empty();
+            self.confirmations.remove(&pid);
+            self.unwinder.remove(&mut self.probes, pid);
+            self.go_heap_before.retain(|&(tgid, _), _| tgid != pid);
+            let kept = self.ingest.end(pid, t.root);
+            if !kept {
+                self.procfs.maps.remove(&pid);
+            }
+            self.targets.ended(&t, kept);
+        }
+        self.compact_due = true;
+        // Their PIDs may be other processes' next.
+        self.probes.forget(&pids, probed || go, go);
+        self.targets.is_empty()
+    }
+}
