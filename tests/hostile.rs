@@ -13,14 +13,14 @@ use std::{
 };
 
 use common::{
-    leaktrace,
-    prod::{cc_build, functions, is_root},
-    report, run, scratch_dir,
+    gone_or_zombie, leaktrace,
+    prod::{cc_build, functions},
+    report, root_or_skip, run, runs_with, scratch_dir, spawn_until_logged, wait_until,
 };
 
 #[test]
 fn a_link_planted_where_the_output_is_written_is_never_written_through() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-link");
@@ -58,7 +58,7 @@ fn a_link_planted_where_the_output_is_written_is_never_written_through() {
 
 #[test]
 fn escapes_in_names_and_paths_are_shown_escaped_everywhere_text_goes() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-escapes");
@@ -122,7 +122,7 @@ fn uid_of_command(args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_command_runs_as_the_user_asked_for_or_the_sudo_user() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     assert_eq!(uid_of_command(&["--user", "nobody"], &[]), "65534");
@@ -142,7 +142,7 @@ fn a_command_runs_as_the_user_asked_for_or_the_sudo_user() {
 
 #[test]
 fn a_command_gets_the_open_files_limit_leaktrace_was_started_with() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let mut hard = libc::rlimit {
@@ -163,7 +163,7 @@ fn a_command_gets_the_open_files_limit_leaktrace_was_started_with() {
 
 #[test]
 fn a_reader_that_goes_away_leaves_the_trace_and_its_files_whole() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-head");
@@ -195,13 +195,14 @@ fn assert_refused_and_never_ran(dir: &Path, args: &[&str], cmd: &[&str], says: &
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(says), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    // Time the command would have had to run: nothing to poll for.
     sleep(Duration::from_millis(300));
     assert!(!dir.join("ran").exists(), "the command ran");
 }
 
 #[test]
 fn unwritable_outputs_and_files_without_an_execute_bit_fail_before_anything_runs() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-refused");
@@ -225,7 +226,7 @@ fn unwritable_outputs_and_files_without_an_execute_bit_fail_before_anything_runs
 
 #[test]
 fn a_script_is_traced_through_its_interpreter() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-script");
@@ -252,15 +253,16 @@ fn a_script_is_traced_through_its_interpreter() {
 
 #[test]
 fn a_command_goes_when_leaktrace_is_killed() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
-    let mut tracer = leaktrace()
-        .args(["-q", "--", "sleep", "60"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_millis(2000));
+    // Traced: leaktrace says "started … as PID N" once attached.
+    let (mut tracer, _log) = spawn_until_logged(
+        leaktrace()
+            .args(["-q", "--", "sleep", "60"])
+            .stdout(Stdio::null()),
+        " as PID ",
+    );
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.id())).unwrap();
     let child: u32 = children
@@ -271,7 +273,7 @@ fn a_command_goes_when_leaktrace_is_killed() {
         .unwrap();
     tracer.kill().unwrap();
     tracer.wait().unwrap();
-    sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), || gone_or_zombie(child));
     let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
     // Gone, or a zombie waiting for init to reap it.
     assert!(
@@ -282,7 +284,7 @@ fn a_command_goes_when_leaktrace_is_killed() {
 
 #[test]
 fn a_library_replaced_on_disk_under_a_running_process_is_traced_as_mapped() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-replaced");
@@ -299,7 +301,16 @@ fn a_library_replaced_on_disk_under_a_running_process_is_traced_as_mapped() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(300));
+    // Running, with its copy of the C library mapped.
+    let copy = libc.to_string_lossy().into_owned();
+    assert!(
+        wait_until(Duration::from_secs(10), || runs_with(
+            target.id(),
+            &exe,
+            &copy
+        )),
+        "the target never mapped {copy}"
+    );
     // The package manager's way: a new file renamed over the old one, which
     // stays mapped, deleted.
     let new = lib.join("libc.so.6.new");
@@ -332,7 +343,7 @@ fn a_library_replaced_on_disk_under_a_running_process_is_traced_as_mapped() {
 
 #[test]
 fn forked_processes_left_untraced_by_the_open_files_limit_are_counted() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-nofile");
@@ -362,7 +373,7 @@ fn forked_processes_left_untraced_by_the_open_files_limit_are_counted() {
 
 #[test]
 fn without_cap_sys_ptrace_the_missing_capability_is_named() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let mut other = Command::new("setpriv")
@@ -375,7 +386,14 @@ fn without_cap_sys_ptrace_the_missing_capability_is_named() {
         ])
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(200));
+    // setpriv has become nobody and run sleep.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{}/comm", other.id()))
+                .is_ok_and(|c| c == "sleep\n")
+        }),
+        "setpriv never ran sleep"
+    );
     let out = run(Command::new("setpriv")
         .args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"])
         .arg(env!("CARGO_BIN_EXE_leaktrace"))
@@ -423,7 +441,7 @@ fn trace_spawns(name: &str, cmd: &[&str]) -> serde_json::Value {
 
 #[test]
 fn forked_and_execd_processes_are_traced_from_their_first_allocation() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_build("gcc", "spawns.c", &["-O2", "-g"], &[], "spawns");
@@ -460,7 +478,7 @@ fn forked_and_execd_processes_are_traced_from_their_first_allocation() {
 
 #[test]
 fn the_heap_of_an_image_replaced_by_exec_is_dropped() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_build("gcc", "spawns.c", &["-O2", "-g"], &[], "spawns");
@@ -479,7 +497,7 @@ fn the_heap_of_an_image_replaced_by_exec_is_dropped() {
 
 #[test]
 fn a_burst_of_descriptor_events_loses_none() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_build("gcc", "fd_burst.c", &["-O2"], &[], "fd_burst");
@@ -505,7 +523,7 @@ fn a_burst_of_descriptor_events_loses_none() {
 
 #[test]
 fn a_duration_is_kept_to_the_millisecond_not_the_next_second() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-duration");
@@ -521,7 +539,7 @@ fn a_duration_is_kept_to_the_millisecond_not_the_next_second() {
 
 #[test]
 fn a_second_interrupt_quits_without_the_final_report() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_build(
@@ -544,6 +562,9 @@ fn a_second_interrupt_quits_without_the_final_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A fixed wait: for the target to make its sites and leaktrace to take
+    // in their events, so that the first interrupt's drain is short and the
+    // second lands in the final report; nothing outside shows the latter.
     sleep(Duration::from_secs(8));
     let pid = lt.id() as i32;
     let target = Command::new("pgrep")
@@ -554,6 +575,7 @@ fn a_second_interrupt_quits_without_the_final_report() {
     assert!(!target.is_empty(), "the command runs under leaktrace");
     // SAFETY: signals our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };
+    // The second interrupt comes a while after the first: the scenario.
     sleep(Duration::from_millis(300));
     unsafe { libc::kill(pid, libc::SIGINT) };
     let started = std::time::Instant::now();
@@ -562,7 +584,9 @@ fn a_second_interrupt_quits_without_the_final_report() {
     assert!(!out.status.success(), "quit, not finished");
     assert!(!json.exists(), "no report was written");
     assert!(took < Duration::from_secs(10), "quit after {took:?}");
-    sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), || {
+        gone_or_zombie(target.parse().unwrap())
+    });
     // Gone, or a zombie its new parent has yet to reap.
     let stat = std::fs::read_to_string(format!("/proc/{target}/stat")).unwrap_or_default();
     let state = stat
@@ -576,7 +600,7 @@ fn a_second_interrupt_quits_without_the_final_report() {
 
 #[test]
 fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     common::wait_for_probe_removal();
@@ -607,7 +631,7 @@ fn the_probes_of_many_exited_processes_are_removed_after_leaktrace_has_exited() 
 
 #[test]
 fn memory_watched_by_userfaultfd_is_never_read_by_the_scan() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("hostile-uffd");
@@ -624,14 +648,12 @@ fn memory_watched_by_userfaultfd_is_never_read_by_the_scan() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while tracer.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = tracer.kill();
-            let _ = Command::new("pkill").args(["-KILL", "-x", "uffd"]).status();
-            panic!("the scan hung on a page userfaultfd watches");
-        }
-        sleep(Duration::from_millis(100));
+    if !wait_until(Duration::from_secs(60), || {
+        tracer.try_wait().unwrap().is_some()
+    }) {
+        let _ = tracer.kill();
+        let _ = Command::new("pkill").args(["-KILL", "-x", "uffd"]).status();
+        panic!("the scan hung on a page userfaultfd watches");
     }
     let out = tracer.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -172,7 +172,7 @@ const C_FUNCTIONS: [&str; 7] = [
 
 #[test]
 fn c_blocks_are_classified_as_leak_sanitizer_classifies_them() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     agrees_with_lsan(
@@ -190,7 +190,7 @@ fn c_blocks_are_classified_as_leak_sanitizer_classifies_them() {
 
 #[test]
 fn cpp_blocks_are_classified_as_leak_sanitizer_classifies_them() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     // The global vector and map are destroyed before exit: what they held is
@@ -249,7 +249,7 @@ fn gate(what: &str, exe: &Path, args: &[&str]) -> (i32, String, Value) {
 
 #[test]
 fn the_gate_fails_a_leaking_run_with_status_3_and_passes_a_clean_one() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     let exe = prod::cc_target("reach.c", "-O2");
@@ -276,7 +276,7 @@ fn the_gate_fails_a_leaking_run_with_status_3_and_passes_a_clean_one() {
 
 #[test]
 fn the_gate_fails_a_go_program_on_goroutines_alive_and_files_open_at_exit() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     let exe = go_target("gate");
@@ -302,7 +302,7 @@ fn lost_sites(r: &Value, pid: u64) -> Vec<&Value> {
 
 #[test]
 fn running_scans_of_a_heap_mutated_under_them_call_nothing_lost() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     let exe = prod::cc_target("reach.c", "-O2");
@@ -325,7 +325,7 @@ fn running_scans_of_a_heap_mutated_under_them_call_nothing_lost() {
 
 #[test]
 fn running_scans_find_lost_blocks_before_exit() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     let exe = prod::cc_target("reach.c", "-O2");
@@ -353,7 +353,7 @@ fn running_scans_find_lost_blocks_before_exit() {
 
 #[test]
 fn a_process_with_nothing_outstanding_is_not_stopped_at_exit() {
-    if !prod::is_root() {
+    if !common::root_or_skip() {
         return;
     }
     // dash holds heap blocks when it exits; /bin/true (no arguments) none.

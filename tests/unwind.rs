@@ -19,9 +19,9 @@ use common::{
     leaktrace,
     prod::{
         assert_chain, cargo_release, cc_target, chain_site, chain_sites, function, functions,
-        is_root, prod_sources, sites, sites_through, stack, stacks, trace_command,
+        prod_sources, sites, sites_through, stack, stacks, trace_command,
     },
-    report, scratch_dir,
+    report, root_or_skip, scratch_dir,
 };
 use serde_json::Value;
 
@@ -108,7 +108,7 @@ fn assert_c_target(r: &Value, pid: u64, rounds: u64) -> Vec<&Value> {
 
 #[test]
 fn c_o2_leaks_have_their_whole_call_chain_and_leak_verdicts() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_target("leaks.c", "-O2");
@@ -122,7 +122,7 @@ fn c_o2_leaks_have_their_whole_call_chain_and_leak_verdicts() {
 
 #[test]
 fn c_o1_descriptors_through_glibc_wrappers_have_one_site_per_call_and_no_unnamed_frame() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_target("leaks.c", "-O1");
@@ -149,7 +149,7 @@ fn c_o1_descriptors_through_glibc_wrappers_have_one_site_per_call_and_no_unnamed
 
 #[test]
 fn cpp_o2_leaks_are_each_under_their_own_function_not_operator_new() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_target("leaks.cpp", "-O2");
@@ -213,7 +213,7 @@ fn cpp_o2_leaks_are_each_under_their_own_function_not_operator_new() {
 
 #[test]
 fn rust_release_leaks_have_their_whole_call_chain() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cargo_release("rust-leaks").join("rust-leaks");
@@ -319,7 +319,7 @@ const KEYS: u64 = 20_000;
 /// redis's own functions, and deleting every key gives it all back.
 #[test]
 fn redis_from_debian_has_few_sites_named_after_its_own_functions() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let port = free_port();
@@ -472,7 +472,7 @@ fn redis_from_debian_has_few_sites_named_after_its_own_functions() {
 
 #[test]
 fn a_library_loaded_later_with_dlopen_unwinds_like_the_rest() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("unwind-dlopen");
@@ -532,7 +532,7 @@ fn a_library_loaded_later_with_dlopen_unwinds_like_the_rest() {
 
 #[test]
 fn a_stack_through_a_pending_return_probe_goes_on_to_the_callers() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     // malloc (the program's own, probed with a return probe) opens a file: at
@@ -586,7 +586,7 @@ fn gdb_stacks(bt: &str, source: &str) -> Vec<Vec<(String, u64)>> {
 
 #[test]
 fn stacks_agree_with_gdb_backtraces_at_the_same_calls() {
-    if !is_root() {
+    if !root_or_skip() {
         return;
     }
     let exe = cc_target("leaks.c", "-O2");

@@ -1,14 +1,55 @@
 //! What every integration test file needs: leaktrace, run and its report, a
-//! scratch directory.
+//! scratch directory, the root check, waiting for a condition.
+// Each test file uses a part of what is here.
+#![allow(dead_code)]
+
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
+pub mod c;
 pub mod go;
 pub mod prod;
+pub mod profiles;
+pub mod sites;
+
+/// Probes need root: without it a test says so on one line and passes,
+/// unless `CI` is set, where a skipped test would pass unseen: there it fails.
+/// Each test that attaches probes starts with `if !root_or_skip() { return; }`.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "needs root: CI is set, so this test fails instead of skipping"
+    );
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// Polls `condition` every 50 ms until it holds (true) or `timeout` has
+/// passed (false): for what a test waits for before going on.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 pub fn leaktrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_leaktrace"))
@@ -31,10 +72,7 @@ pub fn run(cmd: &mut Command) -> Output {
 /// process of its own (`leaktrace-rm`): each removal holds a lock every
 /// attachment takes, so the next test waits for it to end.
 pub fn wait_for_probe_removal() {
-    let started = std::time::Instant::now();
-    while removing_probes() && started.elapsed() < std::time::Duration::from_secs(300) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until(Duration::from_secs(300), || !removing_probes());
 }
 
 /// Whether a `leaktrace-rm` process (not a zombie) is running.
@@ -73,4 +111,62 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Spawns leaktrace's `cmd` with its log (`RUST_LOG=info`) on a pipe and
+/// waits until a line of it contains `line` (leaktrace logs `tracing PID N`
+/// and `started EXE as PID N` once its probes are attached). The log goes on
+/// being read, and printed, by the thread returned, which ends with it.
+pub fn spawn_until_logged(cmd: &mut Command, line: &str) -> (Child, JoinHandle<()>) {
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start leaktrace");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (seen, on_seen) = mpsc::channel();
+    let wanted = line.to_string();
+    let log = std::thread::spawn(move || {
+        for l in stderr.lines().map_while(Result::ok) {
+            eprintln!("leaktrace: {l}");
+            if l.contains(&wanted) {
+                let _ = seen.send(());
+            }
+        }
+    });
+    if on_seen.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("leaktrace never logged \"{line}\"");
+    }
+    (child, log)
+}
+
+/// Whether process `pid` runs `exe` (its exec is done) with a file whose path
+/// contains `mapped` in its memory map (its loader has mapped the C library).
+pub fn runs_with(pid: u32, exe: &Path, mapped: &str) -> bool {
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+        && std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .is_ok_and(|maps| maps.lines().any(|l| l.contains(mapped)))
+}
+
+/// What process `pid`'s open descriptors point to (none once it is gone).
+pub fn fd_links(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether process `pid` is gone, or a zombie its parent has yet to reap.
+pub fn gone_or_zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest.trim_start());
+    stat.is_empty() || state.starts_with('Z')
 }

@@ -12,15 +12,6 @@ use serde_json::Value;
 
 use super::{leaktrace, report, run};
 
-/// Probes need root: without it each test says so and passes.
-pub fn is_root() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: eBPF probes need root");
-    }
-    root
-}
-
 pub fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
