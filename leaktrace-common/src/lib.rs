@@ -1,10 +1,16 @@
-//! `#[repr(C)]` types shared by the eBPF programs and userspace.
+//! What the eBPF programs and userspace share, defined once: the `#[repr(C)]`
+//! types, the ring-buffer event tags ([`EventKind`], [`EventHeader`]), the
+//! syscall numbers ([`syscalls`]) and the names userspace finds programs, maps
+//! and globals by ([`programs`], [`maps`], [`globals`]).
 //!
 //! Every type here crosses the kernel/user boundary byte for byte: keep fields
-//! naturally aligned, padding explicit, and layouts identical on both sides.
+//! naturally aligned, padding explicit, and layouts identical on both sides (the
+//! sizes are asserted at the end of this file).
 #![no_std]
 
-/// Name of every map, so both sides agree without string literals scattered around.
+/// Name of every map userspace opens: the name of its `static` in
+/// leaktrace-ebpf (`#[map] pub static ALLOCS`). leaktrace's unit tests find
+/// each in the compiled object.
 pub mod maps {
     pub const ALLOCS: &str = "ALLOCS";
     pub const SITES: &str = "SITES";
@@ -22,9 +28,109 @@ pub mod maps {
     pub const FORKED: &str = "FORKED";
     pub const EXITING: &str = "EXITING";
     pub const LIVE_BLOCKS: &str = "LIVE_BLOCKS";
+
+    /// Every name above.
+    pub const ALL: [&str; 16] = [
+        ALLOCS,
+        SITES,
+        STACKS,
+        COUNTERS,
+        EVENTS,
+        TARGETS,
+        INFLIGHT,
+        SYSCALLS,
+        GO_BEFORE_ATTACH,
+        UNWIND_ROWS,
+        UNWIND_PAGES,
+        MAPPINGS,
+        PAUSE,
+        FORKED,
+        EXITING,
+        LIVE_BLOCKS,
+    ];
+}
+
+/// Name of every eBPF program userspace loads: the name of its function in
+/// leaktrace-ebpf (`#[uprobe] pub fn image_exit` is "image_exit"). The eBPF
+/// macros take the function's name, not a constant: leaktrace's unit tests
+/// check every name here against the compiled object, both ways.
+pub mod programs {
+    // Allocator uprobes (leaktrace-ebpf/src/alloc.rs).
+    pub const MALLOC_ENTER: &str = "malloc_enter";
+    pub const CALLOC_ENTER: &str = "calloc_enter";
+    pub const REALLOC_ENTER: &str = "realloc_enter";
+    pub const REALLOCARRAY_ENTER: &str = "reallocarray_enter";
+    pub const MEMALIGN_ENTER: &str = "memalign_enter";
+    pub const POSIX_MEMALIGN_ENTER: &str = "posix_memalign_enter";
+    pub const FREE_ENTER: &str = "free_enter";
+    /// The one return probe, shared by every allocating function.
+    pub const ALLOC_RETURN: &str = "alloc_return";
+
+    // A target's `_exit` (exit.rs) and a new image's entry point (fork.rs).
+    pub const IMAGE_EXIT: &str = "image_exit";
+    pub const IMAGE_ENTRY: &str = "image_entry";
+
+    // Raw tracepoints, each named after its tracepoint (syscalls.rs, fork.rs).
+    pub const SYS_ENTER: &str = "sys_enter";
+    pub const SYS_EXIT: &str = "sys_exit";
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+
+    // The Go runtime (go.rs): its sampled heap…
+    pub const GO_MPROF_MALLOC: &str = "go_mprof_malloc";
+    pub const GO_SET_PROFILE_BUCKET: &str = "go_set_profile_bucket";
+    pub const GO_FREE_SPECIAL: &str = "go_free_special";
+    pub const GO_MPROF_FREE: &str = "go_mprof_free";
+    // …and its goroutines.
+    pub const GO_NEWPROC: &str = "go_newproc";
+    pub const GO_NEWPROC_QUEUED: &str = "go_newproc_queued";
+    pub const GO_NEWPROC1_RET: &str = "go_newproc1_ret";
+    pub const GO_GOEXIT1: &str = "go_goexit1";
+
+    /// The Go programs that follow goroutines; the other Go ones follow the heap.
+    pub const GOROUTINE: [&str; 4] = [GO_NEWPROC, GO_NEWPROC_QUEUED, GO_NEWPROC1_RET, GO_GOEXIT1];
+
+    /// Every program in the object.
+    pub const ALL: [&str; 21] = [
+        MALLOC_ENTER,
+        CALLOC_ENTER,
+        REALLOC_ENTER,
+        REALLOCARRAY_ENTER,
+        MEMALIGN_ENTER,
+        POSIX_MEMALIGN_ENTER,
+        FREE_ENTER,
+        ALLOC_RETURN,
+        IMAGE_EXIT,
+        IMAGE_ENTRY,
+        SYS_ENTER,
+        SYS_EXIT,
+        SCHED_PROCESS_FORK,
+        GO_MPROF_MALLOC,
+        GO_SET_PROFILE_BUCKET,
+        GO_FREE_SPECIAL,
+        GO_MPROF_FREE,
+        GO_NEWPROC,
+        GO_NEWPROC_QUEUED,
+        GO_NEWPROC1_RET,
+        GO_GOEXIT1,
+    ];
+}
+
+/// Name of every eBPF global userspace sets before loading (a `#[no_mangle]
+/// static` in leaktrace-ebpf, named as here).
+pub mod globals {
+    /// `u32`: which syscall families the tracepoints follow ([`FAMILY_MMAP`](crate::FAMILY_MMAP)…).
+    pub const FAMILIES: &str = "FAMILIES";
+    /// `u32`: `offsetof(struct task_struct, tgid)` in the running kernel (0:
+    /// unknown, from no BTF).
+    pub const TASK_TGID: &str = "TASK_TGID";
+    /// `u32`: frames a stack walk follows at most (`--max-depth`).
+    pub const MAX_DEPTH: &str = "MAX_DEPTH";
+
+    pub const ALL: [&str; 3] = [FAMILIES, TASK_TGID, MAX_DEPTH];
 }
 
 pub mod args;
+pub mod syscalls;
 pub mod unwind;
 
 /// What a site holds on to.
@@ -158,7 +264,8 @@ pub enum Counter {
 
 pub const COUNTER_SLOTS: u32 = Counter::StackEnds as u32 + unwind::STACK_END_KINDS;
 
-/// Kind tag leading every ring-buffer event.
+/// Kind tag leading every ring-buffer event (the `kind` of its [`EventHeader`]).
+/// A new kind goes into [`EventKind::from_raw`] and [`EventKind::event_size`] too.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -185,6 +292,112 @@ pub enum EventKind {
     /// still whole.
     Exit = 11,
 }
+
+impl EventKind {
+    /// The kind a ring-buffer event's tag names; `None` for a tag no event has.
+    pub const fn from_raw(tag: u32) -> Option<EventKind> {
+        Some(match tag {
+            1 => EventKind::Mmap,
+            2 => EventKind::Munmap,
+            3 => EventKind::Mremap,
+            4 => EventKind::FdOpen,
+            5 => EventKind::FdClose,
+            6 => EventKind::Exec,
+            7 => EventKind::Fork,
+            8 => EventKind::GoroutineNew,
+            9 => EventKind::GoroutineExit,
+            10 => EventKind::Entry,
+            11 => EventKind::Exit,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of the event this kind tags: the size of its struct.
+    pub const fn event_size(self) -> usize {
+        match self {
+            EventKind::Mmap | EventKind::Munmap | EventKind::Mremap => size_of::<MapEvent>(),
+            EventKind::FdOpen => size_of::<FdOpen>(),
+            EventKind::FdClose => size_of::<FdClose>(),
+            EventKind::Exec | EventKind::Fork | EventKind::Entry => size_of::<ProcEvent>(),
+            EventKind::GoroutineNew | EventKind::GoroutineExit => size_of::<GoroutineEvent>(),
+            EventKind::Exit => size_of::<ExitEvent>(),
+        }
+    }
+}
+
+impl TryFrom<u32> for EventKind {
+    /// The tag itself, which no event has.
+    type Error = u32;
+
+    fn try_from(tag: u32) -> Result<Self, u32> {
+        EventKind::from_raw(tag).ok_or(tag)
+    }
+}
+
+/// What every ring-buffer event starts with: each event struct's first three
+/// fields are these, at these offsets (asserted below).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`], as `u32`.
+    pub kind: u32,
+    /// The process the event is about (a fork's parent).
+    pub tgid: u32,
+    /// `bpf_ktime_get_ns()` when it was sent (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+impl EventHeader {
+    /// The header at the start of a ring-buffer record; `None` when it is shorter.
+    pub fn read(record: &[u8]) -> Option<EventHeader> {
+        let word = |at: usize| record.get(at..at + 4)?.try_into().ok();
+        let kind = u32::from_ne_bytes(word(0)?);
+        let tgid = u32::from_ne_bytes(word(4)?);
+        let ts_ns = u64::from_ne_bytes(record.get(8..16)?.try_into().ok()?);
+        Some(EventHeader { kind, tgid, ts_ns })
+    }
+
+    /// The event's kind; `None` for a tag no event has.
+    pub const fn kind(&self) -> Option<EventKind> {
+        EventKind::from_raw(self.kind)
+    }
+}
+
+/// The header fields of an event struct, typed.
+macro_rules! event_header {
+    ($($event:ty),*) => {$(
+        impl $event {
+            /// This event's kind; `None` for a tag no event has.
+            pub const fn event_kind(&self) -> Option<EventKind> {
+                EventKind::from_raw(self.kind)
+            }
+
+            /// This event's header fields.
+            pub const fn header(&self) -> EventHeader {
+                EventHeader {
+                    kind: self.kind,
+                    tgid: self.tgid,
+                    ts_ns: self.ts_ns,
+                }
+            }
+        }
+
+        const _: () = {
+            assert!(core::mem::offset_of!($event, kind) == core::mem::offset_of!(EventHeader, kind));
+            assert!(core::mem::offset_of!($event, tgid) == core::mem::offset_of!(EventHeader, tgid));
+            assert!(core::mem::offset_of!($event, ts_ns) == core::mem::offset_of!(EventHeader, ts_ns));
+        };
+    )*};
+}
+
+event_header!(
+    MapEvent,
+    FdOpen,
+    FdClose,
+    ProcEvent,
+    GoroutineEvent,
+    ExitEvent
+);
 
 /// Slots of the `PAUSE` array: what makes a target stop itself for userspace.
 pub mod pause {
@@ -248,16 +461,11 @@ pub struct ProcEvent {
     pub paused: u32,
 }
 
-/// Bit in the `FAMILIES` global: which syscall families the tracepoints follow.
+/// Bit in the [`globals::FAMILIES`] global: which syscall families the tracepoints follow.
 pub const FAMILY_MMAP: u32 = 1;
 pub const FAMILY_FDS: u32 = 2;
 /// Follow fork/clone into new processes (they become targets in the kernel).
 pub const FAMILY_FORKS: u32 = 4;
-/// Name of the eBPF global userspace sets before loading.
-pub const FAMILIES_GLOBAL: &str = "FAMILIES";
-/// Name of the eBPF global holding `offsetof(struct task_struct, tgid)` in the
-/// running kernel (0: unknown, from no BTF).
-pub const TASK_TGID_GLOBAL: &str = "TASK_TGID";
 
 /// Bytes of a path or name copied with an open (NUL-terminated).
 pub const FD_PATH_LEN: usize = 256;
@@ -315,7 +523,9 @@ pub struct MapEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallArgs {
-    pub nr: u64,
+    /// A [`syscalls`] number.
+    pub nr: u32,
+    pub _pad: u32,
     pub args: [u64; 6],
 }
 
@@ -333,16 +543,83 @@ mod pod {
     unsafe impl aya::Pod for crate::unwind::StackTrace {}
 }
 
-// The layouts both sides rely on.
+// The layouts both sides rely on: sizes as they are, and the alignment of
+// those holding a u64 (the eBPF side has the same).
 const _: () = {
     assert!(size_of::<SiteKey>() == 24);
+    assert!(size_of::<SiteStats>() == 32);
+    assert!(size_of::<AllocKey>() == 16);
     assert!(size_of::<AllocInfo>() == 40);
     assert!(size_of::<Inflight>() == 40);
-    assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
-    assert!(size_of::<MapEvent>() == 56);
-    assert!(size_of::<GoroutineEvent>() == 56);
+    assert!(size_of::<EventHeader>() == 16);
     assert!(size_of::<ExitEvent>() == 24 + 8 * EXIT_REGS);
+    assert!(size_of::<GoroutineEvent>() == 56);
+    assert!(size_of::<ProcEvent>() == 24);
+    assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
+    assert!(size_of::<FdClose>() == 24);
+    assert!(size_of::<MapEvent>() == 56);
+    assert!(size_of::<SyscallArgs>() == 56);
     assert!(size_of::<unwind::UnwindRow>() == 8);
+    assert!(size_of::<unwind::PageIndex>() == 8);
     assert!(size_of::<unwind::Mapping>() == 40);
+    assert!(size_of::<unwind::ProcMappings>() == 8 + 40 * unwind::MAX_MAPPINGS);
     assert!(size_of::<unwind::StackTrace>() == 8 + 8 * unwind::MAX_FRAMES);
+
+    assert!(align_of::<SiteKey>() == 8);
+    assert!(align_of::<SiteStats>() == 8);
+    assert!(align_of::<AllocKey>() == 8);
+    assert!(align_of::<AllocInfo>() == 8);
+    assert!(align_of::<Inflight>() == 8);
+    assert!(align_of::<EventHeader>() == 8);
+    assert!(align_of::<ExitEvent>() == 8);
+    assert!(align_of::<GoroutineEvent>() == 8);
+    assert!(align_of::<ProcEvent>() == 8);
+    assert!(align_of::<FdOpen>() == 8);
+    assert!(align_of::<FdClose>() == 8);
+    assert!(align_of::<MapEvent>() == 8);
+    assert!(align_of::<SyscallArgs>() == 8);
+    assert!(align_of::<unwind::UnwindRow>() == 4);
+    assert!(align_of::<unwind::PageIndex>() == 4);
+    assert!(align_of::<unwind::Mapping>() == 8);
+    assert!(align_of::<unwind::ProcMappings>() == 8);
+    assert!(align_of::<unwind::StackTrace>() == 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_round_trips_through_its_tag() {
+        let mut kinds = 0;
+        for tag in 0..64 {
+            if let Some(kind) = EventKind::from_raw(tag) {
+                assert_eq!(kind as u32, tag);
+                assert_eq!(EventKind::try_from(tag), Ok(kind));
+                kinds += 1;
+            } else {
+                assert_eq!(EventKind::try_from(tag), Err(tag));
+            }
+        }
+        assert_eq!(kinds, 11);
+    }
+
+    #[test]
+    fn a_header_reads_from_the_start_of_a_record() {
+        let event = ProcEvent {
+            kind: EventKind::Fork as u32,
+            tgid: 42,
+            ts_ns: 1234,
+            child: 43,
+            paused: 1,
+        };
+        // SAFETY: a #[repr(C)] struct of integers without padding, as bytes.
+        let bytes: [u8; size_of::<ProcEvent>()] = unsafe { core::mem::transmute(event) };
+        let header = EventHeader::read(&bytes).unwrap();
+        assert_eq!(header, event.header());
+        assert_eq!(header.kind(), Some(EventKind::Fork));
+        assert_eq!(event.event_kind(), Some(EventKind::Fork));
+        assert_eq!(EventKind::Fork.event_size(), bytes.len());
+        assert_eq!(EventHeader::read(&bytes[..15]), None);
+    }
+}

@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, uprobe},
     programs::{ProbeContext, RawTracePointContext},
 };
-use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs, pause};
+use leaktrace_common::{Counter, EventKind, ProcEvent, SyscallArgs, pause, syscalls as sys};
 
 use crate::{
     maps::{
@@ -25,10 +25,6 @@ use crate::{
     unwind,
 };
 
-const CLONE: u64 = 56;
-const FORK: u64 = 57;
-const VFORK: u64 = 58;
-const CLONE3: u64 = 435;
 const CLONE_THREAD: u64 = 0x10000;
 pub const SIGSTOP: u32 = 19;
 /// What a full hash map answers an insert with.
@@ -36,23 +32,24 @@ const E2BIG: i32 = -7;
 
 /// `offsetof(struct task_struct, tgid)` in the running kernel, from its BTF:
 /// set by userspace at load, 0 when unknown (`sched_process_fork` is then not
-/// attached and the parent's return adopts the child).
+/// attached and the parent's return adopts the child). leaktrace-common's
+/// `globals::TASK_TGID` names it.
 #[unsafe(no_mangle)]
 static TASK_TGID: u32 = 0;
 
 #[inline(always)]
-pub fn wants(nr: u64) -> bool {
-    matches!(nr, CLONE | FORK | VFORK | CLONE3)
+pub fn wants(nr: u32) -> bool {
+    matches!(nr, sys::CLONE | sys::FORK | sys::VFORK | sys::CLONE3)
 }
 
 /// Threads share the process: only calls that make a process are followed.
 #[inline(always)]
 pub fn keep(call: &SyscallArgs) -> bool {
     let flags = match call.nr {
-        CLONE => call.args[0],
+        sys::CLONE => call.args[0],
         // clone3's flags are the first field of its struct clone_args.
         // SAFETY: reads the target's memory; a fault returns Err.
-        CLONE3 => match unsafe { bpf_probe_read_user(call.args[0] as *const u64) } {
+        sys::CLONE3 => match unsafe { bpf_probe_read_user(call.args[0] as *const u64) } {
             Ok(flags) => flags,
             Err(_) => return false,
         },

@@ -4,7 +4,7 @@
 //! cannot look up by range; these calls are rare, so each successful one goes to
 //! userspace, which keeps the mappings as intervals.
 use aya_ebpf::{bindings::pt_regs, helpers::bpf_ktime_get_ns};
-use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs};
+use leaktrace_common::{Counter, EventKind, MapEvent, NO_STACK, SyscallArgs, syscalls as sys};
 
 use crate::{
     alloc,
@@ -12,20 +12,17 @@ use crate::{
     unwind,
 };
 
-const SYS_MMAP: u64 = 9;
-const SYS_MUNMAP: u64 = 11;
-const SYS_MREMAP: u64 = 25;
 const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_NONE: u64 = 0;
 
 #[inline(always)]
-pub fn wants(nr: u64) -> bool {
-    matches!(nr, SYS_MMAP | SYS_MUNMAP | SYS_MREMAP)
+pub fn wants(nr: u32) -> bool {
+    matches!(nr, sys::MMAP | sys::MUNMAP | sys::MREMAP)
 }
 
 /// Whether to follow this call to its exit.
 #[inline(always)]
-pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
+pub fn keep(nr: u32, regs: &pt_regs, tid: u32) -> bool {
     // The allocator maps and unmaps its own arenas and large chunks: those bytes are
     // already counted as heap allocations.
     if alloc::inside_allocator(tid, regs.rsp) {
@@ -33,15 +30,15 @@ pub fn keep(nr: u64, regs: &pt_regs, tid: u32) -> bool {
     }
     // PROT_NONE reserves address space, not memory (Go's heap arenas, guard
     // regions); what is later mapped over it with MAP_FIXED is counted.
-    nr != SYS_MMAP || (regs.r10 & MAP_ANONYMOUS != 0 && regs.rdx != PROT_NONE)
+    nr != sys::MMAP || (regs.r10 & MAP_ANONYMOUS != 0 && regs.rdx != PROT_NONE)
 }
 
 #[inline(always)]
 pub fn exit(tgid: u32, call: &SyscallArgs, ret: u64, regs: &pt_regs) {
     let [a0, a1, a2, ..] = call.args;
     let (kind, addr, len, old_addr, old_len) = match call.nr {
-        SYS_MMAP => (EventKind::Mmap, ret, a1, 0, 0),
-        SYS_MUNMAP => (EventKind::Munmap, a0, a1, 0, 0),
+        sys::MMAP => (EventKind::Mmap, ret, a1, 0, 0),
+        sys::MUNMAP => (EventKind::Munmap, a0, a1, 0, 0),
         _ => (EventKind::Mremap, ret, a2, a0, a1),
     };
     let Some(mut entry) = EVENTS.reserve::<MapEvent>(0) else {

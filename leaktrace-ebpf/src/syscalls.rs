@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`], [`FAMILY_FORKS`]):
-/// set by userspace at load.
+/// set by userspace at load (leaktrace-common's `globals::FAMILIES` names it).
 #[unsafe(no_mangle)]
 static FAMILIES: u32 = 0;
 
@@ -32,7 +32,10 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
-    let nr: u64 = ctx.arg(1);
+    // The kernel takes the number as an `int`: anything wider is no call followed.
+    let Ok(nr) = u32::try_from(ctx.arg::<u64>(1)) else {
+        return 0;
+    };
     let families = families();
     let is_mmap = families & FAMILY_MMAP != 0 && mmap::wants(nr);
     let is_fd = families & FAMILY_FDS != 0 && fd::wants(nr);
@@ -47,6 +50,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     let args = SyscallArgs {
         nr,
+        _pad: 0,
         args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
     };
     let keep = if is_mmap {

@@ -42,7 +42,8 @@ pub static MAPPINGS: HashMap<u32, ProcMappings> = HashMap::with_max_entries(1024
 #[map]
 pub static STACKS: HashMap<StackId, StackTrace> = HashMap::with_max_entries(1 << 14, 0);
 
-/// Depth limit, set by userspace at load (`--max-depth`).
+/// Depth limit, set by userspace at load (`--max-depth`; leaktrace-common's
+/// `globals::MAX_DEPTH` names it).
 #[unsafe(no_mangle)]
 static MAX_DEPTH: u32 = DEFAULT_DEPTH;
 

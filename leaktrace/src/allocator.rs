@@ -22,6 +22,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use leaktrace_common::programs;
+
 use crate::{
     elf::{ElfError, ElfImage, Function},
     placement,
@@ -45,13 +47,13 @@ const fn api(name: &'static str, program: &'static str, slots: &'static [usize])
 }
 
 /// Programs that only release memory: no return probe.
-const FREE: &str = "free_enter";
-const MALLOC: &str = "malloc_enter";
-const CALLOC: &str = "calloc_enter";
-const REALLOC: &str = "realloc_enter";
-const REALLOCARRAY: &str = "reallocarray_enter";
-const MEMALIGN: &str = "memalign_enter";
-const POSIX_MEMALIGN: &str = "posix_memalign_enter";
+const FREE: &str = programs::FREE_ENTER;
+const MALLOC: &str = programs::MALLOC_ENTER;
+const CALLOC: &str = programs::CALLOC_ENTER;
+const REALLOC: &str = programs::REALLOC_ENTER;
+const REALLOCARRAY: &str = programs::REALLOCARRAY_ENTER;
+const MEMALIGN: &str = programs::MEMALIGN_ENTER;
+const POSIX_MEMALIGN: &str = programs::POSIX_MEMALIGN_ENTER;
 
 /// The C library's names, also those of every allocator that replaces it.
 const LIBC: &[Api] = &[

@@ -7,6 +7,8 @@
 //! table: it needs `.symtab`.
 use std::os::unix::fs::FileExt;
 
+use leaktrace_common::programs;
+
 use crate::{allocator::ProbePoint, elf::ElfImage, placement, procmaps::ProcMaps};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +86,12 @@ const G_IDLE: u32 = 0;
 const G_DEAD: u32 = 6;
 const G_SCAN: u32 = 0x1000;
 
-/// Where `runtime.g` keeps what leaktrace reads, per Go release (verified on
-/// 1.21–1.27 amd64; RESEARCH.md). `atomicstatus` (u32) and `stackLock` (u32)
-/// sit just before `goid` in every one of them.
+/// Where `runtime.g` keeps what leaktrace reads, per Go release on amd64: the
+/// member offsets of `runtime.g` in the DWARF of a binary the release builds
+/// (`readelf --debug-dump=info`). `atomicstatus` (u32) and `stackLock` (u32)
+/// sit just before `goid` in every one of them. The releases the tests build,
+/// 1.21.13 and 1.27.3, are checked end to end by tests/trace.rs
+/// (`goroutines_and_go_heap_from_before_attach_are_counted`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GLayout {
     goid: u64,
@@ -131,12 +136,12 @@ pub const DEFAULT_MEM_PROFILE_RATE: u64 = 512 * 1024;
 
 /// Runtime functions probed, with the eBPF program of each (see leaktrace-ebpf/src/go.rs).
 const ENTRY_POINTS: &[(&str, &str)] = &[
-    ("runtime.mProf_Malloc", "go_mprof_malloc"),
-    ("runtime.setprofilebucket", "go_set_profile_bucket"),
-    ("runtime.freeSpecial", "go_free_special"),
-    ("runtime.mProf_Free", "go_mprof_free"),
-    ("runtime.newproc", "go_newproc"),
-    ("runtime.goexit1", "go_goexit1"),
+    ("runtime.mProf_Malloc", programs::GO_MPROF_MALLOC),
+    ("runtime.setprofilebucket", programs::GO_SET_PROFILE_BUCKET),
+    ("runtime.freeSpecial", programs::GO_FREE_SPECIAL),
+    ("runtime.mProf_Free", programs::GO_MPROF_FREE),
+    ("runtime.newproc", programs::GO_NEWPROC),
+    ("runtime.goexit1", programs::GO_GOEXIT1),
 ];
 /// Where a new goroutine is first seen: the call of `runtime.runqput(pp, newg,
 /// next)` that queues it, in the closure newproc runs on the system stack (a
@@ -296,8 +301,14 @@ impl GoRuntime {
         let queued = match (code(NEWPROC_CLOSURE), tab.function(RUNQPUT)) {
             (Some((start, body)), Some((runqput, _))) => {
                 let calls = placement::call_offsets(body, start, runqput);
-                (calls.len() == 1)
-                    .then(|| point(NEWPROC_CLOSURE, "go_newproc_queued", start, calls[0]))
+                (calls.len() == 1).then(|| {
+                    point(
+                        NEWPROC_CLOSURE,
+                        programs::GO_NEWPROC_QUEUED,
+                        start,
+                        calls[0],
+                    )
+                })
             }
             _ => None,
         };
@@ -310,7 +321,7 @@ impl GoRuntime {
                     return Err(missing(NEWPROC1));
                 }
                 for ret in rets {
-                    points.extend(point(NEWPROC1, "go_newproc1_ret", start, ret));
+                    points.extend(point(NEWPROC1, programs::GO_NEWPROC1_RET, start, ret));
                 }
             }
         }

@@ -47,36 +47,8 @@ impl HandleKind {
     }
 }
 
-/// x86-64 numbers of the syscalls that create descriptors (see leaktrace-ebpf/src/fd.rs).
-pub mod nr {
-    pub const OPEN: u32 = 2;
-    pub const PIPE: u32 = 22;
-    pub const DUP: u32 = 32;
-    pub const DUP2: u32 = 33;
-    pub const SOCKET: u32 = 41;
-    pub const ACCEPT: u32 = 43;
-    pub const SOCKETPAIR: u32 = 53;
-    pub const FCNTL: u32 = 72;
-    pub const CREAT: u32 = 85;
-    pub const EPOLL_CREATE: u32 = 213;
-    pub const INOTIFY_INIT: u32 = 253;
-    pub const OPENAT: u32 = 257;
-    pub const SIGNALFD: u32 = 282;
-    pub const TIMERFD_CREATE: u32 = 283;
-    pub const EVENTFD: u32 = 284;
-    pub const ACCEPT4: u32 = 288;
-    pub const SIGNALFD4: u32 = 289;
-    pub const EVENTFD2: u32 = 290;
-    pub const EPOLL_CREATE1: u32 = 291;
-    pub const DUP3: u32 = 292;
-    pub const PIPE2: u32 = 293;
-    pub const INOTIFY_INIT1: u32 = 294;
-    pub const OPEN_BY_HANDLE_AT: u32 = 304;
-    pub const MEMFD_CREATE: u32 = 319;
-    pub const PIDFD_OPEN: u32 = 434;
-    pub const OPENAT2: u32 = 437;
-    pub const PIDFD_GETFD: u32 = 438;
-}
+/// x86-64 syscall numbers, the eBPF side's (an [`FdOpen`](leaktrace_common::FdOpen)'s `nr`).
+pub use leaktrace_common::syscalls as nr;
 
 /// What a creating syscall says about its descriptor.
 pub enum Origin {
@@ -303,6 +275,58 @@ pub fn open_fds(pid: u32) -> Vec<(i32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// leaktrace-common's numbers are the C library's `SYS_*`.
+    #[test]
+    fn syscall_numbers_are_the_kernels() {
+        let pairs = [
+            (nr::MMAP, libc::SYS_mmap),
+            (nr::MUNMAP, libc::SYS_munmap),
+            (nr::MREMAP, libc::SYS_mremap),
+            (nr::CLONE, libc::SYS_clone),
+            (nr::FORK, libc::SYS_fork),
+            (nr::VFORK, libc::SYS_vfork),
+            (nr::EXECVE, libc::SYS_execve),
+            (nr::CLONE3, libc::SYS_clone3),
+            (nr::EXECVEAT, libc::SYS_execveat),
+            (nr::OPEN, libc::SYS_open),
+            (nr::CLOSE, libc::SYS_close),
+            (nr::PIPE, libc::SYS_pipe),
+            (nr::DUP, libc::SYS_dup),
+            (nr::DUP2, libc::SYS_dup2),
+            (nr::SOCKET, libc::SYS_socket),
+            (nr::ACCEPT, libc::SYS_accept),
+            (nr::SOCKETPAIR, libc::SYS_socketpair),
+            (nr::FCNTL, libc::SYS_fcntl),
+            (nr::CREAT, libc::SYS_creat),
+            (nr::EPOLL_CREATE, libc::SYS_epoll_create),
+            (nr::INOTIFY_INIT, libc::SYS_inotify_init),
+            (nr::OPENAT, libc::SYS_openat),
+            (nr::SIGNALFD, libc::SYS_signalfd),
+            (nr::TIMERFD_CREATE, libc::SYS_timerfd_create),
+            (nr::EVENTFD, libc::SYS_eventfd),
+            (nr::ACCEPT4, libc::SYS_accept4),
+            (nr::SIGNALFD4, libc::SYS_signalfd4),
+            (nr::EVENTFD2, libc::SYS_eventfd2),
+            (nr::EPOLL_CREATE1, libc::SYS_epoll_create1),
+            (nr::DUP3, libc::SYS_dup3),
+            (nr::PIPE2, libc::SYS_pipe2),
+            (nr::INOTIFY_INIT1, libc::SYS_inotify_init1),
+            (nr::PERF_EVENT_OPEN, libc::SYS_perf_event_open),
+            (nr::FANOTIFY_INIT, libc::SYS_fanotify_init),
+            (nr::OPEN_BY_HANDLE_AT, libc::SYS_open_by_handle_at),
+            (nr::MEMFD_CREATE, libc::SYS_memfd_create),
+            (nr::USERFAULTFD, libc::SYS_userfaultfd),
+            (nr::IO_URING_SETUP, libc::SYS_io_uring_setup),
+            (nr::PIDFD_OPEN, libc::SYS_pidfd_open),
+            (nr::CLOSE_RANGE, libc::SYS_close_range),
+            (nr::OPENAT2, libc::SYS_openat2),
+            (nr::PIDFD_GETFD, libc::SYS_pidfd_getfd),
+        ];
+        for (ours, libc) in pairs {
+            assert_eq!(i64::from(ours), libc);
+        }
+    }
 
     #[test]
     fn decodes_proc_net_addresses() {

@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILIES_GLOBAL, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP,
-    SiteKey, SiteKind, SiteStats, StackId, TASK_TGID_GLOBAL, maps,
+    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SiteKey, SiteKind,
+    SiteStats, StackId, globals, maps, programs,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -28,14 +28,6 @@ use crate::{
     stepcost::{self, Costs},
     target::Target,
 };
-
-/// The Go programs that follow goroutines; the others follow the Go heap.
-const GOROUTINE_PROGRAMS: [&str; 4] = [
-    "go_newproc",
-    "go_newproc_queued",
-    "go_newproc1_ret",
-    "go_goexit1",
-];
 
 // Each variant carries its cause as text (the whole chain, once, with the fix
 // for the causes users meet): aya's errors name a failed call and keep the
@@ -120,9 +112,6 @@ impl Limits {
     }
 }
 
-/// Name of the eBPF global holding the depth limit.
-const MAX_DEPTH_GLOBAL: &str = "MAX_DEPTH";
-
 /// What to trace.
 #[derive(Clone, Copy, Debug)]
 pub struct Families {
@@ -176,9 +165,9 @@ impl Probes {
             0
         };
         let ebpf = EbpfLoader::new()
-            .override_global(FAMILIES_GLOBAL, &bits, true)
-            .override_global(MAX_DEPTH_GLOBAL, &depth, true)
-            .override_global(TASK_TGID_GLOBAL, &task_tgid, true)
+            .override_global(globals::FAMILIES, &bits, true)
+            .override_global(globals::MAX_DEPTH, &depth, true)
+            .override_global(globals::TASK_TGID, &task_tgid, true)
             .map_max_entries(maps::ALLOCS, limits.max_allocs)
             .map_max_entries(maps::STACKS, limits.max_stacks)
             .map_max_entries(maps::SITES, limits.max_sites())
@@ -195,9 +184,10 @@ impl Probes {
             tracepoints: Vec::new(),
         };
         // Exec is followed whatever the families: a new image needs its probes.
-        let mut tracepoints = vec!["sys_enter", "sys_exit"];
+        // Each program is named after its tracepoint.
+        let mut tracepoints = vec![programs::SYS_ENTER, programs::SYS_EXIT];
         if task_tgid != 0 {
-            tracepoints.push("sched_process_fork");
+            tracepoints.push(programs::SCHED_PROCESS_FORK);
         }
         for tracepoint in tracepoints {
             let prog: &mut RawTracePoint = probes.program(tracepoint)?;
@@ -222,12 +212,18 @@ impl Probes {
 
     /// Attaches `image_exit` at `exit` for process `pid` only.
     pub fn attach_exit(&mut self, pid: u32, exit: &ExitPoint) -> Result<(), ProbeError> {
-        self.attach_one(pid, "image_exit", "_exit", &exit.path, exit.file_offset)
+        self.attach_one(
+            pid,
+            programs::IMAGE_EXIT,
+            "_exit",
+            &exit.path,
+            exit.file_offset,
+        )
     }
 
     /// Attaches `image_entry` at `offset` of `exe` for process `pid` only.
     pub fn attach_entry(&mut self, pid: u32, exe: &Path, offset: u64) -> Result<(), ProbeError> {
-        self.attach_one(pid, "image_entry", "the entry point", exe, offset)
+        self.attach_one(pid, programs::IMAGE_ENTRY, "the entry point", exe, offset)
     }
 
     /// Attaches `program` (`what`, in errors) at `offset` of `path` for process
@@ -301,7 +297,7 @@ impl Probes {
         let pid = target.pid;
         let returns = allocator.points.iter().filter(|p| p.returns);
         let programs = returns
-            .map(|p| ("alloc_return", p))
+            .map(|p| (programs::ALLOC_RETURN, p))
             .chain(allocator.points.iter().map(|p| (p.program, p)));
         for (program, point) in programs {
             let link = self.attach_uprobe(program, point, &allocator.path, pid)?;
@@ -321,7 +317,7 @@ impl Probes {
         goroutines: bool,
     ) -> Result<(), ProbeError> {
         for point in &go.points {
-            let wanted = if GOROUTINE_PROGRAMS.contains(&point.program) {
+            let wanted = if programs::GOROUTINE.contains(&point.program) {
                 goroutines
             } else {
                 heap
@@ -352,7 +348,7 @@ impl Probes {
         // code crashes the target (leaktrace-ebpf/src/go.rs).
         assert_eq!(
             matches!(probe.kind(), ProbeKind::Return),
-            program == "alloc_return",
+            program == programs::ALLOC_RETURN,
             "{program}: return probes are for alloc_return only"
         );
         probe
@@ -380,7 +376,7 @@ impl Probes {
         offset: u64,
     ) -> Result<UProbeLinkId, ProbeError> {
         let me = NonZeroU32::new(std::process::id()).expect("our PID is not 0");
-        let probe: &mut UProbe = self.program("free_enter")?;
+        let probe: &mut UProbe = self.program(programs::FREE_ENTER)?;
         probe
             .attach(
                 UProbeAttachLocation::AbsoluteOffset(offset),
@@ -396,7 +392,7 @@ impl Probes {
     }
 
     pub fn detach_calibration(&mut self, link: UProbeLinkId) {
-        if let Ok(probe) = self.program::<UProbe>("free_enter") {
+        if let Ok(probe) = self.program::<UProbe>(programs::FREE_ENTER) {
             let _ = probe.detach(link);
         }
     }
@@ -795,5 +791,95 @@ mod tests {
             cause(&e),
             "`bpf_link_create` failed: No such file or directory (os error 2)"
         );
+    }
+
+    /// A global symbol of the embedded eBPF object: its name, section, size.
+    struct Symbol {
+        name: String,
+        section: String,
+        size: u64,
+    }
+
+    fn object_symbols() -> Vec<Symbol> {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let file = object::File::parse(OBJECT).expect("the embedded eBPF object is an ELF file");
+        file.symbols()
+            .filter(|s| s.is_global() && !s.is_undefined())
+            .filter_map(|s| {
+                let section = file.section_by_index(s.section_index()?).ok()?;
+                Some(Symbol {
+                    name: s.name().ok()?.to_string(),
+                    section: section.name().ok()?.to_string(),
+                    size: s.size(),
+                })
+            })
+            .collect()
+    }
+
+    /// The names userspace loads programs, maps and globals by are those of
+    /// the compiled object: a typo fails here, not at a production load.
+    #[test]
+    fn every_name_userspace_uses_is_in_the_ebpf_object() {
+        let symbols = object_symbols();
+        let in_sections = |pick: &dyn Fn(&str) -> bool| -> Vec<&Symbol> {
+            symbols.iter().filter(|s| pick(&s.section)).collect()
+        };
+        // Programs: the functions in program sections ("uprobe", "raw_tp/…"),
+        // not the helpers in .text. Every one has its constant, and back.
+        let is_program_section = |section: &str| {
+            ["uprobe", "uretprobe"].contains(&section) || section.starts_with("raw_tp/")
+        };
+        let programs_found = in_sections(&is_program_section);
+        let found: Vec<&str> = programs_found.iter().map(|s| s.name.as_str()).collect();
+        let missing: Vec<&str> = programs::ALL
+            .into_iter()
+            .filter(|name| !found.contains(name))
+            .collect();
+        let unnamed: Vec<&str> = found
+            .iter()
+            .copied()
+            .filter(|name| !programs::ALL.contains(name))
+            .collect();
+        assert!(
+            missing.is_empty() && unnamed.is_empty(),
+            "programs in leaktrace_common::programs but not in the eBPF object: {missing:?}; \
+             in the object but not in leaktrace_common::programs: {unnamed:?}"
+        );
+        let mut once = programs::ALL.to_vec();
+        once.sort_unstable();
+        once.dedup();
+        assert_eq!(once.len(), programs::ALL.len(), "a program listed twice");
+        for p in &programs_found {
+            // A raw tracepoint program is attached to the tracepoint of its name.
+            if let Some(tracepoint) = p.section.strip_prefix("raw_tp/") {
+                assert_eq!(tracepoint, p.name, "program {} in {}", p.name, p.section);
+            }
+            // attach_uprobe takes only alloc_return for a return probe.
+            assert_eq!(
+                p.section == "uretprobe",
+                p.name == programs::ALLOC_RETURN,
+                "program {} in {}",
+                p.name,
+                p.section
+            );
+        }
+        for (what, names, sections, size) in [
+            ("map", &maps::ALL[..], &["maps", ".maps"][..], None),
+            (
+                "global",
+                &globals::ALL[..],
+                &[".rodata", ".data", ".bss"][..],
+                Some(size_of::<u32>() as u64),
+            ),
+        ] {
+            let have = in_sections(&|section| sections.contains(&section));
+            for name in names {
+                let symbol = have.iter().find(|s| s.name == *name);
+                let symbol = symbol.unwrap_or_else(|| panic!("eBPF object lacks {what} {name}"));
+                if let Some(size) = size {
+                    assert_eq!(symbol.size, size, "{what} {name}");
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,56 @@
+//! x86-64 syscall numbers (`__NR_*` of the kernel's
+//! `arch/x86/entry/syscalls/syscall_64.tbl`), named as there in capitals.
+//!
+//! The eBPF tracepoints pick the calls they follow by them, and userspace tells
+//! the descriptor an [`FdOpen`](crate::FdOpen) event reports by its `nr`: one
+//! list, so the two sides cannot disagree. `u32`, the width of `FdOpen::nr`
+//! and of [`SyscallArgs::nr`](crate::SyscallArgs): the kernel takes a syscall
+//! number as an `int`.
+
+// Memory mappings (leaktrace-ebpf/src/mmap.rs).
+pub const MMAP: u32 = 9;
+pub const MUNMAP: u32 = 11;
+pub const MREMAP: u32 = 25;
+
+// Processes (leaktrace-ebpf/src/fork.rs).
+pub const CLONE: u32 = 56;
+pub const FORK: u32 = 57;
+pub const VFORK: u32 = 58;
+pub const EXECVE: u32 = 59;
+pub const CLONE3: u32 = 435;
+pub const EXECVEAT: u32 = 322;
+
+// Descriptors created or closed (leaktrace-ebpf/src/fd.rs; leaktrace/src/handles.rs).
+pub const OPEN: u32 = 2;
+pub const CLOSE: u32 = 3;
+pub const PIPE: u32 = 22;
+pub const DUP: u32 = 32;
+pub const DUP2: u32 = 33;
+pub const SOCKET: u32 = 41;
+pub const ACCEPT: u32 = 43;
+pub const SOCKETPAIR: u32 = 53;
+pub const FCNTL: u32 = 72;
+pub const CREAT: u32 = 85;
+pub const EPOLL_CREATE: u32 = 213;
+pub const INOTIFY_INIT: u32 = 253;
+pub const OPENAT: u32 = 257;
+pub const SIGNALFD: u32 = 282;
+pub const TIMERFD_CREATE: u32 = 283;
+pub const EVENTFD: u32 = 284;
+pub const ACCEPT4: u32 = 288;
+pub const SIGNALFD4: u32 = 289;
+pub const EVENTFD2: u32 = 290;
+pub const EPOLL_CREATE1: u32 = 291;
+pub const DUP3: u32 = 292;
+pub const PIPE2: u32 = 293;
+pub const INOTIFY_INIT1: u32 = 294;
+pub const PERF_EVENT_OPEN: u32 = 298;
+pub const FANOTIFY_INIT: u32 = 300;
+pub const OPEN_BY_HANDLE_AT: u32 = 304;
+pub const MEMFD_CREATE: u32 = 319;
+pub const USERFAULTFD: u32 = 323;
+pub const IO_URING_SETUP: u32 = 425;
+pub const PIDFD_OPEN: u32 = 434;
+pub const CLOSE_RANGE: u32 = 436;
+pub const OPENAT2: u32 = 437;
+pub const PIDFD_GETFD: u32 = 438;
