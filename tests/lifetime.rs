@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{leaktrace, prod, report, scratch_dir, wait_for_probe_removal};
+use common::{leaktrace, report, root_or_skip, scratch_dir, wait_for_probe_removal};
 use serde_json::Value;
 
 /// leaktrace's resident anonymous memory, in KiB: its heap (the ring
@@ -80,7 +80,7 @@ fn after(file: &Path, pid: u32) -> Duration {
 
 #[test]
 fn five_thousand_short_processes_leave_no_state_behind() {
-    if !prod::is_root() {
+    if !root_or_skip() {
         return;
     }
     let dir = scratch_dir("lifetime");

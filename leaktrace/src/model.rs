@@ -598,34 +598,39 @@ impl Model {
     fn apply_map_event(&mut self, ev: &MapEvent) {
         let regions = self.regions.entry(ev.tgid).or_default();
         let end = |addr: u64, len: u64| addr.saturating_add(page_up(len));
-        if ev.kind == EventKind::Mmap as u32 {
-            let id = SiteId {
-                tgid: ev.tgid,
-                kind: Kind::Mmap,
-                stack_id: ev.stack_id,
-            };
-            regions.insert(
-                ev.addr,
-                Region {
-                    end: end(ev.addr, ev.len),
-                    site: id,
-                    ts: ev.ts_ns,
-                },
-            );
-            let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
-            site.total_bytes += page_up(ev.len);
-            site.total_count += 1;
-        } else if ev.kind == EventKind::Munmap as u32 {
-            regions.remove(ev.addr, end(ev.addr, ev.len));
-        } else if let Some(old) = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len)) {
-            // mremap moves (and resizes) a mapping we know; others are not ours.
-            regions.insert(
-                ev.addr,
-                Region {
-                    end: end(ev.addr, ev.len),
-                    ..old
-                },
-            );
+        match ev.event_kind() {
+            Some(EventKind::Mmap) => {
+                let id = SiteId {
+                    tgid: ev.tgid,
+                    kind: Kind::Mmap,
+                    stack_id: ev.stack_id,
+                };
+                regions.insert(
+                    ev.addr,
+                    Region {
+                        end: end(ev.addr, ev.len),
+                        site: id,
+                        ts: ev.ts_ns,
+                    },
+                );
+                let site = self.sites.entry(id).or_insert_with(|| Site::new(id));
+                site.total_bytes += page_up(ev.len);
+                site.total_count += 1;
+            }
+            Some(EventKind::Munmap) => {
+                regions.remove(ev.addr, end(ev.addr, ev.len));
+            }
+            Some(EventKind::Mremap) => {
+                // mremap moves (and resizes) a mapping we know; others are not ours.
+                if let Some(old) = regions.remove(ev.old_addr, end(ev.old_addr, ev.old_len)) {
+                    let moved = Region {
+                        end: end(ev.addr, ev.len),
+                        ..old
+                    };
+                    regions.insert(ev.addr, moved);
+                }
+            }
+            _ => {}
         }
     }
 

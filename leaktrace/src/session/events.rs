@@ -1,7 +1,7 @@
 //! The ring buffer's events, typed: what the probes told, before anything is
 //! done with it.
 use leaktrace_common::{
-    EventKind, ExitEvent, FdClose, FdOpen, GoroutineEvent, MapEvent, ProcEvent,
+    EventHeader, EventKind, ExitEvent, FdClose, FdOpen, GoroutineEvent, MapEvent, ProcEvent,
 };
 
 /// One ring-buffer event, told by the kind tag it starts with.
@@ -26,31 +26,18 @@ pub enum Event {
 impl Event {
     /// The event in `bytes`, or `None` for an unknown kind or too few bytes.
     pub fn read(bytes: &[u8]) -> Option<Self> {
-        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-        let is = |k: EventKind| kind == k as u32;
-        Some(
-            if is(EventKind::Mmap) || is(EventKind::Munmap) || is(EventKind::Mremap) {
-                Event::Map(read_as(bytes)?)
-            } else if is(EventKind::FdOpen) {
-                Event::FdOpen(Box::new(read_as(bytes)?))
-            } else if is(EventKind::FdClose) {
-                Event::FdClose(read_as(bytes)?)
-            } else if is(EventKind::Fork) {
-                Event::Fork(read_as(bytes)?)
-            } else if is(EventKind::Exec) {
-                Event::Exec(read_as(bytes)?)
-            } else if is(EventKind::Entry) {
-                Event::Entry(read_as(bytes)?)
-            } else if is(EventKind::Exit) {
-                Event::Exit(Box::new(read_as(bytes)?))
-            } else if is(EventKind::GoroutineNew) {
-                Event::GoroutineNew(read_as(bytes)?)
-            } else if is(EventKind::GoroutineExit) {
-                Event::GoroutineExit(read_as(bytes)?)
-            } else {
-                return None;
-            },
-        )
+        use EventKind::*;
+        Some(match EventHeader::read(bytes)?.kind()? {
+            Mmap | Munmap | Mremap => Event::Map(read_as(bytes)?),
+            FdOpen => Event::FdOpen(Box::new(read_as(bytes)?)),
+            FdClose => Event::FdClose(read_as(bytes)?),
+            Fork => Event::Fork(read_as(bytes)?),
+            Exec => Event::Exec(read_as(bytes)?),
+            Entry => Event::Entry(read_as(bytes)?),
+            Exit => Event::Exit(Box::new(read_as(bytes)?)),
+            GoroutineNew => Event::GoroutineNew(read_as(bytes)?),
+            GoroutineExit => Event::GoroutineExit(read_as(bytes)?),
+        })
     }
 
     /// The process the event is about (for a fork, the parent).
