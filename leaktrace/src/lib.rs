@@ -1,34 +1,36 @@
 //! leaktrace: out-of-process leak tracing with eBPF.
 //!
-//! Data flows one way: probes (kernel) → [`probes`] → [`session`] (the pump) →
-//! [`model`] → [`report`] with [`verdict`]s → views ([`report`] text, JSON,
-//! [`pprof`], [`flamegraph`], the live [`top`]), written by [`output`].
-pub mod allocator;
-pub mod btf;
+//! Data flows one way: probes (kernel) → `probes` → [`session`] (typed events
+//! → the core's ingest) → `model` → [`report`] with `verdict`s → views
+//! ([`report`] text, JSON, [`pprof`], `flamegraph`, the live [`top`]), written
+//! by `output`. Public: what the command (main.rs) and the tests use.
+mod allocator;
+mod btf;
 pub mod cli;
-pub mod elf;
-pub mod escape;
-pub mod flamegraph;
-pub mod golang;
-pub mod handles;
-pub mod limits;
-pub mod model;
-pub mod output;
-pub mod placement;
+mod elf;
+mod escape;
+mod flamegraph;
+mod golang;
+mod handles;
+mod limits;
+mod model;
+mod output;
+mod placement;
 pub mod pprof;
-pub mod preflight;
-pub mod probes;
-pub mod procmaps;
-pub mod reach;
+mod preflight;
+mod probes;
+mod procmaps;
+mod reach;
 pub mod report;
-pub mod series;
+mod sampling;
+mod series;
 pub mod session;
-pub mod stepcost;
-pub mod symbolize;
-pub mod target;
+mod stepcost;
+mod symbolize;
+mod target;
 pub mod top;
-pub mod unwind;
-pub mod verdict;
+mod unwind;
+mod verdict;
 
 #[cfg(test)]
 mod fuzz;

@@ -9,9 +9,9 @@ use leaktrace_common::{
 use serde::Serialize;
 
 use crate::{
-    golang::{DEFAULT_MEM_PROFILE_RATE, scale},
     handles::HandleKind,
     reach::{Reach, process::ScanStats},
+    sampling::{DEFAULT_MEM_PROFILE_RATE, scale},
     series::{Point, Series},
     symbolize::Frames,
 };

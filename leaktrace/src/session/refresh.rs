@@ -9,9 +9,9 @@ use log::{debug, info, warn};
 
 use super::{Pump, now_ns};
 use crate::{
-    golang::DEFAULT_MEM_PROFILE_RATE,
     handles,
     model::{HeapAges, SiteId, StackWalks, stands_for},
+    sampling::DEFAULT_MEM_PROFILE_RATE,
 };
 
 impl Pump {

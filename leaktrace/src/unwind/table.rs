@@ -279,8 +279,10 @@ fn index(mut raw: Vec<(u64, u64, UnwindRow)>) -> Result<ModuleTable, TableError>
     })
 }
 
+#[cfg(test)]
 impl ModuleTable {
-    /// The row for module address `addr`, found as the eBPF walk finds it.
+    /// The row for module address `addr`, found as the eBPF walk finds it
+    /// (the tests' model of the kernel's lookup).
     pub fn row_at(&self, addr: u64) -> Option<UnwindRow> {
         let page = u32::try_from(addr >> PAGE_SHIFT).ok()?;
         let &(lo, hi) = self
