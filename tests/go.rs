@@ -265,7 +265,7 @@ fn go_heap_and_goroutines_stripped_pie_builds() {
 }
 
 #[test]
-fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
+fn go_heap_sampling_off_is_turned_on_and_said_unless_told_not_to() {
     if !root_or_skip() {
         return;
     }
@@ -283,20 +283,27 @@ fn go_heap_sampling_off_is_said_and_can_be_turned_on() {
         assert!(out.status.success());
         (
             report(json),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (off, text) = trace(&[], &dir.join("off.json"));
+    let (off, text) = trace(&["--no-go-heap-sampling"], &dir.join("off.json"));
     assert_eq!(off["targets"][0]["go"]["mem_profile_rate"], 0);
-    assert!(text.contains("--go-heap-sampling"), "{text}");
+    assert_eq!(off["targets"][0]["go"]["sampling_turned_on"], false);
+    assert!(text.contains("--no-go-heap-sampling"), "{text}");
     assert_eq!(go_heap_at(&off, "main.keep"), 0);
-    let (on, _) = trace(&["--go-heap-sampling"], &dir.join("on.json"));
-    assert_eq!(on["targets"][0]["go"]["mem_profile_rate"], 512 * 1024);
+    let (on, text) = trace(&[], &dir.join("on.json"));
+    assert_eq!(on["targets"][0]["go"]["mem_profile_rate"], 64 * 1024);
+    assert_eq!(on["targets"][0]["go"]["sampling_turned_on"], true);
+    assert!(text.contains("turned on"), "{text}");
     assert_eq!(on["targets"][0]["exit_code"], 0);
     // Sampling starts once leaktrace has seen the runtime up: most of the 30 MiB,
-    // estimated from ~60 samples of 512 KiB (so up to 20 % over).
+    // estimated from ~480 samples of 64 KiB.
     let kept = go_heap_at(&on, "main.keep");
-    assert!((10 << 20..=36 << 20).contains(&kept), "{kept}");
+    assert!((15 << 20..=33 << 20).contains(&kept), "{kept}");
+    // A rate of leaktrace's choosing.
+    let (fine, _) = trace(&["--go-sample-rate", "16KiB"], &dir.join("fine.json"));
+    assert_eq!(fine["targets"][0]["go"]["mem_profile_rate"], 16 * 1024);
 }
 
 #[test]

@@ -291,6 +291,10 @@ pub enum EventKind {
     /// [`ExitEvent`]: a target called the C library's `_exit`: its heap is
     /// still whole.
     Exit = 11,
+    /// [`ThreadEvent`]: a target made a thread.
+    ThreadNew = 12,
+    /// [`ThreadEvent`]: one of a target's threads ended (only `tid` is set).
+    ThreadExit = 13,
 }
 
 impl EventKind {
@@ -308,6 +312,8 @@ impl EventKind {
             9 => EventKind::GoroutineExit,
             10 => EventKind::Entry,
             11 => EventKind::Exit,
+            12 => EventKind::ThreadNew,
+            13 => EventKind::ThreadExit,
             _ => return None,
         })
     }
@@ -321,6 +327,7 @@ impl EventKind {
             EventKind::Exec | EventKind::Fork | EventKind::Entry => size_of::<ProcEvent>(),
             EventKind::GoroutineNew | EventKind::GoroutineExit => size_of::<GoroutineEvent>(),
             EventKind::Exit => size_of::<ExitEvent>(),
+            EventKind::ThreadNew | EventKind::ThreadExit => size_of::<ThreadEvent>(),
         }
     }
 }
@@ -396,7 +403,8 @@ event_header!(
     FdClose,
     ProcEvent,
     GoroutineEvent,
-    ExitEvent
+    ExitEvent,
+    ThreadEvent
 );
 
 /// Slots of the `PAUSE` array: what makes a target stop itself for userspace.
@@ -466,6 +474,23 @@ pub const FAMILY_MMAP: u32 = 1;
 pub const FAMILY_FDS: u32 = 2;
 /// Follow fork/clone into new processes (they become targets in the kernel).
 pub const FAMILY_FORKS: u32 = 4;
+/// Threads made (clone with `CLONE_THREAD`) and ended (`exit`).
+pub const FAMILY_THREADS: u32 = 8;
+
+/// A target made a thread (`ThreadNew`, with the stack that made it) or one
+/// of its threads ended (`ThreadExit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    /// The thread's id.
+    pub tid: u32,
+    pub _pad: u32,
+    /// Stack at the `clone` that made it (ThreadNew only).
+    pub stack_id: StackId,
+}
 
 /// Bytes of a path or name copied with an open (NUL-terminated).
 pub const FD_PATH_LEN: usize = 256;
@@ -558,6 +583,7 @@ const _: () = {
     assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
     assert!(size_of::<FdClose>() == 24);
     assert!(size_of::<MapEvent>() == 56);
+    assert!(size_of::<ThreadEvent>() == 32);
     assert!(size_of::<SyscallArgs>() == 56);
     assert!(size_of::<unwind::UnwindRow>() == 8);
     assert!(size_of::<unwind::PageIndex>() == 8);
@@ -577,6 +603,7 @@ const _: () = {
     assert!(align_of::<FdOpen>() == 8);
     assert!(align_of::<FdClose>() == 8);
     assert!(align_of::<MapEvent>() == 8);
+    assert!(align_of::<ThreadEvent>() == 8);
     assert!(align_of::<SyscallArgs>() == 8);
     assert!(align_of::<unwind::UnwindRow>() == 4);
     assert!(align_of::<unwind::PageIndex>() == 4);
@@ -601,7 +628,7 @@ mod tests {
                 assert_eq!(EventKind::try_from(tag), Err(tag));
             }
         }
-        assert_eq!(kinds, 11);
+        assert_eq!(kinds, 13);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const CLONE: u32 = 56;
 pub const FORK: u32 = 57;
 pub const VFORK: u32 = 58;
 pub const EXECVE: u32 = 59;
+/// A thread's own end (`exit_group` ends the process).
+pub const EXIT: u32 = 60;
 pub const CLONE3: u32 = 435;
 pub const EXECVEAT: u32 = 322;
 

@@ -42,20 +42,18 @@ pub fn wants(nr: u32) -> bool {
     matches!(nr, sys::CLONE | sys::FORK | sys::VFORK | sys::CLONE3)
 }
 
-/// Threads share the process: only calls that make a process are followed.
+/// Whether a clone-family call makes a thread (else a process); `None` when
+/// clone3's arguments cannot be read.
 #[inline(always)]
-pub fn keep(call: &SyscallArgs) -> bool {
+pub fn makes_thread(call: &SyscallArgs) -> Option<bool> {
     let flags = match call.nr {
         sys::CLONE => call.args[0],
         // clone3's flags are the first field of its struct clone_args.
         // SAFETY: reads the target's memory; a fault returns Err.
-        sys::CLONE3 => match unsafe { bpf_probe_read_user(call.args[0] as *const u64) } {
-            Ok(flags) => flags,
-            Err(_) => return false,
-        },
+        sys::CLONE3 => unsafe { bpf_probe_read_user(call.args[0] as *const u64) }.ok()?,
         _ => 0,
     };
-    flags & CLONE_THREAD == 0
+    Some(flags & CLONE_THREAD != 0)
 }
 
 /// In the parent, after the child is made and before it is woken.
@@ -65,9 +63,11 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
-    // The parent's fork call was kept at entry only if it makes a process.
+    // The parent's call was kept at entry if it makes a process (or, when
+    // threads are followed, a thread: not one to adopt).
     // SAFETY: per-thread entry, read by its own thread.
-    if !unsafe { SYSCALLS.get(tid) }.is_some_and(|call| wants(call.nr)) {
+    let call = unsafe { SYSCALLS.get(tid) };
+    if !call.is_some_and(|call| wants(call.nr) && makes_thread(call) == Some(false)) {
         return 0;
     }
     // SAFETY: a global userspace writes before load; volatile so it is not folded.

@@ -6,6 +6,7 @@
 //! - [`go`]: the Go runtime's sampled heap and goroutines (entry uprobes only).
 //! - [`fork`]: processes forked by targets become targets, in the kernel.
 //! - [`exit`]: a target calling `_exit` stops until its heap is scanned.
+//! - [`thread`]: threads made and ended, sent to userspace.
 //! - [`unwind`]: user stacks, unwound from the modules' `.eh_frame` tables.
 //! - [`syscalls`]: the raw `sys_enter`/`sys_exit` tracepoints that dispatch to the syscall families.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
@@ -20,6 +21,7 @@ mod go;
 mod maps;
 mod mmap;
 mod syscalls;
+mod thread;
 mod unwind;
 
 #[cfg(target_arch = "bpf")]

@@ -7,12 +7,14 @@ use aya_ebpf::{
     bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use leaktrace_common::{Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SyscallArgs};
+use leaktrace_common::{
+    Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS, SyscallArgs, syscalls as sys,
+};
 
 use crate::{
     fd, fork,
     maps::{SYSCALLS, TARGETS, count, current_tgid_tid, take},
-    mmap, unwind,
+    mmap, thread, unwind,
 };
 
 /// Which families to follow ([`FAMILY_MMAP`], [`FAMILY_FDS`], [`FAMILY_FORKS`]):
@@ -37,9 +39,16 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let families = families();
+    let threads = families & FAMILY_THREADS != 0;
+    // A thread ending: `exit` does not return. (The first thread's is the
+    // process's end, told by other means.)
+    if threads && nr == sys::EXIT && tid != tgid {
+        thread::ended(tgid, tid);
+        return 0;
+    }
     let is_mmap = families & FAMILY_MMAP != 0 && mmap::wants(nr);
     let is_fd = families & FAMILY_FDS != 0 && fd::wants(nr);
-    let is_fork = families & FAMILY_FORKS != 0 && fork::wants(nr);
+    let is_fork = (families & FAMILY_FORKS != 0 || threads) && fork::wants(nr);
     // An exec replaces the mappings the unwinder knows, whatever is followed.
     let is_exec = fd::is_exec(nr);
     if !is_mmap && !is_fd && !is_fork && !is_exec {
@@ -56,7 +65,12 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let keep = if is_mmap {
         mmap::keep(nr, &regs, tid)
     } else if is_fork {
-        fork::keep(&args)
+        // Kept for what is followed: threads, or processes.
+        match fork::makes_thread(&args) {
+            Some(true) => threads,
+            Some(false) => families & FAMILY_FORKS != 0,
+            None => false,
+        }
     } else {
         is_exec || fd::keep(&args)
     };
@@ -96,7 +110,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     } else if mmap::wants(args.nr) {
         mmap::exit(tgid, &args, ret as u64, &regs);
     } else if fork::wants(args.nr) {
-        fork::exit(tgid, ret as u32);
+        if fork::makes_thread(&args) == Some(true) {
+            thread::made(tgid, ret as u32, &regs);
+        } else {
+            fork::exit(tgid, ret as u32);
+        }
     } else {
         fd::exit(tgid, &args, ret as u64, &regs);
     }

@@ -31,9 +31,9 @@ from the runtime's own heap-profile sampling, scaled like go tool pprof does) \
 and the goroutines alive per creation site (kind goroutine: the function holding \
 the `go` statement and its callers, with the function each goroutine runs), \
 also what a running process (--pid) had in use and alive at attach. Only entry \
-uprobes touch Go code. A binary that never calls runtime.MemProfile has \
-sampling off (MemProfileRate 0): the report says so, and --go-heap-sampling \
-turns it on.
+uprobes touch Go code. A binary that never calls runtime.MemProfile (no pprof) has \
+sampling off (MemProfileRate 0): leaktrace turns it on, one sample per 64 KiB \
+(--go-sample-rate), and says so; --no-go-heap-sampling leaves it off.
 
 When a traced C, C++ or Rust process exits, it stops for a moment in the C \
 library's _exit while leaktrace scans its memory, as LeakSanitizer does, for \
@@ -53,7 +53,8 @@ pprof, Pyroscope, Parca), as a flamegraph SVG, or as folded stacks.
 Nothing is left behind: probes are removed by the kernel when leaktrace exits, \
 however it exits. A command started with -- CMD is sent SIGTERM if it still \
 runs when tracing ends; processes given with --pid are never signalled, and \
-their memory is written only with --go-heap-sampling.
+their memory is written only to turn a Go program's heap sampling on (one \
+word, runtime.MemProfileRate, where it is 0; not with --no-go-heap-sampling).
 
 leaktrace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) and a kernel \
 with BTF.";
@@ -64,7 +65,7 @@ EXAMPLES:
     sudo leaktrace --pid 1234 --pid 1240 -d 60s -o leaks.json
     sudo leaktrace -d 10s -- ./server --port 8080
     sudo leaktrace --no-heap --no-mmap --pid 1234   descriptors and sockets only
-    sudo leaktrace --pid 4321 --go-heap-sampling    a Go service, heap sampling forced on
+    sudo leaktrace --pid 4321 --go-sample-rate 16KiB   a Go service, its heap finely sampled
     sudo leaktrace --pid 1234 -o leaks.pb.gz -o flame.svg
     go tool pprof -top leaks.pb.gz             read the profile (inuse_space by default)
     sudo leaktrace --pid 1234 -o leaks.pb.gz --snapshot-every 60s
@@ -176,12 +177,28 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_goroutines: bool,
 
-    /// Go targets whose heap sampling is off (runtime.MemProfileRate 0, as in
-    /// binaries that never call runtime.MemProfile): write 524288, Go's default,
-    /// into it through /proc/PID/mem. This changes the target's runtime state:
-    /// from then on it samples allocations for its heap profile (a small cost),
-    /// as if it had been built to. Needs a binary with a symbol table.
+    /// Do not trace threads (made by clone with CLONE_THREAD, ended by exit).
     #[arg(long)]
+    pub no_threads: bool,
+
+    /// Leave a Go target's heap sampling off when it is (runtime.MemProfileRate
+    /// 0: binaries that never call runtime.MemProfile, i.e. without pprof).
+    /// By default leaktrace turns it on through /proc/PID/mem (see
+    /// --go-sample-rate): the target then samples its allocations, a small
+    /// cost, as if it had been built with pprof; nothing else in it reads the
+    /// profile. Without sampling there is no Go heap to report.
+    #[arg(long)]
+    pub no_go_heap_sampling: bool,
+
+    /// The heap sampling rate leaktrace sets where a Go target has sampling
+    /// off: one sample per this many bytes allocated on average (Go's own
+    /// default is 512KiB; finer sampling sees a slow leak sooner). A rate the
+    /// program set itself is never changed: its own profile depends on it.
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_sample_rate)]
+    pub go_sample_rate: u64,
+
+    /// Accepted for older scripts: heap sampling is now on by default.
+    #[arg(long, hide = true, conflicts_with = "no_go_heap_sampling")]
     pub go_heap_sampling: bool,
 
     /// Also trace the processes the targets fork (they inherit the parent's
@@ -309,9 +326,10 @@ impl TraceArgs {
                 mmap: !self.no_mmap,
                 fds: !self.no_fds,
                 goroutines: !self.no_goroutines,
+                threads: !self.no_threads,
                 forks,
             },
-            go_heap_sampling: self.go_heap_sampling,
+            go_sample_rate: (!self.no_go_heap_sampling).then_some(self.go_sample_rate),
             scan_at_exit: !self.no_exit_scan && !self.no_heap,
             scan_every: self.scan_every,
             scan_max_bytes: self.scan_max_bytes,
@@ -335,6 +353,14 @@ fn parse_fail_on(s: &str) -> Result<FailOn, String> {
 }
 
 /// `4096`, `64KiB`, `512MiB`, `8GiB` (also K, M, G, KB, MB, GB: all powers of 1024).
+/// A Go sampling rate: bytes, at least 1 (every allocation).
+fn parse_sample_rate(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err("a sampling rate of 0 samples nothing: use --no-go-heap-sampling".into()),
+        rate => Ok(rate),
+    }
+}
+
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -465,7 +465,7 @@ impl GoRuntime {
         Ok(u64::from_le_bytes(word))
     }
 
-    /// Sets the target's `runtime.MemProfileRate` (`--go-heap-sampling`): the
+    /// Sets the target's `runtime.MemProfileRate` (sampling off: see docs/go.md): the
     /// runtime samples from its next allocations on.
     pub fn set_mem_profile_rate(&self, pid: u32, rate: u64) -> Result<(), GoError> {
         let addr = self.rate_address(pid)?;

@@ -26,6 +26,8 @@ pub enum HandleKind {
     Other,
     /// Not a descriptor: a goroutine, whose detail is the function it runs.
     Goroutine,
+    /// Not a descriptor: a thread.
+    Thread,
 }
 
 impl HandleKind {
@@ -43,6 +45,7 @@ impl HandleKind {
             HandleKind::Pidfd => "pidfd",
             HandleKind::Other => "other",
             HandleKind::Goroutine => "goroutine",
+            HandleKind::Thread => "thread",
         }
     }
 }

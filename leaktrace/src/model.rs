@@ -33,6 +33,8 @@ pub enum Kind {
     GoHeap,
     /// Goroutines alive, by creation site.
     Goroutine,
+    /// Threads alive, by the site that made them.
+    Thread,
 }
 
 impl Kind {
@@ -44,12 +46,16 @@ impl Kind {
             Kind::Socket => "socket",
             Kind::GoHeap => "go_heap",
             Kind::Goroutine => "goroutine",
+            Kind::Thread => "thread",
         }
     }
 
     /// Handles are counted, memory is measured in bytes.
     pub fn is_handle(self) -> bool {
-        matches!(self, Kind::Fd | Kind::Socket | Kind::Goroutine)
+        matches!(
+            self,
+            Kind::Fd | Kind::Socket | Kind::Goroutine | Kind::Thread
+        )
     }
 
     /// Sites the kernel accounts (read from its sites map), not userspace.
@@ -303,6 +309,8 @@ pub struct Model {
     fds: HashMap<u32, BTreeMap<i32, Handle>>,
     /// Live goroutines per process, by the address of their `runtime.g`.
     goroutines: HashMap<u32, HashMap<u64, Handle>>,
+    /// Live threads per process (but the first), by thread id.
+    threads: HashMap<u32, HashMap<u32, Handle>>,
     pub lost: Lost,
     pub stack_walks: StackWalks,
     pub allocs: u64,
@@ -427,6 +435,7 @@ impl Model {
         let regions = regions.map(|(&start, r)| (r.site, r.ts, r.end - start));
         let handles = self.fds.values().flat_map(|t| t.values());
         let handles = handles.chain(self.goroutines.values().flat_map(|t| t.values()));
+        let handles = handles.chain(self.threads.values().flat_map(|t| t.values()));
         let handles = handles.map(|h| (h.site, h.ts, 0));
         for (site, ts, bytes) in regions.chain(handles) {
             if ts <= cutoff
@@ -504,7 +513,29 @@ impl Model {
         }
     }
 
-    /// Recomputes the handle and goroutine sites of `tgid` from its tables.
+    /// A thread started: `tid` and its site. `made` counts it in its site's
+    /// total: false for threads found alive at attach.
+    pub fn start_thread(&mut self, tgid: u32, tid: u32, handle: Handle, made: bool) {
+        self.add_handle_site(&handle, made);
+        self.threads.entry(tgid).or_default().insert(tid, handle);
+    }
+
+    /// A thread ended (one leaktrace never saw start is ignored); `None`:
+    /// all of them, as an exec ends every thread but the one calling it.
+    pub fn end_thread(&mut self, tgid: u32, tid: Option<u32>) {
+        match tid {
+            Some(tid) => {
+                if let Some(table) = self.threads.get_mut(&tgid) {
+                    table.remove(&tid);
+                }
+            }
+            None => {
+                self.threads.remove(&tgid);
+            }
+        }
+    }
+
+    /// Recomputes the handle, goroutine and thread sites of `tgid` from its tables.
     pub fn refresh_handles(&mut self, tgid: u32) {
         let mut details: HashMap<SiteId, HashMap<(HandleKind, &str), u64>> = HashMap::new();
         for site in self
@@ -521,7 +552,8 @@ impl Model {
             .get(&tgid)
             .into_iter()
             .flat_map(|t| t.values());
-        for handle in fds.chain(goroutines) {
+        let threads = self.threads.get(&tgid).into_iter().flat_map(|t| t.values());
+        for handle in fds.chain(goroutines).chain(threads) {
             if let Some(site) = self.sites.get_mut(&handle.site) {
                 site.live_count += 1;
                 site.oldest_ns = Some(site.oldest_ns.map_or(handle.ts, |t| t.min(handle.ts)));
@@ -703,11 +735,12 @@ impl Model {
     /// its sites stop changing. With `keep`, they all stay as the record of
     /// what it held at exit; without, only those that say something once it
     /// is gone: outstanding heap that no scan found reachable, Go heap and
-    /// goroutines — exit itself closed its descriptors and unmapped its
-    /// memory. Returns whether any site of it stayed.
+    /// goroutines — exit itself closed its descriptors, unmapped its memory
+    /// and ended its threads. Returns whether any site of it stayed.
     pub fn end_process(&mut self, tgid: u32, keep: bool) -> bool {
         self.fds.remove(&tgid);
         self.goroutines.remove(&tgid);
+        self.threads.remove(&tgid);
         self.regions.remove(&tgid);
         let says_something = |s: &Site| {
             s.live_count > 0
@@ -740,6 +773,7 @@ impl Model {
         shrink(&mut self.regions);
         shrink(&mut self.fds);
         shrink(&mut self.goroutines);
+        shrink(&mut self.threads);
         shrink(&mut self.gone);
     }
 

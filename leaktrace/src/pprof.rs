@@ -3,7 +3,7 @@
 //! sample types `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`
 //! (the default, with the Go heap beside the C heap, told apart by the `kind`
 //! label); open descriptors as `open_fds` and `open_sockets`; live goroutines as
-//! `goroutine`, like Go's goroutine profile. Format
+//! `goroutine`, like Go's goroutine profile; live threads as `thread`. Format
 //! notes: docs/pprof.md.
 pub mod proto;
 
@@ -21,7 +21,7 @@ use crate::{
 use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
 /// (type, unit) of each value of a sample: Go's heap profile, then handles.
-pub const SAMPLE_TYPES: [(&str, &str); 7] = [
+pub const SAMPLE_TYPES: [(&str, &str); 8] = [
     ("alloc_objects", "count"),
     ("alloc_space", "bytes"),
     ("inuse_objects", "count"),
@@ -29,8 +29,20 @@ pub const SAMPLE_TYPES: [(&str, &str); 7] = [
     ("open_fds", "count"),
     ("open_sockets", "count"),
     ("goroutine", "count"),
+    ("thread", "count"),
 ];
 const DEFAULT_SAMPLE_TYPE: &str = "inuse_space";
+
+/// A sample's values, one per [`SAMPLE_TYPES`]: the heap profile's four,
+/// then at most one handle count at its index.
+fn values(memory: [i64; 4], handle: Option<(usize, i64)>) -> Vec<i64> {
+    let mut v = vec![0; SAMPLE_TYPES.len()];
+    v[..4].copy_from_slice(&memory);
+    if let Some((at, n)) = handle {
+        v[at] = n;
+    }
+    v
+}
 
 /// The gzipped profile of `report`.
 pub fn encode(report: &Report, wall_time_ns: i64) -> std::io::Result<Vec<u8>> {
@@ -154,19 +166,21 @@ impl Builder {
             self.label("verdict", site.verdict.name()),
         ];
         let open = site.outstanding_count as i64;
+        // Memory in the first four values; a handle's count in its own.
         let value = match site.kind {
-            Kind::Fd => vec![0, 0, 0, 0, open, 0, 0],
-            Kind::Socket => vec![0, 0, 0, 0, 0, open, 0],
-            Kind::Goroutine => vec![0, 0, 0, 0, 0, 0, open],
-            Kind::Heap | Kind::Mmap | Kind::GoHeap => vec![
-                site.total_count as i64,
-                site.total_bytes as i64,
-                open,
-                site.outstanding_bytes as i64,
-                0,
-                0,
-                0,
-            ],
+            Kind::Fd => values([0; 4], Some((4, open))),
+            Kind::Socket => values([0; 4], Some((5, open))),
+            Kind::Goroutine => values([0; 4], Some((6, open))),
+            Kind::Thread => values([0; 4], Some((7, open))),
+            Kind::Heap | Kind::Mmap | Kind::GoHeap => values(
+                [
+                    site.total_count as i64,
+                    site.total_bytes as i64,
+                    open,
+                    site.outstanding_bytes as i64,
+                ],
+                None,
+            ),
         };
         let mut label = label;
         if let Some(d) = site.details.first() {
@@ -205,15 +219,7 @@ impl Builder {
             label.push(self.label("reachability", class));
             self.profile.sample.push(Sample {
                 location_id: location_id.clone(),
-                value: vec![
-                    total_count,
-                    total_bytes,
-                    count as i64,
-                    bytes as i64,
-                    0,
-                    0,
-                    0,
-                ],
+                value: values([total_count, total_bytes, count as i64, bytes as i64], None),
                 label,
             });
         }
@@ -466,7 +472,7 @@ mod tests {
         let p = build(&r, 0);
         assert_eq!(check(&p), Vec::<String>::new());
         let sample = &p.sample[0];
-        assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0, 0]);
+        assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0, 0, 0]);
         assert_eq!(sample.location_id.len(), 2);
         let loc = &p.location[sample.location_id[0] as usize - 1];
         let names: Vec<&str> = loc
@@ -513,9 +519,9 @@ mod tests {
         assert_eq!(
             of_42,
             [
-                ("unreachable", &vec![5, 300, 1, 40, 0, 0, 0]),
-                ("reachable", &vec![0, 0, 1, 50, 0, 0, 0]),
-                ("unscanned", &vec![0, 0, 0, 10, 0, 0, 0]),
+                ("unreachable", &vec![5, 300, 1, 40, 0, 0, 0, 0]),
+                ("reachable", &vec![0, 0, 1, 50, 0, 0, 0, 0]),
+                ("unscanned", &vec![0, 0, 0, 10, 0, 0, 0, 0]),
             ]
         );
     }

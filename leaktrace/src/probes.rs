@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, SiteKey, SiteKind,
-    SiteStats, StackId, globals, maps, programs,
+    AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS,
+    SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -120,6 +120,8 @@ pub struct Families {
     pub fds: bool,
     /// Goroutines of Go targets.
     pub goroutines: bool,
+    /// Threads made and ended.
+    pub threads: bool,
     /// Trace the processes targets fork, too.
     pub forks: bool,
 }
@@ -128,7 +130,10 @@ impl Families {
     /// The syscall families, as the eBPF `FAMILIES` global has them.
     fn syscall_bits(self) -> u32 {
         let bit = |on: bool, bit: u32| if on { bit } else { 0 };
-        bit(self.mmap, FAMILY_MMAP) | bit(self.fds, FAMILY_FDS) | bit(self.forks, FAMILY_FORKS)
+        bit(self.mmap, FAMILY_MMAP)
+            | bit(self.fds, FAMILY_FDS)
+            | bit(self.forks, FAMILY_FORKS)
+            | bit(self.threads, FAMILY_THREADS)
     }
 }
 

@@ -59,7 +59,7 @@ impl Sort {
     }
 }
 
-const KINDS: [Option<Kind>; 7] = [
+const KINDS: [Option<Kind>; 8] = [
     None,
     Some(Kind::Heap),
     Some(Kind::Mmap),
@@ -67,6 +67,7 @@ const KINDS: [Option<Kind>; 7] = [
     Some(Kind::Socket),
     Some(Kind::GoHeap),
     Some(Kind::Goroutine),
+    Some(Kind::Thread),
 ];
 
 /// Everything on screen besides the report.

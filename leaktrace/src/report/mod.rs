@@ -114,6 +114,8 @@ pub struct GoInfo {
     /// the Go heap is not sampled (not seen); `None` when it cannot be read
     /// (stripped binary: the default, 524288, is assumed for scaling).
     pub mem_profile_rate: Option<u64>,
+    /// Whether leaktrace turned sampling on, at `mem_profile_rate` (it was 0).
+    pub sampling_turned_on: bool,
     /// Goroutines found alive when leaktrace attached to a running process;
     /// `None` for a command it started, or when they could not be read
     /// (stripped binary).
@@ -132,6 +134,8 @@ pub struct Totals {
     /// Go heap in use (estimated from the runtime's samples) and live goroutines.
     pub go_heap_bytes: u64,
     pub goroutines: u64,
+    /// Threads alive (those leaktrace saw made, or found at attach).
+    pub threads: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -226,6 +230,7 @@ impl Report {
                 open_sockets: model.open_handles(Kind::Socket),
                 go_heap_bytes: model.live_bytes(Kind::GoHeap),
                 goroutines: model.open_handles(Kind::Goroutine),
+                threads: model.open_handles(Kind::Thread),
             },
             sites,
             modules,
@@ -323,6 +328,8 @@ impl Report {
                     s.reachability.is_some_and(|r| r.lost_count() > 0)
                         || go_exited.contains(&s.pid)
                             && s.kind.is_handle()
+                            // Exit itself ends them; descriptors and goroutines it leaves.
+                            && s.kind != Kind::Thread
                             && s.outstanding_count > 0
                             && !runtime_made(&s.frames)
                 }

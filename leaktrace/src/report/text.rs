@@ -105,9 +105,13 @@ impl Report {
                 let version = go.version.as_deref().unwrap_or("Go");
                 let sampling = match go.mem_profile_rate {
                     Some(0) => "Go heap sampling is OFF (runtime.MemProfileRate 0: the binary \
-                                never calls runtime.MemProfile), so no go_heap sites: rerun with \
-                                --go-heap-sampling to turn it on"
+                                never calls runtime.MemProfile), so no go_heap sites: leaktrace \
+                                turns it on unless told --no-go-heap-sampling"
                         .to_string(),
+                    Some(rate) if go.sampling_turned_on => format!(
+                        "Go heap sampled every {}: turned on by leaktrace (the binary had it off)",
+                        human_bytes(rate)
+                    ),
                     Some(rate) => format!("Go heap sampled every {}", human_bytes(rate)),
                     None => "Go heap sampling rate unreadable (no symbol table): 512 KiB assumed"
                         .to_string(),
@@ -158,9 +162,9 @@ impl Report {
         );
         for (i, s) in shown_at.iter().map(|&i| (i, leaking[i])) {
             let plural = if s.outstanding_count == 1 { "" } else { "s" };
-            let (held, made) = if s.kind == Kind::Goroutine {
+            let (held, made) = if matches!(s.kind, Kind::Goroutine | Kind::Thread) {
                 (
-                    format!("{} goroutine{plural} alive", s.outstanding_count),
+                    format!("{} {}{plural} alive", s.outstanding_count, s.kind.name()),
                     format!("{} started in all", s.total_count),
                 )
             } else if s.kind.is_handle() {
@@ -246,6 +250,9 @@ impl Report {
             t.open_fds,
             t.open_sockets
         );
+        if t.threads > 0 {
+            let _ = write!(line, " · {} threads", t.threads);
+        }
         if self.targets.iter().any(|t| t.go.is_some()) {
             let _ = write!(
                 line,

@@ -92,6 +92,7 @@ pub(super) fn attach(
         runtime,
         rate: None,
         before_attach: None,
+        sampling_set: false,
     });
     Ok((found, go))
 }
@@ -382,11 +383,15 @@ impl Pump {
         }
     }
 
-    /// What a running target held before attach: its descriptors, and for a
-    /// Go program its goroutines and heap.
+    /// What a running target held before attach: its descriptors and
+    /// threads, and for a Go program its goroutines and heap.
     pub(super) fn before_attach(&mut self, pid: u32, families: Families) {
         if families.fds {
             self.ingest.fds_before_attach(pid, now_ns(), &self.procfs);
+        }
+        if families.threads {
+            self.ingest
+                .threads_before_attach(pid, now_ns(), &self.procfs);
         }
         if families.goroutines {
             self.goroutines_before_attach(pid);

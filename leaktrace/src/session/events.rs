@@ -2,6 +2,7 @@
 //! done with it.
 use leaktrace_common::{
     EventHeader, EventKind, ExitEvent, FdClose, FdOpen, GoroutineEvent, MapEvent, ProcEvent,
+    ThreadEvent,
 };
 
 /// One ring-buffer event, told by the kind tag it starts with.
@@ -21,6 +22,8 @@ pub enum Event {
     Exit(Box<ExitEvent>),
     GoroutineNew(GoroutineEvent),
     GoroutineExit(GoroutineEvent),
+    ThreadNew(ThreadEvent),
+    ThreadExit(ThreadEvent),
 }
 
 impl Event {
@@ -37,6 +40,8 @@ impl Event {
             Exit => Event::Exit(Box::new(read_as(bytes)?)),
             GoroutineNew => Event::GoroutineNew(read_as(bytes)?),
             GoroutineExit => Event::GoroutineExit(read_as(bytes)?),
+            ThreadNew => Event::ThreadNew(read_as(bytes)?),
+            ThreadExit => Event::ThreadExit(read_as(bytes)?),
         })
     }
 
@@ -49,6 +54,7 @@ impl Event {
             Event::Fork(e) | Event::Exec(e) | Event::Entry(e) => e.tgid,
             Event::Exit(e) => e.tgid,
             Event::GoroutineNew(e) | Event::GoroutineExit(e) => e.tgid,
+            Event::ThreadNew(e) | Event::ThreadExit(e) => e.tgid,
         }
     }
 

@@ -104,6 +104,25 @@ impl Ingest {
                 self.go_ancestry.remove(&(e.tgid, e.g));
                 self.stale.insert(e.tgid);
             }
+            Event::ThreadNew(e) => {
+                let site = SiteId {
+                    tgid: e.tgid,
+                    kind: Kind::Thread,
+                    stack_id: e.stack_id,
+                };
+                let handle = Handle {
+                    site,
+                    kind: HandleKind::Thread,
+                    detail: String::new(),
+                    ts: e.ts_ns,
+                };
+                self.model.start_thread(e.tgid, e.tid, handle, true);
+                self.stale.insert(e.tgid);
+            }
+            Event::ThreadExit(e) => {
+                self.model.end_thread(e.tgid, Some(e.tid));
+                self.stale.insert(e.tgid);
+            }
             Event::Fork(_) | Event::Exec(_) | Event::Entry(_) | Event::Exit(_) => return false,
         }
         true
@@ -136,7 +155,8 @@ impl Ingest {
 
     /// `pid` exec'd at `ts`: its old image's mappings and heap are gone (its
     /// blocks taken out of the kernel's accounting), and so are its
-    /// close-on-exec descriptors — whichever /proc no longer lists.
+    /// close-on-exec descriptors — whichever /proc no longer lists — and its
+    /// threads.
     pub fn exec(&mut self, pid: u32, ts: Ns, kernel: &mut dyn Kernel, process: &dyn Process) {
         self.flush();
         self.model.forget_mappings(pid);
@@ -152,6 +172,8 @@ impl Ingest {
         }
         let open: Vec<i32> = process.open_fds(pid).iter().map(|f| f.0).collect();
         self.model.retain_fds(pid, &open);
+        // The thread that exec'd goes on as the first; the others are gone.
+        self.model.end_thread(pid, None);
         self.stale.insert(pid);
     }
 
@@ -254,6 +276,28 @@ impl Ingest {
             if let Some(site) = self.model.sites.get_mut(&id) {
                 site.frames = Frames::from([Frame::note("[opened before attach]")]);
             }
+        }
+        self.model.refresh_handles(pid);
+    }
+
+    /// The threads `pid` has besides its first at attach (`now`), under one site.
+    pub fn threads_before_attach(&mut self, pid: u32, now: Ns, process: &dyn Process) {
+        let site = SiteId {
+            tgid: pid,
+            kind: Kind::Thread,
+            stack_id: BEFORE_ATTACH,
+        };
+        for tid in process.threads(pid).into_iter().filter(|&tid| tid != pid) {
+            let handle = Handle {
+                site,
+                kind: HandleKind::Thread,
+                detail: String::new(),
+                ts: now,
+            };
+            self.model.start_thread(pid, tid, handle, false);
+        }
+        if let Some(site) = self.model.sites.get_mut(&site) {
+            site.frames = Frames::from([Frame::note("[started before attach]")]);
         }
         self.model.refresh_handles(pid);
     }

@@ -62,8 +62,9 @@ pub struct Options {
     /// Leave allocations younger than this out of reports.
     pub min_age: Duration,
     pub families: Families,
-    /// Turn on Go heap sampling where the runtime has it off (writes the target's memory).
-    pub go_heap_sampling: bool,
+    /// The Go heap sampling rate set where the runtime has it off (writes the
+    /// target's memory); `None`: left off.
+    pub go_sample_rate: Option<u64>,
     /// Stop targets at `_exit` to scan their heap's reachability.
     pub scan_at_exit: bool,
     /// Scan running targets' heaps this often.
@@ -158,7 +159,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         unwinder,
         targets,
         go_heap_before: HashMap::new(),
-        go_heap_sampling: opts.go_heap_sampling,
+        go_sample_rate: opts.go_sample_rate,
         heap: opts.families.heap,
         scan_at_exit: opts.scan_at_exit,
         scan_max_bytes: opts.scan_max_bytes,
@@ -213,7 +214,7 @@ struct Pump {
     /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
     /// their site's stack id and object size.
     go_heap_before: HashMap<(u32, u64), (StackId, u64)>,
-    go_heap_sampling: bool,
+    go_sample_rate: Option<u64>,
     /// Whether the heap is traced: allocators of libraries loaded later are probed.
     heap: bool,
     /// Whether exiting processes stop for the scan of their heap.

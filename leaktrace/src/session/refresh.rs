@@ -5,12 +5,13 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use leaktrace_common::{Counter, SiteKey, SiteKind, SiteStats, unwind::STACK_END_KINDS};
-use log::{debug, info, warn};
+use log::{debug, warn};
 
 use super::{Pump, now_ns};
 use crate::{
     handles,
     model::{HeapAges, SiteId, StackWalks, stands_for},
+    report::human_bytes,
     sampling::DEFAULT_MEM_PROFILE_RATE,
 };
 
@@ -94,23 +95,28 @@ impl Pump {
     }
 
     /// Reads each live Go target's heap sampling rate, turning sampling on
-    /// where it is off and --go-heap-sampling asks.
+    /// where it is off (unless --no-go-heap-sampling).
     pub(super) fn read_go_rates(&mut self) {
         for t in self.targets.live_mut() {
             let Some(go) = &mut t.go else { continue };
             let pid = t.target.pid;
             match go.runtime.mem_profile_rate(pid) {
-                Ok(0) if self.go_heap_sampling => {
-                    match go
-                        .runtime
-                        .set_mem_profile_rate(pid, DEFAULT_MEM_PROFILE_RATE)
-                    {
+                Ok(0) if self.go_sample_rate.is_some() && !go.sampling_set => {
+                    let rate = self.go_sample_rate.unwrap_or(DEFAULT_MEM_PROFILE_RATE);
+                    match go.runtime.set_mem_profile_rate(pid, rate) {
                         Ok(()) => {
-                            info!("PID {pid}: Go heap sampling turned on");
-                            go.rate = Some(DEFAULT_MEM_PROFILE_RATE);
+                            warn!(
+                                "PID {pid}: Go heap sampling was off (runtime.MemProfileRate 0: \
+                                 no pprof in this binary): turned on, one sample per {} \
+                                 (--no-go-heap-sampling leaves it off)",
+                                human_bytes(rate)
+                            );
+                            go.rate = Some(rate);
                         }
-                        Err(e) => warn!("--go-heap-sampling: {e}"),
+                        Err(e) => warn!("PID {pid}: Go heap sampling left off: {e}"),
                     }
+                    // Once: a program that turns it off again is left so.
+                    go.sampling_set = true;
                 }
                 Ok(rate) => go.rate = Some(rate),
                 Err(e) => debug!("{e}"),
@@ -159,7 +165,8 @@ impl Pump {
             return self.targets.is_empty();
         }
         self.drain_events();
-        if let Err(e) = self.refresh() {
+        // What their sites will say from now on: totals, ages, symbols.
+        if let Err(e) = self.refresh().and_then(|()| self.update_ages()) {
             warn!("the totals of exited processes may be a second old: {e:#}");
         }
         self.ingest.symbolize(&self.probes, &mut self.procfs);

@@ -42,6 +42,8 @@ pub trait Process {
     fn cwd(&self, pid: u32) -> Option<PathBuf>;
     /// `pid`'s open descriptors and where they point.
     fn open_fds(&self, pid: u32) -> Vec<(i32, String)>;
+    /// `pid`'s threads, the first among them.
+    fn threads(&self, pid: u32) -> Vec<u32>;
     /// The name of the function whose first instruction is at `entry`.
     fn function_at(&mut self, pid: u32, entry: u64) -> Option<String>;
     /// Whether `pid`'s memory map is known: its addresses can be symbolized.
@@ -69,6 +71,16 @@ impl Process for Procfs {
 
     fn open_fds(&self, pid: u32) -> Vec<(i32, String)> {
         handles::open_fds(pid)
+    }
+
+    fn threads(&self, pid: u32) -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .collect()
     }
 
     fn function_at(&mut self, pid: u32, entry: u64) -> Option<String> {

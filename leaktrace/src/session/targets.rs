@@ -38,6 +38,8 @@ pub struct Go {
     pub rate: Option<u64>,
     /// Goroutines found alive at attach; `None` when they could not be read.
     pub before_attach: Option<u64>,
+    /// Whether leaktrace turned its heap sampling on (it was off).
+    pub sampling_set: bool,
 }
 
 impl Traced {
@@ -76,6 +78,7 @@ impl Traced {
             go: self.go.as_ref().map(|go| GoInfo {
                 version: go.runtime.version.clone(),
                 mem_profile_rate: go.rate,
+                sampling_turned_on: go.sampling_set && go.rate.is_some_and(|r| r > 0),
                 goroutines_before_attach: go.before_attach,
             }),
         }

@@ -37,6 +37,7 @@ struct FakeProcess {
     /// Function names by address; a process is known once it has a map.
     functions: HashMap<u64, String>,
     mapped: HashSet<u32>,
+    threads: HashMap<u32, Vec<u32>>,
 }
 
 impl Process for FakeProcess {
@@ -51,6 +52,10 @@ impl Process for FakeProcess {
 
     fn open_fds(&self, pid: u32) -> Vec<(i32, String)> {
         self.fds.get(&pid).cloned().unwrap_or_default()
+    }
+
+    fn threads(&self, pid: u32) -> Vec<u32> {
+        self.threads.get(&pid).cloned().unwrap_or_default()
     }
 
     fn function_at(&mut self, _: u32, entry: u64) -> Option<String> {
@@ -511,4 +516,58 @@ fn an_exited_process_leaves_only_what_it_leaked() {
     core.open(nr::OPEN, 3, -1, [0; 3], "/f", 2);
     assert!(core.ingest.end(PID, true));
     assert_eq!(core.live(PID, Kind::Fd, 2), 1);
+}
+
+fn thread(kind: EventKind, tid: u32, stack_id: StackId) -> Event {
+    let e = leaktrace_common::ThreadEvent {
+        kind: kind as u32,
+        tgid: PID,
+        ts_ns: 1,
+        tid,
+        _pad: 0,
+        stack_id,
+    };
+    if kind == EventKind::ThreadNew {
+        Event::ThreadNew(e)
+    } else {
+        Event::ThreadExit(e)
+    }
+}
+
+#[test]
+fn threads_are_counted_at_the_site_that_made_them_until_they_end_or_exec() {
+    let mut core = Core::new();
+    core.process
+        .threads
+        .insert(PID, vec![PID, PID + 1, PID + 2]);
+    core.ingest.threads_before_attach(PID, 0, &core.process);
+    assert_eq!(
+        core.live(PID, Kind::Thread, BEFORE_ATTACH),
+        2,
+        "all but the first"
+    );
+    for tid in 200..205 {
+        core.apply(thread(EventKind::ThreadNew, tid, 4));
+    }
+    core.apply(thread(EventKind::ThreadExit, 201, 0));
+    core.apply(thread(EventKind::ThreadExit, PID + 1, 0));
+    // A thread leaktrace never saw start ends: nothing to count down.
+    core.apply(thread(EventKind::ThreadExit, 999, 0));
+    assert_eq!(core.live(PID, Kind::Thread, 4), 4);
+    assert_eq!(core.live(PID, Kind::Thread, BEFORE_ATTACH), 1);
+    assert_eq!(
+        core.ingest.model.sites[&site(PID, Kind::Thread, 4)].total_count,
+        5
+    );
+    // An exec leaves one thread: the process's first.
+    core.ingest.exec(PID, 10, &mut core.kernel, &core.process);
+    core.ingest.recount();
+    assert_eq!(core.live(PID, Kind::Thread, 4), 0);
+    // Threads are not inherited by a fork.
+    core.apply(thread(EventKind::ThreadNew, 300, 4));
+    core.ingest.fork(PID, PID + 50);
+    core.ingest.recount();
+    assert_eq!(core.live(PID + 50, Kind::Thread, 4), 0);
+    // An exited process's threads ended with it.
+    assert!(!core.ingest.end(PID, false));
 }
