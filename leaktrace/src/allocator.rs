@@ -340,6 +340,8 @@ pub fn find(
         .is_some_and(|i| i.contains("ld-musl"));
     let mut queue: VecDeque<PathBuf> = preload.iter().cloned().collect();
     let mut seen: HashSet<PathBuf> = HashSet::new();
+    // One file under two paths (a symlink, /lib and /usr/lib) is looked at once.
+    let mut seen_files: HashSet<FileId> = root.file_id().into_iter().collect();
     let mut found = Found::default();
     let mut plain_bound = false;
     let mut new_bound = false;
@@ -356,8 +358,8 @@ pub fn find(
                     continue;
                 }
                 match ElfImage::open(&path) {
-                    Ok(img) => img,
-                    Err(_) => continue,
+                    Ok(img) if img.file_id().is_none_or(|id| seen_files.insert(id)) => img,
+                    _ => continue,
                 }
             }
         };
@@ -466,7 +468,7 @@ fn inspect(image: &ElfImage, plain_bound: &mut bool, new_bound: &mut bool) -> Fo
         exit: None,
         allocators: file.allocators,
         unsupported,
-        files: FileId::of_path(&image.path).into_iter().collect(),
+        files: image.file_id().into_iter().collect(),
     }
 }
 

@@ -1,15 +1,43 @@
 //! What leaktrace needs from an ELF file: symbols, their file offsets and code,
 //! and the libraries it asks for.
+//!
+//! Files are read on demand, a range at a time, never whole: a binary with
+//! gigabytes of debug info costs its headers, symbol tables and the few
+//! sections asked for. They are read, not mapped: a target that truncates a
+//! file leaktrace has mapped would kill leaktrace (SIGBUS). The file is the
+//! target's, so what it can make leaktrace read is bounded: one read at most
+//! [`MAX_READ`] bytes, one file at most [`MAX_HELD`] bytes held.
 use std::{
-    collections::HashMap,
-    fs,
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{Cursor, Read, Seek, SeekFrom},
+    ops::Range,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use object::{
-    Object, ObjectSection, ObjectSegment, ObjectSymbol, elf,
-    read::elf::{Dyn as _, ElfFile64, SectionHeader as _},
+    Endianness, Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, elf,
+    read::elf::{
+        Dyn as _, ElfFile64, ElfSymbol64, FileHeader as _, ProgramHeader as _, SectionHeader as _,
+    },
 };
+
+use crate::procmaps::FileId;
+
+/// The most one read of a file may ask for (a section, a symbol table).
+pub const MAX_READ: u64 = 256 << 20;
+/// The most of one file held in memory at once.
+pub const MAX_HELD: u64 = 1 << 30;
+/// What a string read outside any string table may hold (see
+/// `ReadCache::read_bytes_at_until`), and what each costs besides.
+const STRING_MAX: u64 = 4096;
+const STRING_COST: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -25,11 +53,188 @@ pub enum ElfError {
     },
 }
 
-/// A parsed ELF file, kept as bytes so symbols can be read repeatedly.
+/// Where an ELF file's bytes come from: the file, or memory (tests, fuzzing).
+enum Source {
+    File(File),
+    Bytes(Cursor<Vec<u8>>),
+}
+
+/// A [`Source`] that counts the bytes read from it.
+struct Counted {
+    source: Source,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = match &mut self.source {
+            Source::File(f) => f.read(buf)?,
+            Source::Bytes(b) => b.read(buf)?,
+        };
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Seek for Counted {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match &mut self.source {
+            Source::File(f) => f.seek(pos),
+            Source::Bytes(b) => b.seek(pos),
+        }
+    }
+}
+
+/// What an [`ElfData`] holds: the ranges read (the cache keeps each), the
+/// strings read one by one, and their bytes.
+#[derive(Default)]
+struct Held {
+    ranges: HashSet<(u64, u64)>,
+    strings: HashSet<(u64, u8)>,
+    bytes: u64,
+}
+
+/// An ELF file read on demand, through [`object`]'s [`ReadCache`], with
+/// bounds: `&ElfData` is an [`object::ReadRef`] that refuses a read of more
+/// than [`MAX_READ`] bytes, or one that would make it hold more than
+/// [`MAX_HELD`]. A string is read with the whole string table holding it
+/// (one read, not one per symbol name).
+pub struct ElfData {
+    cache: ReadCache<Counted>,
+    read: Arc<AtomicU64>,
+    held: RefCell<Held>,
+    /// The `SHT_STRTAB` sections: where each ends in the file → where the
+    /// first that ends there starts (a string is read up to its table's end).
+    string_tables: HashMap<u64, u64>,
+    limit: u64,
+}
+
+impl ElfData {
+    /// The ELF file `file` (read from as needed; not read yet).
+    pub fn new(file: File) -> Self {
+        Self::with(Source::File(file), MAX_HELD)
+    }
+
+    /// An ELF file in memory.
+    pub fn from_bytes(data: Vec<u8>) -> Self {
+        Self::with(Source::Bytes(Cursor::new(data)), MAX_HELD)
+    }
+
+    fn with(source: Source, limit: u64) -> Self {
+        let read = Arc::new(AtomicU64::new(0));
+        let mut data = ElfData {
+            cache: ReadCache::new(Counted {
+                source,
+                read: read.clone(),
+            }),
+            read,
+            held: RefCell::default(),
+            string_tables: HashMap::new(),
+            limit,
+        };
+        data.string_tables = data.find_string_tables();
+        data
+    }
+
+    /// Bytes read from the file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the file held in memory.
+    pub fn bytes_held(&self) -> u64 {
+        self.held.borrow().bytes
+    }
+
+    fn find_string_tables(&self) -> HashMap<u64, u64> {
+        let mut tables = HashMap::new();
+        let Ok(header) = elf::FileHeader64::<Endianness>::parse(self) else {
+            return tables;
+        };
+        let Ok(endian) = header.endian() else {
+            return tables;
+        };
+        let Ok(sections) = header.sections(endian, self) else {
+            return tables;
+        };
+        let ranges = sections
+            .iter()
+            .filter(|s| s.sh_type(endian) == elf::SHT_STRTAB)
+            .filter_map(|s| s.file_range(endian));
+        for (offset, size) in ranges {
+            if let Some(end) = offset.checked_add(size) {
+                let start = tables.entry(end).or_insert(offset);
+                *start = offset.min(*start);
+            }
+        }
+        tables
+    }
+
+    /// Whether `size` more bytes may be held.
+    fn admits(&self, held: &Held, size: u64) -> bool {
+        size <= MAX_READ && held.bytes.saturating_add(size) <= self.limit
+    }
+}
+
+impl<'a> ReadRef<'a> for &'a ElfData {
+    fn len(self) -> Result<u64, ()> {
+        (&self.cache).len()
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> Result<&'a [u8], ()> {
+        if size == 0 {
+            return Ok(&[]);
+        }
+        let new = !self.held.borrow().ranges.contains(&(offset, size));
+        if new && !self.admits(&self.held.borrow(), size) {
+            return Err(());
+        }
+        let bytes = (&self.cache).read_bytes_at(offset, size)?;
+        if new {
+            let mut held = self.held.borrow_mut();
+            held.ranges.insert((offset, size));
+            held.bytes += size;
+        }
+        Ok(bytes)
+    }
+
+    fn read_bytes_at_until(self, range: Range<u64>, delimiter: u8) -> Result<&'a [u8], ()> {
+        // In a string table: read it whole (once), find the string there.
+        if let Some(&start) = self.string_tables.get(&range.end)
+            && start <= range.start
+            && let Ok(bytes) = self.read_bytes_at(start, range.end - start)
+        {
+            let rest = bytes
+                .get(usize::try_from(range.start - start).map_err(|_| ())?..)
+                .ok_or(())?;
+            let end = rest.iter().position(|&b| b == delimiter).ok_or(())?;
+            return Ok(&rest[..end]);
+        }
+        // Elsewhere (or a table too big to read whole): by itself.
+        let key = (range.start, delimiter);
+        let new = !self.held.borrow().strings.contains(&key);
+        if new && !self.admits(&self.held.borrow(), STRING_MAX + STRING_COST) {
+            return Err(());
+        }
+        let bytes = (&self.cache).read_bytes_at_until(range, delimiter)?;
+        if new {
+            let mut held = self.held.borrow_mut();
+            held.strings.insert(key);
+            held.bytes += bytes.len() as u64 + STRING_COST;
+        }
+        Ok(bytes)
+    }
+}
+
+/// A parsed ELF file, read on demand.
 pub struct ElfImage {
     pub path: PathBuf,
-    data: Vec<u8>,
+    data: ElfData,
+    /// The file opened (`None` for bytes in memory).
+    id: Option<FileId>,
 }
+
+type Parsed<'a> = ElfFile64<'a, Endianness, &'a ElfData>;
 
 /// A function found in an ELF file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,48 +248,133 @@ pub struct Function {
     pub size: u64,
 }
 
+/// A defined function: what [`ElfImage::function`] and
+/// [`ElfImage::functions`] look at.
+fn is_function<'a>(sym: &ElfSymbol64<'a, '_, Endianness, &'a ElfData>) -> bool {
+    sym.is_definition() && sym.kind() == object::SymbolKind::Text
+}
+
+/// Whether `sym` is called `name`, versioned or not.
+fn is_named<'a>(sym: &ElfSymbol64<'a, '_, Endianness, &'a ElfData>, name: &str) -> bool {
+    sym.name().is_ok_and(|n| n.split('@').next() == Some(name))
+}
+
+/// Opens `path` for reading: a regular file only (opening a FIFO would wait
+/// for a writer, a device could be read forever).
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The identity and GNU build ID (lowercase hex) of the ELF file at `path`,
+/// reading its headers and notes only (opening an [`ElfImage`] reads its
+/// symbol tables too).
+pub fn identify(path: &Path) -> Result<(FileId, Option<String>), ElfError> {
+    let read_error = |source| ElfError::Read {
+        path: path.into(),
+        source,
+    };
+    let file = open_regular(path).map_err(read_error)?;
+    let id = FileId::of(&file.metadata().map_err(read_error)?);
+    let data = ElfData::new(file);
+    elf::FileHeader64::<Endianness>::parse(&data).map_err(|source| ElfError::Parse {
+        path: path.into(),
+        source,
+    })?;
+    Ok((id, gnu_build_id(&data)))
+}
+
+/// The `NT_GNU_BUILD_ID` note, from the sections or else the segments (as
+/// `object` looks for it), without parsing the symbol tables.
+fn gnu_build_id(data: &ElfData) -> Option<String> {
+    let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut notes = Vec::new();
+    if sections.is_empty() {
+        for segment in header.program_headers(endian, data).ok()? {
+            notes.extend(segment.notes(endian, data).ok().flatten());
+        }
+    } else {
+        for section in sections.iter() {
+            notes.extend(section.notes(endian, data).ok().flatten());
+        }
+    }
+    for mut iter in notes {
+        while let Ok(Some(note)) = iter.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().iter().map(|b| format!("{b:02x}")).collect());
+            }
+        }
+    }
+    None
+}
+
 impl ElfImage {
     pub fn open(path: &Path) -> Result<Self, ElfError> {
-        let data = fs::read(path).map_err(|source| ElfError::Read {
+        let read_error = |source| ElfError::Read {
             path: path.into(),
             source,
-        })?;
-        Self::from_bytes(path.into(), data)
+        };
+        let file = open_regular(path).map_err(read_error)?;
+        let id = FileId::of(&file.metadata().map_err(read_error)?);
+        let mut image = Self::from_data(path.into(), ElfData::new(file))?;
+        image.id = Some(id);
+        Ok(image)
     }
 
     /// The ELF file `data`, read from `path`.
     pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<Self, ElfError> {
-        let image = Self { path, data };
+        Self::from_data(path, ElfData::from_bytes(data))
+    }
+
+    fn from_data(path: PathBuf, data: ElfData) -> Result<Self, ElfError> {
+        let image = Self {
+            path,
+            data,
+            id: None,
+        };
         image.parse()?;
         Ok(image)
     }
 
-    fn parse(&self) -> Result<ElfFile64<'_>, ElfError> {
-        ElfFile64::parse(&*self.data).map_err(|source| ElfError::Parse {
+    fn parse(&self) -> Result<Parsed<'_>, ElfError> {
+        ElfFile64::parse(&self.data).map_err(|source| ElfError::Parse {
             path: self.path.clone(),
             source,
         })
     }
 
+    /// The file opened (device and inode), `None` for bytes in memory: what
+    /// the file is, whatever its path names now.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.id
+    }
+
+    /// The file as it is read, on demand (what reading it has cost so far).
+    pub fn data(&self) -> &ElfData {
+        &self.data
+    }
+
     /// The GNU build ID as lowercase hex, if the file has one.
     pub fn build_id(&self) -> Option<String> {
-        let id = self.parse().ok()?.build_id().ok()??;
-        Some(id.iter().map(|b| format!("{b:02x}")).collect())
+        gnu_build_id(&self.data)
     }
 
     /// A defined function named `name`, from `.dynsym` or else `.symtab`
     /// (versioned names like `malloc@@GLIBC_2.2.5` match `malloc`).
     pub fn function(&self, name: &str) -> Option<Function> {
         let file = self.parse().ok()?;
-        let matches = |sym: &object::read::elf::ElfSymbol64<'_, '_>| {
-            sym.is_definition()
-                && sym.kind() == object::SymbolKind::Text
-                && sym.name().is_ok_and(|n| n.split('@').next() == Some(name))
-        };
         let sym = file
             .dynamic_symbols()
-            .find(|s| matches(s))
-            .or_else(|| file.symbols().find(|s| matches(s)))?;
+            .find(|s| is_function(s) && is_named(s, name))
+            .or_else(|| file.symbols().find(|s| is_function(s) && is_named(s, name)))?;
         let address = sym.address();
         Some(Function {
             name: name.into(),
@@ -103,7 +393,7 @@ impl ElfImage {
             return found;
         };
         for sym in file.dynamic_symbols().chain(file.symbols()) {
-            if !sym.is_definition() || sym.kind() != object::SymbolKind::Text {
+            if !is_function(&sym) {
                 continue;
             }
             let Some(name) = sym
@@ -148,13 +438,20 @@ impl ElfImage {
             .map(|s| s.address())
     }
 
-    /// A section's address and contents.
+    /// A section's address and contents (read now; `None` when it is larger
+    /// than [`MAX_READ`] or the file holds less).
     pub fn section(&self, name: &str) -> Option<(u64, &[u8])> {
         let file = self.parse().ok()?;
         let section = file.section_by_name(name)?;
         let (offset, size) = section.file_range()?;
-        let data = self.data.get(offset as usize..(offset + size) as usize)?;
+        let data = (&self.data).read_bytes_at(offset, size).ok()?;
         Some((section.address(), data))
+    }
+
+    /// A section's address, without reading it.
+    pub fn section_address(&self, name: &str) -> Option<u64> {
+        let file = self.parse().ok()?;
+        Some(file.section_by_name(name)?.address())
     }
 
     /// The lowest address a loadable segment asks for: where a position-independent
@@ -174,12 +471,16 @@ impl ElfImage {
         })
     }
 
-    /// Up to `len` bytes of the file at `offset`.
+    /// Up to `len` bytes of the file at `offset` (fewer at its end, and at
+    /// most [`MAX_READ`]; none when they cannot be read).
     pub fn bytes_at(&self, offset: u64, len: usize) -> &[u8] {
-        let start = (offset as usize).min(self.data.len());
-        &self.data[start..(start + len).min(self.data.len())]
+        let Ok(file_len) = (&self.data).len() else {
+            return &[];
+        };
+        let start = offset.min(file_len);
+        let len = (len as u64).min(file_len - start).min(MAX_READ);
+        (&self.data).read_bytes_at(start, len).unwrap_or(&[])
     }
-
     /// `DT_NEEDED` entries, in order.
     pub fn needed(&self) -> Vec<String> {
         self.dynamic_strings(elf::DT_NEEDED)
@@ -224,17 +525,151 @@ impl ElfImage {
         else {
             return Vec::new();
         };
-        let Ok(Some((entries, link))) = dynamic.dynamic(endian, &*self.data) else {
+        let Ok(Some((entries, link))) = dynamic.dynamic(endian, &self.data) else {
             return Vec::new();
         };
-        let Ok(strings) = file.elf_section_table().strings(endian, &*self.data, link) else {
+        let Ok(strings) = file.elf_section_table().strings(endian, &self.data, link) else {
             return Vec::new();
         };
         entries
             .iter()
             .filter(|d| d.d_tag(endian) as u32 == tag)
-            .filter_map(|d| d.string(endian, strings).ok())
+            .filter_map(|d| strings.get(u32::try_from(d.d_val(endian)).ok()?).ok())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, io::Write, os::unix::fs::FileExt};
+
+    use super::*;
+
+    const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+
+    /// A fresh directory for one test's files.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("leaktrace-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The section header of `name` in `data`: where its `sh_offset` and
+    /// `sh_size` fields are in the file.
+    fn header_fields(data: &[u8], name: &str) -> (u64, u64) {
+        let file = ElfFile64::<Endianness>::parse(data).unwrap();
+        let index = file.section_by_name(name).unwrap().index().0 as u64;
+        let shoff = file.elf_header().e_shoff.get(file.endian());
+        let header = shoff + 64 * index;
+        (header + 0x18, header + 0x20)
+    }
+
+    /// What allocator discovery asks of libc.
+    fn query(image: &ElfImage) -> (Option<String>, Vec<String>, HashMap<String, Function>) {
+        let wanted = |n: &str| {
+            ["malloc", "free", "calloc", "realloc", "_exit"]
+                .contains(&n)
+                .then(|| n.to_string())
+        };
+        (image.build_id(), image.needed(), image.functions(wanted))
+    }
+
+    #[test]
+    fn libc_is_read_in_parts_with_the_same_answers() {
+        let size = fs::metadata(LIBC).unwrap().len();
+        let image = ElfImage::open(Path::new(LIBC)).unwrap();
+        let answers = query(&image);
+        assert!(image.function("malloc").is_some());
+        let read = image.data().bytes_read();
+        assert!(read < size / 4, "{read} of {size} bytes read");
+        assert_eq!(image.file_id(), FileId::of_path(Path::new(LIBC)));
+        // The build ID alone: the notes, hardly anything else.
+        let (id, build_id) = identify(Path::new(LIBC)).unwrap();
+        assert_eq!((Some(id), build_id), (image.file_id(), image.build_id()));
+        // Symbol names come from their string tables, read whole once.
+        assert!(image.data().held.borrow().strings.is_empty());
+
+        let whole = ElfImage::from_bytes(LIBC.into(), fs::read(LIBC).unwrap()).unwrap();
+        assert_eq!(query(&whole), answers);
+        assert!(answers.0.is_some() && answers.2.len() == 5, "{answers:?}");
+        // And object itself, from the bytes, agrees.
+        let data = fs::read(LIBC).unwrap();
+        let file = ElfFile64::<Endianness>::parse(&*data).unwrap();
+        let malloc = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("malloc"))
+            .unwrap();
+        assert_eq!(answers.2["malloc"].address, malloc.address());
+    }
+
+    /// libc with the section `name` moved past its end and made `size` bytes
+    /// long: a file (sparse) of over 4 GiB.
+    fn with_huge_section(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let data = fs::read(LIBC).unwrap();
+        let (offset_at, size_at) = header_fields(&data, name);
+        let path = dir.join(name.trim_start_matches('.'));
+        let mut file = fs::File::create(&path).unwrap();
+        file.write_all(&data).unwrap();
+        let far = 4u64 << 30;
+        file.write_all_at(&far.to_le_bytes(), offset_at).unwrap();
+        file.write_all_at(&size.to_le_bytes(), size_at).unwrap();
+        file.set_len(far + size).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_huge_section_is_refused_unread() {
+        let dir = scratch("huge-section");
+        // A section asked for by name.
+        let path = with_huge_section(&dir, ".gnu_debuglink", MAX_READ + 1);
+        let image = ElfImage::open(&path).unwrap();
+        assert_eq!(image.section(".gnu_debuglink"), None);
+        assert!(image.function("malloc").is_some(), "the rest still reads");
+        assert!(
+            image.data().bytes_read() < 1 << 20,
+            "{}",
+            image.data().bytes_read()
+        );
+        // A symbol table every query reads: the file is refused.
+        let path = with_huge_section(&dir, ".dynsym", 3 << 30);
+        let Err(ElfError::Parse { .. }) = ElfImage::open(&path) else {
+            panic!("a 3 GiB .dynsym was read");
+        };
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_a_file_makes_held_is_bounded() {
+        let data = ElfData::with(Source::Bytes(Cursor::new(vec![7; 1 << 20])), 64 << 10);
+        // Looking for an ELF header read some.
+        let before = data.bytes_held();
+        let mut read = 0;
+        for i in 0..64 {
+            if (&data).read_bytes_at(i * 4096, 4096).is_ok() {
+                read += 1;
+            }
+        }
+        assert_eq!(read, ((64 << 10) - before) / 4096, "64 KiB held at most");
+        assert!(data.bytes_held() <= 64 << 10);
+        // What is held can still be read.
+        assert_eq!((&data).read_bytes_at(0, 4096).map(<[u8]>::len), Ok(4096));
+        // One read larger than MAX_READ is refused whatever the limit.
+        let data = ElfData::with(Source::Bytes(Cursor::new(Vec::new())), u64::MAX);
+        assert!((&data).read_bytes_at(0, MAX_READ + 1).is_err());
+        assert_eq!(data.bytes_read(), 0);
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = scratch("fifo");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Would wait for a writer if opened for reading as usual.
+        assert!(matches!(ElfImage::open(&fifo), Err(ElfError::Read { .. })));
+        assert!(ElfImage::open(Path::new("/dev/zero")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

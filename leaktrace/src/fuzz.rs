@@ -13,7 +13,13 @@ use std::{
 };
 
 use crate::{
-    btf, elf::ElfImage, golang, placement, procmaps::ProcMaps, target, testrng::Rng, unwind,
+    btf,
+    elf::{ElfData, ElfImage},
+    golang, placement,
+    procmaps::ProcMaps,
+    target,
+    testrng::Rng,
+    unwind,
 };
 
 fn budget() -> Duration {
@@ -146,7 +152,7 @@ fn unwind_tables() {
     let seed = std::fs::read(LIBC).unwrap();
     let hot = elf_hot(&seed, &[".eh_frame_hdr", ".eh_frame"]);
     fuzz("unwind", &seed, &hot, |data| {
-        if let Ok(file) = unwind::table::read(&*data)
+        if let Ok(file) = unwind::table::read(&ElfData::from_bytes(data))
             && let Ok(Some(table)) = &file.table
         {
             let _ = table.row_at(0x1000);

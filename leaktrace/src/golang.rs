@@ -214,7 +214,7 @@ impl Pclntab {
         let (_, tab) = image
             .section(".gopclntab")
             .or_else(|| image.section(".data.rel.ro.gopclntab"))?;
-        let text_section = image.section(".text").map(|(address, _)| address);
+        let text_section = image.section_address(".text");
         let (funcs, text) = parse_pclntab(tab, text_section)?;
         let offset_to_address = text.wrapping_sub(image.file_offset(text)?);
         Some(Self {

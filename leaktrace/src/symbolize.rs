@@ -1,8 +1,11 @@
 //! Turning return addresses into frames: module + offset via the target's memory
 //! map, then function, file, line and inlined frames via blazesym.
 //!
-//! Results are cached per (module, file offset), so ASLR and PIE do not matter and
-//! every target sharing libc shares its symbols.
+//! Results are cached per (mapped file, file offset), so ASLR and PIE do not
+//! matter and every target sharing libc shares its symbols. A mapped file is
+//! known by its identity (device and inode, from the memory map), not by its
+//! path: two containers can map different files at one path (`/usr/bin/app`),
+//! and an upgrade puts a new file at the old one's path.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -16,10 +19,10 @@ use blazesym::symbolize::{
 use serde::Serialize;
 
 use crate::{
-    elf::ElfImage,
+    elf::{self, ElfError, ElfImage},
     golang::Pclntab,
-    procmaps::ProcMaps,
-    target::{in_root, mapped_file},
+    procmaps::{FileId, Mapping, ProcMaps},
+    target::mapped_file,
 };
 
 /// A symbolized stack, innermost frame first: shared by a site and every
@@ -215,17 +218,38 @@ pub fn headline(frames: &[Arc<Frame>]) -> usize {
 struct Module {
     /// Path as the target sees it (shown to the user).
     shown: PathBuf,
-    /// Path we open (through /proc/PID/root for other mount namespaces).
+    /// Path we open (through /proc/PID/root for other mount namespaces, or
+    /// /proc/PID/map_files when the path names another file now).
     open: PathBuf,
+    /// The mapped file; `None` when the memory map does not say.
+    file: Option<FileId>,
 }
+
+/// What is known of a file's contents is kept under: its identity, or when
+/// that is not known, a path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileKey {
+    Id(FileId),
+    Path(PathBuf),
+}
+
+impl FileKey {
+    fn of(file: Option<FileId>, path: &Path) -> Self {
+        file.map_or_else(|| FileKey::Path(path.to_path_buf()), FileKey::Id)
+    }
+}
+
+/// Frames are kept under the mapped file (its identity; the path when it has
+/// none), the path shown in them, and the file offset.
+type FrameKey = (Option<FileId>, PathBuf, u64);
 
 pub struct Symbolizer {
     blaze: Blaze,
     /// Go function tables of modules, for Go binaries without other symbols.
-    go_tables: HashMap<PathBuf, Option<Pclntab>>,
-    /// Frames by (module, offset): sites through the same code share them.
-    cache: HashMap<(PathBuf, u64), Vec<Arc<Frame>>>,
-    build_ids: HashMap<PathBuf, Option<String>>,
+    go_tables: HashMap<FileKey, Option<Pclntab>>,
+    /// Frames by mapped file and offset: sites through the same code share them.
+    cache: HashMap<FrameKey, Vec<Arc<Frame>>>,
+    build_ids: HashMap<FileKey, Option<String>>,
 }
 
 impl Default for Symbolizer {
@@ -249,12 +273,23 @@ impl Symbolizer {
         }
     }
 
-    /// The build ID of a file mapped by `pid` (cached per path).
-    pub fn build_id(&mut self, pid: u32, path: &Path) -> Option<String> {
-        self.build_ids
-            .entry(path.to_path_buf())
-            .or_insert_with(|| ElfImage::open(&in_root(pid, path)).ok()?.build_id())
-            .clone()
+    /// The build ID of the file `pid` maps at `m` (cached per file; `None`
+    /// also when the file mapped cannot be opened now).
+    pub fn build_id(&mut self, pid: u32, m: &Mapping) -> Option<String> {
+        let key = FileKey::of(m.file, m.path.as_deref()?);
+        if let Some(known) = self.build_ids.get(&key) {
+            return known.clone();
+        }
+        let id = match elf::identify(&mapped_file(pid, m)?) {
+            // What the path names now may not be what was mapped.
+            Ok((file, _)) if m.file.is_some_and(|m| m != file) => return None,
+            Ok((_, build_id)) => build_id,
+            // Another process may still let it be opened.
+            Err(ElfError::Read { .. }) => return None,
+            Err(ElfError::Parse { .. }) => None,
+        };
+        self.build_ids.insert(key, id.clone());
+        id
     }
 
     /// Frames for a stack of return addresses of process `pid`, innermost first.
@@ -267,20 +302,26 @@ impl Symbolizer {
 
     /// The frames (one, or more with inlining) at one return address.
     fn frames(&mut self, pid: u32, maps: &ProcMaps, addr: u64) -> Vec<Arc<Frame>> {
-        let Some((module, offset)) = resolve(pid, maps, addr) else {
-            return vec![Arc::new(Frame {
+        let unknown = || {
+            vec![Arc::new(Frame {
                 function: None,
                 file: None,
                 line: None,
                 module: None,
                 address: addr,
                 inlined: false,
-            })];
+            })]
         };
-        let key = (module.shown.clone(), offset);
+        let Some((mapping, shown, offset)) = locate(maps, addr) else {
+            return unknown();
+        };
+        let key = (mapping.file, shown.clone(), offset);
         if let Some(frames) = self.cache.get(&key) {
             return frames.clone();
         }
+        let Some(module) = module(pid, mapping) else {
+            return unknown();
+        };
         let frames: Vec<Arc<Frame>> = self
             .lookup(&module, offset)
             .into_iter()
@@ -304,7 +345,7 @@ impl Symbolizer {
     fn go_name(&mut self, module: &Module, offset: u64) -> Option<String> {
         let table = self
             .go_tables
-            .entry(module.open.clone())
+            .entry(FileKey::of(module.file, &module.open))
             .or_insert_with(|| Pclntab::read(&ElfImage::open(&module.open).ok()?));
         Some(table.as_ref()?.name_at_offset(offset)?.to_string())
     }
@@ -355,19 +396,98 @@ fn code_path(code: &CodeInfo<'_>) -> String {
     }
 }
 
-fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
+/// The file mapping holding `addr`, its path, and the file offset of `addr`.
+fn locate(maps: &ProcMaps, addr: u64) -> Option<(&Mapping, &PathBuf, u64)> {
     let mapping = maps.lookup(addr)?;
     let path = mapping.path.as_ref()?;
-    let module = Module {
-        shown: path.clone(),
+    Some((mapping, path, addr - mapping.start + mapping.offset))
+}
+
+/// The file `pid` maps at `mapping`, as leaktrace can open it.
+fn module(pid: u32, mapping: &Mapping) -> Option<Module> {
+    Some(Module {
+        shown: mapping.path.clone()?,
         open: mapped_file(pid, mapping)?,
-    };
-    Some((module, addr - mapping.start + mapping.offset))
+        file: mapping.file,
+    })
+}
+
+fn resolve(pid: u32, maps: &ProcMaps, addr: u64) -> Option<(Module, u64)> {
+    let (mapping, _, offset) = locate(maps, addr)?;
+    Some((module(pid, mapping)?, offset))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, os::unix::fs::MetadataExt};
+
     use super::*;
+
+    const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+    const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+
+    /// A memory map with one code mapping at 0x7f0000000000 of the file now at
+    /// `path`, as a process that mapped it would show it.
+    fn mapping_of(path: &Path) -> ProcMaps {
+        let meta = fs::metadata(path).unwrap();
+        ProcMaps::parse(&format!(
+            "7f0000000000-7f0000400000 r-xp 00000000 {:x}:{:x} {} {}\n",
+            libc::major(meta.dev()),
+            libc::minor(meta.dev()),
+            meta.ino(),
+            path.display()
+        ))
+    }
+
+    #[test]
+    fn files_at_one_path_are_told_apart_by_their_identity() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-identity-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let app = dir.join("app");
+        let pid = std::process::id();
+        let malloc = ElfImage::open(Path::new(LIBC))
+            .unwrap()
+            .function("malloc")
+            .unwrap()
+            .file_offset;
+        // A return address just past malloc's first byte.
+        let addr = 0x7f00_0000_0000 + malloc + 1;
+        let mut sym = Symbolizer::new();
+
+        // One container (or before an upgrade): libc at /…/app.
+        fs::copy(LIBC, &app).unwrap();
+        let first = mapping_of(&app);
+        let libc_frames = sym.stack(pid, &first, &[addr]);
+        let name = libc_frames[0].function.clone();
+        assert!(
+            name.as_deref().is_some_and(|n| n.contains("malloc")),
+            "{name:?}"
+        );
+        let m = first.lookup(addr).unwrap().clone();
+        let libc_id = sym.build_id(pid, &m);
+        assert_eq!(libc_id, ElfImage::open(Path::new(LIBC)).unwrap().build_id());
+
+        // Another one: another file at the same path, the same offset in it.
+        fs::rename(&app, dir.join("old")).unwrap();
+        fs::copy(LOADER, &app).unwrap();
+        let second = mapping_of(&app);
+        assert_ne!(second.lookup(addr).unwrap().file, m.file);
+        let frames = sym.stack(pid, &second, &[addr]);
+        assert_eq!(frames[0].module, libc_frames[0].module, "same path shown");
+        assert_ne!(frames[0].function, name, "not the other file's frame");
+        let loader_id = sym.build_id(pid, second.lookup(addr).unwrap());
+        assert_eq!(
+            loader_id,
+            ElfImage::open(Path::new(LOADER)).unwrap().build_id()
+        );
+        assert_ne!(loader_id, libc_id);
+
+        // The first process's frames and build ID are still its file's.
+        assert_eq!(sym.stack(pid, &first, &[addr]), libc_frames);
+        assert_eq!(sym.build_id(pid, &m), libc_id);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn at(function: &str, module: &str) -> Arc<Frame> {
         Arc::new(Frame {

@@ -20,7 +20,7 @@ use crate::{
     model::Lost,
     probes::{Families, Probes},
     procmaps::{FileId, ProcMaps},
-    target::{self, Target, in_root},
+    target::{self, Target, mapped_file},
     unwind::Unwinder,
 };
 
@@ -42,7 +42,7 @@ pub(super) fn attach(
             // A Go program without cgo has no malloc: its heap is Go's. Its
             // executable was looked at (not again when its mappings are).
             Err(AllocatorError::NotFound { .. }) if runtime.is_some() => Found {
-                files: FileId::of_path(exe).into_iter().collect(),
+                files: image.file_id().into_iter().collect(),
                 ..Found::default()
             },
             Err(e) => return Err(e).with_context(|| format!("PID {}", target.pid)),
@@ -356,16 +356,20 @@ impl Pump {
         let Some(t) = self.targets.get_mut(pid) else {
             return;
         };
-        let new: Vec<PathBuf> = maps
+        // The file mapped, even when its path names another one now.
+        let new: Vec<(FileId, PathBuf)> = maps
             .code()
-            .filter_map(|m| Some((m.file?, m.path.clone()?)))
+            .filter_map(|m| Some((m.file?, m)))
             .filter(|(id, _)| t.allocators.files.insert(*id))
-            .map(|(_, path)| in_root(pid, &path))
+            .filter_map(|(id, m)| Some((id, mapped_file(pid, m)?)))
             .collect();
-        for path in new {
+        for (id, path) in new {
             let Ok(image) = ElfImage::open(&path) else {
                 continue;
             };
+            if image.file_id() != Some(id) {
+                continue;
+            }
             let mut found = allocator::find_loaded(&image);
             found.allocators.retain(
                 |alloc| match self.probes.attach_allocator(&t.target, alloc) {

@@ -470,7 +470,7 @@ impl Pump {
                     limit: m.end,
                     offset: m.offset,
                     path: path.to_string_lossy().into_owned(),
-                    build_id: self.procfs.symbolizer.build_id(pid, path),
+                    build_id: self.procfs.symbolizer.build_id(pid, m),
                 });
             }
         }

@@ -4,12 +4,13 @@
 //! there up to date (libraries loaded later are picked up at the next refresh).
 pub mod table;
 
-use std::{collections::HashMap, fs::File, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf};
 
 use leaktrace_common::unwind::{MAPPING_NO_TABLE, MAX_MAPPINGS, Mapping, PageIndex, ProcMappings};
 use log::{debug, warn};
 
 use crate::{
+    elf::{ElfData, open_regular},
     probes::{ProbeError, Probes},
     procmaps::{FileId, ProcMaps},
     target::in_root,
@@ -161,9 +162,9 @@ impl Unwinder {
         m: &CodeMapping,
     ) -> Result<KnownFile, ProbeError> {
         let mapped = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
-        let file = File::open(&mapped).or_else(|_| {
+        let file = open_regular(&mapped).or_else(|_| {
             let path = in_root(pid, &m.path);
-            let file = File::open(&path)?;
+            let file = open_regular(&path)?;
             // The path may name a newer file than the one mapped (an upgrade).
             if FileId::of(&file.metadata()?) == m.file {
                 Ok(file)
@@ -172,10 +173,7 @@ impl Unwinder {
             }
         });
         let unwind = match file {
-            Ok(file) => {
-                let cache = object::ReadCache::new(file);
-                table::read(&cache)
-            }
+            Ok(file) => table::read(&ElfData::new(file)),
             Err(e) => {
                 warn!("{}: cannot read its unwind info: {e}", m.path.display());
                 return Ok(KnownFile::missing(table::Segments::default()));

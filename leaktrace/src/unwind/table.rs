@@ -29,6 +29,8 @@ pub enum TableError {
     TooManyRows,
     #[error("code above 4 GiB of the module's address space")]
     TooHigh,
+    #[error("{0} is {1} bytes uncompressed, more than {max}", max = crate::elf::MAX_READ)]
+    TooBig(&'static str, u64),
 }
 
 /// A module's rows and, for each page of code they cover, the rows that apply
@@ -98,13 +100,21 @@ fn table<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> Result<Option<ModuleT
         bases = bases.set_got(got.address());
     }
     let mut raw = Vec::new();
-    // Go compresses its DWARF sections (.debug_frame among them).
+    // Go compresses its DWARF sections (.debug_frame among them): what the
+    // file says they decompress to is bounded before they are.
+    let uncompressed = |section: &object::Section<'d, '_, R>, name| {
+        let size = section.compressed_file_range()?.uncompressed_size;
+        if size > crate::elf::MAX_READ {
+            return Err(TableError::TooBig(name, size));
+        }
+        Ok(section.uncompressed_data()?)
+    };
     if let Some(eh) = obj.section_by_name(".eh_frame") {
         let bases = bases.clone().set_eh_frame(eh.address());
-        let data = eh.uncompressed_data()?;
+        let data = uncompressed(&eh, ".eh_frame")?;
         collect(&EhFrame::new(&data, LittleEndian), &bases, &plt, &mut raw)?;
     } else if let Some(debug) = obj.section_by_name(".debug_frame") {
-        let data = debug.uncompressed_data()?;
+        let data = uncompressed(&debug, ".debug_frame")?;
         collect(
             &DebugFrame::new(&data, LittleEndian),
             &bases,
