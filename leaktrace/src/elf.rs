@@ -330,6 +330,7 @@ impl ElfImage {
     }
 
     /// The ELF file `data`, read from `path`.
+    #[cfg(test)]
     pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<Self, ElfError> {
         Self::from_data(path, ElfData::from_bytes(data))
     }
@@ -358,11 +359,13 @@ impl ElfImage {
     }
 
     /// The file as it is read, on demand (what reading it has cost so far).
+    #[cfg(test)]
     pub fn data(&self) -> &ElfData {
         &self.data
     }
 
     /// The GNU build ID as lowercase hex, if the file has one.
+    #[cfg(test)]
     pub fn build_id(&self) -> Option<String> {
         gnu_build_id(&self.data)
     }
