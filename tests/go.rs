@@ -396,3 +396,56 @@ fn goroutines_before_attach(version: &str) {
     assert_eq!(last["function"], "[allocated before attach]", "{garbage}");
     assert_eq!(garbage["outstanding_bytes"], 0, "{garbage}");
 }
+
+/// The line of `marker` in tests/targets/go/NAME.go.
+fn line_of(name: &str, marker: &str) -> u64 {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/targets/go/{name}.go"));
+    let text = std::fs::read_to_string(src).unwrap();
+    1 + text.lines().position(|l| l.contains(marker)).unwrap() as u64
+}
+
+#[test]
+fn goroutine_sites_say_where_their_goroutines_wait() {
+    if !root_or_skip() {
+        return;
+    }
+    let send_line = line_of("waiting", "waits: chan send");
+    let nap_line = line_of("waiting", "waits: sleep");
+    // The offsets of the runtime's structures from its DWARF: 1.21 and 1.27
+    // differ. (A stripped build has no symbol for `runtime.allgs`: docs/go.md.)
+    for (version, stripped) in [(GO_OLDEST, false), (GO_NEWEST, false)] {
+        let exe = go_build("waiting", version, stripped);
+        let dir = scratch_dir(&format!("gowaiting{version}{stripped}"));
+        let json = dir.join("report.json");
+        let out = run(leaktrace()
+            .args(["-q", "-d", "2500ms", "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(&exe)
+            .args(["7", "4"]));
+        assert!(out.status.success());
+        let r = report(&json);
+        let waiting = |function: &str| -> Value {
+            r["sites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["kind"] == "goroutine")
+                .flat_map(|s| s["waiting"].as_array().cloned().unwrap_or_default())
+                .find(|w| w["function"] == function)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "go{version} stripped {stripped}: no goroutines waiting in {function}: {r}"
+                    )
+                })
+        };
+        let send = waiting("main.send");
+        assert_eq!(send["reason"], "chan send", "{send}");
+        assert_eq!(send["count"], 7, "{send}");
+        assert_eq!(send["line"], send_line, "{send}");
+        let nap = waiting("main.nap");
+        assert_eq!(nap["reason"], "sleep", "{nap}");
+        assert_eq!(nap["count"], 4, "{nap}");
+        assert_eq!(nap["line"], nap_line, "{nap}");
+    }
+}

@@ -451,6 +451,17 @@ impl ElfImage {
         Some((section.address(), data))
     }
 
+    /// A section's contents decompressed (Go compresses its DWARF), bounded
+    /// like every read: `None` when it would be larger than [`MAX_READ`].
+    pub fn uncompressed_section(&self, name: &str) -> Option<Vec<u8>> {
+        let file = self.parse().ok()?;
+        let section = file.section_by_name(name)?;
+        if section.compressed_file_range().ok()?.uncompressed_size > MAX_READ {
+            return None;
+        }
+        Some(section.uncompressed_data().ok()?.into_owned())
+    }
+
     /// A section's address, without reading it.
     pub fn section_address(&self, name: &str) -> Option<u64> {
         let file = self.parse().ok()?;

@@ -78,6 +78,139 @@ pub struct LiveGoroutine {
     pub gopc: u64,
     /// Entry of the function it runs.
     pub start_pc: u64,
+    /// `atomicstatus` without the "being scanned" bit.
+    pub status: u32,
+    /// Where it was last switched out (`g.sched`: pc and frame pointer).
+    pub sched_pc: u64,
+    pub sched_bp: u64,
+}
+
+/// `atomicstatus` values (runtime2.go).
+pub const G_RUNNABLE: u32 = 1;
+pub const G_RUNNING: u32 = 2;
+pub const G_SYSCALL: u32 = 3;
+pub const G_WAITING: u32 = 4;
+
+/// Frames of a parked goroutine's stack read at most.
+const MAX_PARKED_FRAMES: usize = 32;
+
+/// `g.sched`'s offset in `runtime.g`, the same in every release 1.21–1.27
+/// (assembly depends on it), and `gobuf.pc` in it.
+const G_SCHED: u64 = 56;
+const GOBUF_PC: u64 = 8;
+
+/// `gobuf.bp` in the releases it was read from (the DWARF of a binary each
+/// builds: 1.21 has `gobuf.ret` before it, 1.27 not); another release's is
+/// read from the binary's own DWARF.
+fn gobuf_bp_of(version: &str) -> Option<u64> {
+    match version.strip_prefix("go1.")?.split('.').next()? {
+        "21" => Some(48),
+        "27" => Some(40),
+        _ => None,
+    }
+}
+
+/// The offset of member `member` of struct `name` in the binary's DWARF (Go
+/// binaries that are not stripped keep it, compressed).
+fn dwarf_member(image: &ElfImage, name: &str, member: &str) -> Option<u64> {
+    use gimli::{AttributeValue, EndianSlice, LittleEndian};
+    let info = image.uncompressed_section(".debug_info")?;
+    let abbrev = image.uncompressed_section(".debug_abbrev")?;
+    let str_ = image.uncompressed_section(".debug_str").unwrap_or_default();
+    // A unit's line program header is read with the unit.
+    let line = image
+        .uncompressed_section(".debug_line")
+        .unwrap_or_default();
+    let dwarf = gimli::Dwarf {
+        debug_info: gimli::DebugInfo::new(&info, LittleEndian),
+        debug_abbrev: gimli::DebugAbbrev::new(&abbrev, LittleEndian),
+        debug_str: gimli::DebugStr::new(&str_, LittleEndian),
+        debug_line: gimli::DebugLine::new(&line, LittleEndian),
+        ..Default::default()
+    };
+    let named = |unit: &gimli::Unit<EndianSlice<LittleEndian>>,
+                 entry: &gimli::DebuggingInformationEntry<EndianSlice<LittleEndian>>,
+                 wanted: &str| {
+        entry
+            .attr_value(gimli::DW_AT_name)
+            .and_then(|v| dwarf.attr_string(unit, v).ok())
+            .is_some_and(|n| n.slice() == wanted.as_bytes())
+    };
+    let mut units = dwarf.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        let mut entries = unit.entries();
+        // The depth of the struct wanted, while in it.
+        let mut within: Option<isize> = None;
+        while let Ok(Some(entry)) = entries.next_dfs() {
+            let depth = entry.depth();
+            if within.is_some_and(|d| depth <= d) {
+                within = None;
+            }
+            if entry.tag() == gimli::DW_TAG_structure_type && named(&unit, entry, name) {
+                within = Some(depth);
+            } else if within == Some(depth - 1)
+                && entry.tag() == gimli::DW_TAG_member
+                && named(&unit, entry, member)
+            {
+                return match entry.attr_value(gimli::DW_AT_data_member_location)? {
+                    AttributeValue::Udata(at) => Some(at),
+                    AttributeValue::Data1(at) => Some(at.into()),
+                    AttributeValue::Data2(at) => Some(at.into()),
+                    AttributeValue::Data4(at) => Some(at.into()),
+                    AttributeValue::Sdata(at) => u64::try_from(at).ok(),
+                    _ => None,
+                };
+            }
+        }
+    }
+    None
+}
+
+/// Why a goroutine waits, named as Go's goroutine profile names it, from
+/// the functions of its parked stack (innermost first) and its status: the
+/// runtime function that parked it tells, whatever the release's numbering
+/// of its wait reasons.
+pub fn wait_reason<'a>(status: u32, functions: impl IntoIterator<Item = &'a str>) -> &'static str {
+    match status {
+        G_RUNNING => return "running",
+        G_SYSCALL => return "syscall",
+        G_RUNNABLE => return "runnable",
+        _ => {}
+    }
+    // The semaphore under a lock or a wait group says less than the lock.
+    let mut semaphore = false;
+    for f in functions {
+        let reason = match f {
+            "runtime.chansend" | "runtime.chansend1" => "chan send",
+            "runtime.chanrecv" | "runtime.chanrecv1" | "runtime.chanrecv2" => "chan receive",
+            "runtime.selectgo" => "select",
+            "runtime.block" => "select (no cases)",
+            "time.Sleep" | "runtime.timeSleep" => "sleep",
+            "internal/poll.runtime_pollWait" | "runtime.netpollblock" => "IO wait",
+            "sync.runtime_SemacquireMutex" | "internal/sync.runtime_SemacquireMutex" => {
+                "sync.Mutex.Lock"
+            }
+            "sync.runtime_SemacquireRWMutexR" => "sync.RWMutex.RLock",
+            "sync.runtime_SemacquireRWMutex" => "sync.RWMutex.Lock",
+            "sync.runtime_SemacquireWaitGroup" | "sync.(*WaitGroup).Wait" => "sync.WaitGroup.Wait",
+            "sync.runtime_notifyListWait" => "sync.Cond.Wait",
+            "runtime.gcBgMarkWorker" => "GC worker (idle)",
+            "runtime.forcegchelper" => "force gc (idle)",
+            "runtime.bgsweep" => "GC sweep wait",
+            "runtime.bgscavenge" => "GC scavenge wait",
+            "runtime.runfinq" | "runtime.runFinalizersAndCleanups" => "finalizer wait",
+            "sync.runtime_Semacquire" | "runtime.semacquire1" | "runtime.semacquire" => {
+                semaphore = true;
+                continue;
+            }
+            _ => continue,
+        };
+        return reason;
+    }
+    if semaphore { "semacquire" } else { "waiting" }
 }
 
 /// Goroutines read at most (a runaway `allgs` length read mid-update).
@@ -127,7 +260,7 @@ impl GLayout {
 
     /// Bytes of a g to read: up to the last field used.
     fn size(&self) -> u64 {
-        self.startpc + 8
+        self.startpc.max(G_SCHED + 64) + 8
     }
 }
 
@@ -259,6 +392,9 @@ pub struct GoRuntime {
     allgs_symbol: Option<u64>,
     /// `runtime.mbuckets`'s file address (the heap profile's buckets).
     mbuckets_symbol: Option<u64>,
+    /// `bp` in `g.sched` when known (the releases read, else DWARF): where a
+    /// parked goroutine's frame chain starts.
+    gobuf_bp: Option<u64>,
     /// Where the file asks to be loaded: a PIE's bias is measured from it.
     load_address: u64,
 }
@@ -322,9 +458,24 @@ impl GoRuntime {
                 }
             }
         }
+        let version = build_version(image);
+        // The releases read are known; another's DWARF (decompressed whole:
+        // only when needed) says, if it was not stripped.
+        let known = version.as_deref().and_then(gobuf_bp_of);
+        let gobuf_bp = known.or_else(|| dwarf_member(image, "runtime.gobuf", "bp"));
+        log::debug!(
+            "{}: gobuf.bp at {gobuf_bp:?} ({})",
+            image.path.display(),
+            if known.is_some() {
+                "release table"
+            } else {
+                "DWARF"
+            }
+        );
         Ok(Some(Self {
             path: image.path.clone(),
-            version: build_version(image),
+            gobuf_bp,
+            version,
             points,
             rate_symbol: image.symbol_address("runtime.MemProfileRate"),
             allgs_symbol: image.symbol_address("runtime.allgs"),
@@ -446,13 +597,46 @@ impl GoRuntime {
             if matches!(status & !G_SCAN, G_IDLE | G_DEAD) {
                 continue;
             }
+            let sched = |at: Option<u64>| at.map_or(0, |at| word(&g, G_SCHED + at));
             live.push(LiveGoroutine {
                 g: addr,
                 gopc: word(&g, layout.gopc),
                 start_pc: word(&g, layout.startpc),
+                status: status & !G_SCAN,
+                sched_pc: sched(Some(GOBUF_PC)),
+                sched_bp: sched(self.gobuf_bp),
             });
         }
         Ok(live)
+    }
+
+    /// The return addresses of goroutine `g`'s stack where it is parked,
+    /// innermost first, by its frame pointers (Go keeps them); empty for one
+    /// running now, or when `g.sched`'s layout is not known.
+    pub fn parked_stack(&self, pid: u32, g: &LiveGoroutine) -> Vec<u64> {
+        if !matches!(g.status, G_WAITING | G_RUNNABLE) || g.sched_bp == 0 || g.sched_pc == 0 {
+            return Vec::new();
+        }
+        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+            return Vec::new();
+        };
+        let mut pcs = vec![g.sched_pc];
+        let mut bp = g.sched_bp;
+        let mut frame = [0u8; 16];
+        while pcs.len() < MAX_PARKED_FRAMES && mem.read_exact_at(&mut frame, bp).is_ok() {
+            let next = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
+            let ra = u64::from_le_bytes(frame[8..].try_into().expect("8 bytes"));
+            if ra == 0 {
+                break;
+            }
+            pcs.push(ra);
+            // Frames go up the stack: anything else is not a frame chain.
+            if next <= bp {
+                break;
+            }
+            bp = next;
+        }
+        pcs
     }
 
     /// The target's `runtime.MemProfileRate` now.
@@ -569,6 +753,75 @@ mod tests {
                 assert!(funcs.len() <= cut / 8 + 1);
             }
         }
+    }
+
+    /// Offsets read from the DWARF of a program Go 1.27 builds (the
+    /// toolchain `cargo xtask setup` installs) are those of the release table.
+    #[test]
+    fn the_runtimes_layout_is_read_from_dwarf() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let go = root.join("target/toolchains/go1.27.3/bin/go");
+        assert!(go.exists(), "{}: run cargo xtask setup", go.display());
+        let tmp = std::env::temp_dir().join(format!("leaktrace-dwarf-{}", std::process::id()));
+        let exe = tmp.join("waiting");
+        let status = std::process::Command::new(go)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", root.join("target/gocache-unit"))
+            .env("GOPATH", tmp.join("gopath"))
+            .env("GOFLAGS", "-buildvcs=false")
+            .arg("build")
+            .arg("-o")
+            .arg(&exe)
+            .arg(root.join("tests/targets/go/waiting.go"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let image = ElfImage::open(&exe).unwrap();
+        assert_eq!(
+            dwarf_member(&image, "runtime.gobuf", "bp"),
+            gobuf_bp_of("go1.27.3")
+        );
+        assert_eq!(dwarf_member(&image, "runtime.g", "sched"), Some(G_SCHED));
+        assert_eq!(dwarf_member(&image, "runtime.gobuf", "nothing"), None);
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+
+    #[test]
+    fn wait_reasons_come_from_the_function_that_parked() {
+        let parked = |fs: &[&'static str]| wait_reason(G_WAITING, fs.iter().copied());
+        assert_eq!(
+            parked(&[
+                "runtime.gopark",
+                "runtime.chansend",
+                "runtime.chansend1",
+                "main.produce"
+            ]),
+            "chan send"
+        );
+        assert_eq!(
+            parked(&["runtime.gopark", "runtime.selectgo", "main.loop"]),
+            "select"
+        );
+        assert_eq!(
+            parked(&["runtime.gopark", "time.Sleep", "main.nap"]),
+            "sleep"
+        );
+        assert_eq!(
+            parked(&[
+                "runtime.gopark",
+                "runtime.semacquire1",
+                "sync.runtime_SemacquireWaitGroup",
+                "sync.(*WaitGroup).Wait",
+                "main.run"
+            ]),
+            "sync.WaitGroup.Wait"
+        );
+        assert_eq!(
+            parked(&["runtime.gopark", "runtime.semacquire1", "main.x"]),
+            "semacquire"
+        );
+        assert_eq!(parked(&["runtime.gopark", "main.custom"]), "waiting");
+        assert_eq!(wait_reason(G_RUNNABLE, ["runtime.chansend"]), "runnable");
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct Site {
     pub frames: Frames,
     /// Heap sites: their blocks by reachability, from their process's latest scan.
     pub reach: Option<Reach>,
+    /// Goroutine sites: where their goroutines wait, most first, as last read.
+    pub waiting: Vec<Waiting>,
     /// Its process has exited: what it held then, kept as it was.
     pub ended: bool,
 }
@@ -164,9 +166,22 @@ impl Site {
             details: Vec::new(),
             frames: Frames::from([]),
             reach: None,
+            waiting: Vec::new(),
             ended: false,
         }
     }
+}
+
+/// Goroutines of a site waiting for one reason at one place.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Waiting {
+    /// As Go's goroutine profile says it: "chan send", "select", "sleep"…
+    pub reason: &'static str,
+    /// The function they wait in: the first of the program's own code.
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub count: u64,
 }
 
 /// What could not be accounted, by cause. Reported with every report.
@@ -587,6 +602,22 @@ impl Model {
             .filter(|s| s.id.kind == kind)
             .map(|s| s.live_count)
             .sum()
+    }
+
+    /// The site of goroutine `g` of `tgid`, if leaktrace counts it.
+    pub fn goroutine_site(&self, tgid: u32, g: u64) -> Option<SiteId> {
+        Some(self.goroutines.get(&tgid)?.get(&g)?.site)
+    }
+
+    /// Where `tgid`'s goroutines wait, by site: replaces what was read before.
+    pub fn set_waiting(&mut self, tgid: u32, mut waiting: HashMap<SiteId, Vec<Waiting>>) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.tgid == tgid && s.id.kind == Kind::Goroutine && !s.ended)
+        {
+            site.waiting = waiting.remove(&site.id).unwrap_or_default();
+        }
     }
 
     /// Adds a point to every site's series; `t` is seconds since tracing began.

@@ -186,6 +186,11 @@ impl Builder {
         if let Some(d) = site.details.first() {
             label.push(self.label("detail", &d.describe()));
         }
+        // Where most of a goroutine site's goroutines wait: `-tagfocus
+        // waiting=chan.send`.
+        if let Some(w) = site.waiting.first() {
+            label.push(self.label("waiting", &crate::report::waiting_line(w)));
+        }
         let Some(r) = site.reachability else {
             self.profile.sample.push(Sample {
                 location_id,
@@ -437,6 +442,7 @@ mod tests {
             time_to_limit_s: None,
             details: Vec::new(),
             reachability: None,
+            waiting: Vec::new(),
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: frames.into_iter().map(std::sync::Arc::new).collect(),

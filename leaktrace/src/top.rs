@@ -474,6 +474,11 @@ fn detail(s: &SiteReport) -> Paragraph<'static> {
     for d in &s.details {
         lines.push(Line::from(format!("  {} ×{}", shown(&d.describe()), d.count)).fg(Color::Cyan));
     }
+    for w in &s.waiting {
+        lines.push(
+            Line::from(format!("  {}", shown(&crate::report::waiting_line(w)))).fg(Color::Yellow),
+        );
+    }
     if let Some(r) = &s.reachability {
         let line = Line::from(crate::report::reach_line(r));
         lines.push(if r.lost_count() > 0 {
@@ -627,6 +632,7 @@ mod tests {
             time_to_limit_s: None,
             details: Vec::new(),
             reachability: None,
+            waiting: Vec::new(),
             history: (0..30)
                 .map(|t| (t as f64, (t as u64 * bytes / 30) as f64))
                 .collect(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     handles::HandleKind,
     limits::{FdLimit, MemoryLimit},
-    model::{Kind, Lost, Model, Ns, Scans, Site, StackWalks},
+    model::{Kind, Lost, Model, Ns, Scans, Site, StackWalks, Waiting},
     reach::Reach,
     symbolize::{Frame, Frames},
     verdict::{self, Assessment, Evidence, Verdict},
@@ -15,7 +15,7 @@ use crate::{
 
 mod text;
 
-pub use text::{human_bytes, human_duration, reach_line, site_line};
+pub use text::{human_bytes, human_duration, reach_line, site_line, waiting_line};
 
 pub const FORMAT_VERSION: u32 = 4;
 
@@ -160,6 +160,9 @@ pub struct SiteReport {
     /// Heap sites of a process scanned: its blocks by reachability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reachability: Option<Reach>,
+    /// Goroutine sites: where their goroutines wait (docs/go.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
     /// The last few samples of the outstanding bytes (memory) or count
     /// (handles), oldest first, as (seconds since start, value): for live
     /// views (a report keeps no more per site: it may have 100k sites).
@@ -437,6 +440,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
             })
             .collect(),
         reachability: s.reach,
+        waiting: s.waiting.clone(),
         growth_last_minute: change_over(&history, 60.0),
         history: history[history.len().saturating_sub(HISTORY_POINTS)..].to_vec(),
         frames: s.frames.clone(),
@@ -482,6 +486,7 @@ mod tests {
             time_to_limit_s: None,
             details: Vec::new(),
             reachability: None,
+            waiting: Vec::new(),
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: Frames::from([Frame::note(function)]),

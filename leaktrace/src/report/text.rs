@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Detail, Report, SiteReport};
+use crate::model::Waiting;
 use crate::{
     escape::shown, handles::HandleKind, model::Kind, reach::Reach, symbolize::headline,
     verdict::Verdict,
@@ -215,6 +216,9 @@ impl Report {
             }
             if let Some(r) = &s.reachability {
                 let _ = writeln!(out, "    {}", reach_line(r));
+            }
+            for w in &s.waiting {
+                let _ = writeln!(out, "    {}", shown(&waiting_line(w)));
             }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
@@ -469,6 +473,19 @@ pub fn site_line(s: &SiteReport) -> String {
         s.pid,
         s.summary()
     )
+}
+
+/// "12 waiting: chan send in main.producer (main.go:42)".
+pub fn waiting_line(w: &Waiting) -> String {
+    let place = match (&w.function, &w.file, w.line) {
+        (Some(f), Some(file), Some(line)) => {
+            let file = file.rsplit('/').next().unwrap_or(file);
+            format!(" in {f} ({file}:{line})")
+        }
+        (Some(f), _, _) => format!(" in {f}"),
+        _ => String::new(),
+    };
+    format!("{} waiting: {}{place}", w.count, w.reason)
 }
 
 /// "unreachable 3 (96 B) · indirect 3 (96 B) · reachable 2 (64 B), at exit".

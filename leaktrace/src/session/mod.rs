@@ -407,18 +407,21 @@ impl Pump {
     /// Ages, socket addresses and symbols up to date (totals just read).
     fn ages_and_symbols(&mut self) -> Result<()> {
         self.update_ages()?;
+        self.read_waiting();
         self.resolve_sockets();
         self.ingest.symbolize(&self.probes, &mut self.procfs);
         Ok(())
     }
 
     /// The live view's report, each second, on the totals just read: ages
-    /// (a walk of every outstanding allocation) are brought up to date every
+    /// (a walk of every outstanding allocation) and where goroutines wait (a
+    /// read of every goroutine) are brought up to date every
     /// [`LIVE_AGES_EVERY`] only.
     fn live_report(&mut self) -> Result<Report> {
         let now = now_ns();
         if now.saturating_sub(self.ages_at) >= LIVE_AGES_EVERY.as_nanos() as Ns {
             self.update_ages()?;
+            self.read_waiting();
         }
         self.resolve_sockets();
         self.ingest.symbolize(&self.probes, &mut self.procfs);

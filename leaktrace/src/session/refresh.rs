@@ -7,13 +7,16 @@ use anyhow::{Context, Result};
 use leaktrace_common::{Counter, SiteKey, SiteKind, SiteStats, unwind::STACK_END_KINDS};
 use log::{debug, warn};
 
-use super::{Pump, now_ns};
+use super::{Pump, now_ns, seams::Process};
 use crate::{
-    handles,
-    model::{HeapAges, SiteId, StackWalks, stands_for},
+    golang, handles,
+    model::{HeapAges, SiteId, StackWalks, TOP_DETAILS, Waiting, stands_for},
     report::human_bytes,
     sampling::DEFAULT_MEM_PROFILE_RATE,
 };
+
+/// Goroutines whose wait is read per process each time, at most.
+const WAITING_READ: usize = 20_000;
 
 impl Pump {
     /// Reads per-site totals and counters from the kernel.
@@ -121,6 +124,75 @@ impl Pump {
                 Ok(rate) => go.rate = Some(rate),
                 Err(e) => debug!("{e}"),
             }
+        }
+    }
+
+    /// Where each live Go target's goroutines wait, by site: read from the
+    /// runtime (each goroutine's status and parked stack, `golang.rs`),
+    /// grouped by reason and the function of the program's own they wait
+    /// in. A goroutine-heavy service has tens of thousands: at most
+    /// [`WAITING_READ`] are read per process each time.
+    pub(super) fn read_waiting(&mut self) {
+        let go: Vec<u32> = self
+            .targets
+            .live()
+            .filter(|t| t.go.is_some())
+            .map(|t| t.target.pid)
+            .collect();
+        for pid in go {
+            let Some(runtime) = self.targets.get(pid).and_then(|t| t.go.as_ref()) else {
+                continue;
+            };
+            let live = match runtime.runtime.goroutines(pid) {
+                Ok(live) => live,
+                Err(e) => {
+                    debug!("PID {pid}: where goroutines wait is not known: {e}");
+                    continue;
+                }
+            };
+            let mut groups: HashMap<SiteId, HashMap<Waiting, u64>> = HashMap::new();
+            for g in live.iter().take(WAITING_READ) {
+                let Some(site) = self.ingest.model.goroutine_site(pid, g.g) else {
+                    continue;
+                };
+                let pcs = runtime.runtime.parked_stack(pid, g);
+                let frames: Vec<_> = pcs
+                    .iter()
+                    .flat_map(|&pc| self.procfs.frames(pid, pc))
+                    .collect();
+                let names = frames.iter().filter_map(|f| f.function.as_deref());
+                let reason = golang::wait_reason(g.status, names);
+                let named = |f: &&std::sync::Arc<crate::symbolize::Frame>| {
+                    f.function
+                        .as_deref()
+                        .is_some_and(|n| !n.starts_with("runtime."))
+                };
+                let at = frames
+                    .iter()
+                    .find(|f| f.is_own_code())
+                    .or_else(|| frames.iter().find(named));
+                let key = Waiting {
+                    reason,
+                    function: at.and_then(|f| f.function.clone()),
+                    file: at.and_then(|f| f.file.clone()),
+                    line: at.and_then(|f| f.line),
+                    count: 0,
+                };
+                *groups.entry(site).or_default().entry(key).or_default() += 1;
+            }
+            let waiting = groups
+                .into_iter()
+                .map(|(site, group)| {
+                    let mut list: Vec<Waiting> = group
+                        .into_iter()
+                        .map(|(w, count)| Waiting { count, ..w })
+                        .collect();
+                    list.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(b.reason)));
+                    list.truncate(TOP_DETAILS);
+                    (site, list)
+                })
+                .collect();
+            self.ingest.model.set_waiting(pid, waiting);
         }
     }
 
