@@ -26,7 +26,10 @@ pub enum GoError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} has no symbol table (stripped): the runtime's variables cannot be found")]
+    #[error(
+        "{0}: the runtime's variables are not found: no symbol table (stripped), and its \
+         code does not read them as Go 1.21–1.27 do"
+    )]
     NoSymbol(String),
     #[error("goroutines of {0} cannot be read: leaktrace knows the runtime of Go 1.21 to 1.27")]
     UnknownLayout(String),
@@ -167,6 +170,40 @@ fn dwarf_member(image: &ElfImage, name: &str, member: &str) -> Option<u64> {
         }
     }
     None
+}
+
+/// The runtime's variables leaktrace reads, found without a symbol table
+/// (stripped binaries) in the code of runtime functions that read them: the
+/// first global each loads, in every release 1.21–1.27 (checked against the
+/// symbols of unstripped builds in the tests).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Variables {
+    /// `allocmcache` reads `MemProfileRate` for the new cache's first sample.
+    rate: Option<u64>,
+    /// `forEachG` reads the `allgs` slice: its pointer, then its length.
+    allgs: Option<u64>,
+    /// `mProf_FlushLocked` walks the buckets from `mbuckets`.
+    mbuckets: Option<u64>,
+}
+
+impl Variables {
+    /// From the code of the runtime's functions, by name (address, bytes).
+    fn decoded<'a>(code: &dyn Fn(&'static str) -> Option<(u64, &'a [u8])>) -> Self {
+        let loads = |name| {
+            code(name).map_or_else(Vec::new, |(start, body)| {
+                placement::global_loads(body, start)
+            })
+        };
+        let allgs = loads("runtime.forEachG");
+        Self {
+            rate: loads("runtime.allocmcache").first().copied(),
+            allgs: match allgs[..] {
+                [ptr, len, ..] if len == ptr + 8 => Some(ptr),
+                _ => None,
+            },
+            mbuckets: loads("runtime.mProf_FlushLocked").first().copied(),
+        }
+    }
 }
 
 /// Why a goroutine waits, named as Go's goroutine profile names it, from
@@ -459,6 +496,11 @@ impl GoRuntime {
             }
         }
         let version = build_version(image);
+        // Without a symbol table, from the code that reads them.
+        let variables = match image.has_symtab() {
+            true => Variables::default(),
+            false => Variables::decoded(&|name| code(name)),
+        };
         // The releases read are known; another's DWARF (decompressed whole:
         // only when needed) says, if it was not stripped.
         let known = version.as_deref().and_then(gobuf_bp_of);
@@ -477,9 +519,13 @@ impl GoRuntime {
             gobuf_bp,
             version,
             points,
-            rate_symbol: image.symbol_address("runtime.MemProfileRate"),
-            allgs_symbol: image.symbol_address("runtime.allgs"),
-            mbuckets_symbol: image.symbol_address("runtime.mbuckets"),
+            rate_symbol: image
+                .symbol_address("runtime.MemProfileRate")
+                .or(variables.rate),
+            allgs_symbol: image.symbol_address("runtime.allgs").or(variables.allgs),
+            mbuckets_symbol: image
+                .symbol_address("runtime.mbuckets")
+                .or(variables.mbuckets),
             load_address: image.load_address(),
         }))
     }
@@ -755,18 +801,21 @@ mod tests {
         }
     }
 
-    /// Offsets read from the DWARF of a program Go 1.27 builds (the
-    /// toolchain `cargo xtask setup` installs) are those of the release table.
-    #[test]
-    fn the_runtimes_layout_is_read_from_dwarf() {
+    /// tests/targets/go/waiting.go built by the Go `version` the toolchains
+    /// `cargo xtask setup` installs have: symbols and DWARF kept.
+    fn built(version: &str) -> ElfImage {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let go = root.join("target/toolchains/go1.27.3/bin/go");
+        let go = root.join(format!("target/toolchains/go{version}/bin/go"));
         assert!(go.exists(), "{}: run cargo xtask setup", go.display());
-        let tmp = std::env::temp_dir().join(format!("leaktrace-dwarf-{}", std::process::id()));
+        let tmp =
+            std::env::temp_dir().join(format!("leaktrace-go{version}-{}", std::process::id()));
         let exe = tmp.join("waiting");
         let status = std::process::Command::new(go)
             .env("GOTOOLCHAIN", "local")
-            .env("GOCACHE", root.join("target/gocache-unit"))
+            .env(
+                "GOCACHE",
+                root.join(format!("target/gocache-unit{version}")),
+            )
             .env("GOPATH", tmp.join("gopath"))
             .env("GOFLAGS", "-buildvcs=false")
             .arg("build")
@@ -777,13 +826,50 @@ mod tests {
             .unwrap();
         assert!(status.success());
         let image = ElfImage::open(&exe).unwrap();
-        assert_eq!(
-            dwarf_member(&image, "runtime.gobuf", "bp"),
-            gobuf_bp_of("go1.27.3")
-        );
-        assert_eq!(dwarf_member(&image, "runtime.g", "sched"), Some(G_SCHED));
-        assert_eq!(dwarf_member(&image, "runtime.gobuf", "nothing"), None);
         let _ = std::fs::remove_dir_all(tmp);
+        image
+    }
+
+    /// Offsets read from a program's DWARF are those of the release table.
+    #[test]
+    fn the_runtimes_layout_is_read_from_dwarf() {
+        for version in ["1.21.13", "1.27.3"] {
+            let image = built(version);
+            let release = format!("go{version}");
+            assert_eq!(
+                dwarf_member(&image, "runtime.gobuf", "bp"),
+                gobuf_bp_of(&release)
+            );
+            assert_eq!(dwarf_member(&image, "runtime.g", "sched"), Some(G_SCHED));
+            assert_eq!(dwarf_member(&image, "runtime.gobuf", "nothing"), None);
+        }
+    }
+
+    /// What a stripped binary's code says of the runtime's variables is what
+    /// the symbols of the same build say.
+    #[test]
+    fn the_runtimes_variables_are_found_in_its_code() {
+        for version in ["1.21.13", "1.27.3"] {
+            let image = built(version);
+            let tab = Pclntab::read(&image).unwrap();
+            let code = |name: &'static str| -> Option<(u64, &[u8])> {
+                let (start, end) = tab.function(name)?;
+                let offset = image.file_offset(start)?;
+                Some((start, image.bytes_at(offset, (end - start) as usize)))
+            };
+            let found = Variables::decoded(&code);
+            let symbol = |name| image.symbol_address(name);
+            assert_eq!(
+                found,
+                Variables {
+                    rate: symbol("runtime.MemProfileRate"),
+                    allgs: symbol("runtime.allgs"),
+                    mbuckets: symbol("runtime.mbuckets"),
+                },
+                "go{version}"
+            );
+            assert!(found.rate.is_some() && found.allgs.is_some() && found.mbuckets.is_some());
+        }
     }
 
     #[test]

@@ -220,6 +220,25 @@ pub fn call_offsets(code: &[u8], address: u64, target: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The addresses of the 8-byte words a function whose code is `code` loads
+/// into a register from fixed places (`mov reg64, [rip+X]`), in code order:
+/// the globals it reads.
+pub fn global_loads(code: &[u8], address: u64) -> Vec<u64> {
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|ins| !ins.is_invalid())
+        .filter(|ins| {
+            ins.mnemonic() == Mnemonic::Mov
+                && ins.op_count() == 2
+                && ins.op0_kind() == OpKind::Register
+                && ins.op0_register().is_gpr64()
+                && ins.op1_kind() == OpKind::Memory
+                && ins.is_ip_rel_memory_operand()
+        })
+        .map(|ins| ins.ip_rel_memory_address())
+        .collect()
+}
+
 /// Offsets of the `ret` instructions of a function whose code is `code`.
 pub fn return_offsets(code: &[u8], address: u64) -> Vec<u64> {
     Decoder::with_ip(64, code, address, DecoderOptions::NONE)

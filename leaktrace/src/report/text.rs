@@ -114,7 +114,7 @@ impl Report {
                         human_bytes(rate)
                     ),
                     Some(rate) => format!("Go heap sampled every {}", human_bytes(rate)),
-                    None => "Go heap sampling rate unreadable (no symbol table): 512 KiB assumed"
+                    None => "Go heap sampling rate not found (stripped, unknown runtime): 512 KiB assumed"
                         .to_string(),
                 };
                 let _ = writeln!(out, "    {} · {sampling}", shown(version));
