@@ -436,13 +436,21 @@ fn goroutine_sites_say_where_their_goroutines_wait() {
                     )
                 })
         };
+        // A stripped binary names its functions (pclntab), not their lines.
+        let line = |n: u64| {
+            if stripped {
+                Value::Null
+            } else {
+                Value::from(n)
+            }
+        };
         let send = waiting("main.send");
         assert_eq!(send["reason"], "chan send", "{send}");
         assert_eq!(send["count"], 7, "{send}");
-        assert_eq!(send["line"], send_line, "{send}");
+        assert_eq!(send["line"], line(send_line), "{send}");
         let nap = waiting("main.nap");
         assert_eq!(nap["reason"], "sleep", "{nap}");
         assert_eq!(nap["count"], 4, "{nap}");
-        assert_eq!(nap["line"], nap_line, "{nap}");
+        assert_eq!(nap["line"], line(nap_line), "{nap}");
     }
 }
