@@ -375,6 +375,107 @@ pub struct Pclntab {
     funcs: Vec<(u64, String)>,
     /// What to add to a file offset in the text to get its address.
     offset_to_address: u64,
+    /// The table itself, for its line and file tables (stripped binaries keep them).
+    lines: Option<Lines>,
+}
+
+/// The parts of a pclntab that map a pc to its file and line.
+#[derive(Clone, Debug, Default)]
+struct Lines {
+    tab: Vec<u8>,
+    text: u64,
+    nfunc: usize,
+    functab: usize,
+    pctab: usize,
+    cutab: usize,
+    filetab: usize,
+}
+
+/// Steps a pc-value table is read for at most (a function has a row per
+/// change of value: thousands at most).
+const MAX_PCVALUE_STEPS: usize = 1 << 16;
+
+impl Lines {
+    fn new(tab: &[u8], text: u64) -> Option<Self> {
+        let at = |o: usize| -> Option<usize> {
+            usize::try_from(u64::from_le_bytes(tab.get(o..o + 8)?.try_into().ok()?)).ok()
+        };
+        Some(Self {
+            tab: tab.to_vec(),
+            text,
+            nfunc: at(8)?,
+            cutab: at(40)?,
+            filetab: at(48)?,
+            pctab: at(56)?,
+            functab: at(64)?,
+        })
+    }
+
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.tab.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
+    }
+
+    /// The file and line of the code at `address`.
+    fn at(&self, address: u64) -> Option<(String, u32)> {
+        let off = u32::try_from(address.checked_sub(self.text)?).ok()?;
+        // The function table is sorted by entry: {entry offset, func offset}.
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if self.u32_at(self.functab + 8 * mid)? <= off {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let entry = self.u32_at(self.functab + 8 * lo)?;
+        let func = self
+            .functab
+            .checked_add(self.u32_at(self.functab + 8 * lo + 4)? as usize)?;
+        // _func: pcfile at 20, pcln at 24, cuOffset at 32.
+        let line = self.pcvalue(self.u32_at(func + 24)?, entry, off)?;
+        let file = self.pcvalue(self.u32_at(func + 20)?, entry, off)?;
+        let cu = self.u32_at(func + 32)? as usize;
+        let index = cu.checked_add(usize::try_from(file).ok()?)?;
+        let name = self
+            .filetab
+            .checked_add(self.u32_at(self.cutab.checked_add(4 * index)?)? as usize)?;
+        let rest = self.tab.get(name..)?;
+        let end = rest.iter().take(MAX_NAME).position(|&b| b == 0)?;
+        Some((
+            String::from_utf8_lossy(&rest[..end]).into_owned(),
+            u32::try_from(line).ok()?,
+        ))
+    }
+
+    /// The value a pc-value table (`table` past the pc tables' start) gives
+    /// text offset `off`, in the function at `entry` (runtime/symtab.go's pcvalue).
+    fn pcvalue(&self, table: u32, entry: u32, off: u32) -> Option<i64> {
+        let mut p = self.pctab.checked_add(table as usize)?;
+        let (mut pc, mut value) = (u64::from(entry), -1i64);
+        for step in 0..MAX_PCVALUE_STEPS {
+            let (delta, used) = uvarint(self.tab.get(p..)?)?;
+            if delta == 0 && step > 0 {
+                return None; // past the function's end
+            }
+            p += used;
+            let delta = (if delta & 1 != 0 {
+                !(delta >> 1)
+            } else {
+                delta >> 1
+            }) as i64;
+            let (pcdelta, used) = uvarint(self.tab.get(p..)?)?;
+            p += used;
+            value = value.wrapping_add(delta);
+            pc = pc.checked_add(pcdelta)?;
+            if u64::from(off) < pc {
+                return Some(value);
+            }
+        }
+        None
+    }
 }
 
 impl Pclntab {
@@ -390,6 +491,7 @@ impl Pclntab {
         Some(Self {
             funcs,
             offset_to_address,
+            lines: Lines::new(tab, text),
         })
     }
 
@@ -402,6 +504,13 @@ impl Pclntab {
     /// The name of the function whose code is at `offset` in the file.
     pub fn name_at_offset(&self, offset: u64) -> Option<&str> {
         self.name_at(offset.wrapping_add(self.offset_to_address))
+    }
+
+    /// The file and line of the code at `offset` in the file.
+    pub fn line_at_offset(&self, offset: u64) -> Option<(String, u32)> {
+        self.lines
+            .as_ref()?
+            .at(offset.wrapping_add(self.offset_to_address))
     }
 
     /// The name of the function holding `address` (a file address).
@@ -807,8 +916,11 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let go = root.join(format!("target/toolchains/go{version}/bin/go"));
         assert!(go.exists(), "{}: run cargo xtask setup", go.display());
+        // Tests build side by side: each in a directory of its own.
+        static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp =
-            std::env::temp_dir().join(format!("leaktrace-go{version}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("leaktrace-go{version}-{}-{n}", std::process::id()));
         let exe = tmp.join("waiting");
         let status = std::process::Command::new(go)
             .env("GOTOOLCHAIN", "local")
@@ -846,9 +958,9 @@ mod tests {
     }
 
     /// What a stripped binary's code says of the runtime's variables is what
-    /// the symbols of the same build say.
+    /// the symbols of the same build say; its pclntab has the lines.
     #[test]
-    fn the_runtimes_variables_are_found_in_its_code() {
+    fn the_runtimes_variables_and_lines_are_found_without_symbols() {
         for version in ["1.21.13", "1.27.3"] {
             let image = built(version);
             let tab = Pclntab::read(&image).unwrap();
@@ -857,6 +969,13 @@ mod tests {
                 let offset = image.file_offset(start)?;
                 Some((start, image.bytes_at(offset, (end - start) as usize)))
             };
+            // Lines from the pclntab alone (what a stripped build has).
+            let (send, _) = tab.function("main.send").unwrap();
+            let (file, line) = tab
+                .line_at_offset(image.file_offset(send).unwrap())
+                .unwrap();
+            assert!(file.ends_with("tests/targets/go/waiting.go"), "{file}");
+            assert_eq!(line, 14, "main.send's `func` line");
             let found = Variables::decoded(&code);
             let symbol = |name| image.symbol_address(name);
             assert_eq!(

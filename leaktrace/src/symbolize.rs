@@ -343,11 +343,15 @@ impl Symbolizer {
 
     /// The Go function at `offset` of `module`, from its pclntab (stripped Go binaries).
     fn go_name(&mut self, module: &Module, offset: u64) -> Option<String> {
-        let table = self
-            .go_tables
+        Some(self.go_table(module)?.name_at_offset(offset)?.to_string())
+    }
+
+    /// `module`'s pclntab, read once.
+    fn go_table(&mut self, module: &Module) -> Option<&Pclntab> {
+        self.go_tables
             .entry(FileKey::of(module.file, &module.open))
-            .or_insert_with(|| Pclntab::read(&ElfImage::open(&module.open).ok()?));
-        Some(table.as_ref()?.name_at_offset(offset)?.to_string())
+            .or_insert_with(|| Pclntab::read(&ElfImage::open(&module.open).ok()?))
+            .as_ref()
     }
 
     fn lookup(&mut self, module: &Module, offset: u64) -> Vec<Frame> {
@@ -364,8 +368,21 @@ impl Symbolizer {
         // A return address points after the call: look up the call itself.
         let input = Input::FileOffset(offset.saturating_sub(1));
         let Ok(Symbolized::Sym(sym)) = self.blaze.symbolize_single(&src, input) else {
-            let function = self.go_name(module, offset.saturating_sub(1));
-            return vec![Frame { function, ..bare }];
+            // A stripped Go binary: its pclntab names the function, its file and line.
+            let call = offset.saturating_sub(1);
+            let Some(table) = self.go_table(module) else {
+                return vec![bare];
+            };
+            let function = table.name_at_offset(call).map(str::to_string);
+            let (file, line) = table
+                .line_at_offset(call)
+                .map_or((None, None), |(file, line)| (Some(file), Some(line)));
+            return vec![Frame {
+                function,
+                file,
+                line,
+                ..bare
+            }];
         };
         let with_code = |name: &str, code: Option<&CodeInfo<'_>>, inlined: bool| {
             let (file, line) = code.map_or((None, None), |c| (Some(code_path(c)), c.line));
