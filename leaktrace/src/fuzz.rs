@@ -184,6 +184,12 @@ fn go_runtime_tables() {
         if let Some(table) = golang::Pclntab::read(&image) {
             let _ = table.function("runtime.newproc");
             let _ = table.name_at_offset(0x1000);
+            // The pc-value tables, at the start of a function and past it.
+            if let Some((start, _)) = table.function("runtime.newproc") {
+                let _ = table.line_at_offset(start.wrapping_sub(0x400000));
+                let _ = table.line_at_offset(start.wrapping_sub(0x400000) + 40);
+            }
+            let _ = table.line_at_offset(0x2000);
         }
         let _ = golang::GoRuntime::inspect(&image);
     });
