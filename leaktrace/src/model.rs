@@ -79,6 +79,8 @@ pub struct Handle {
     /// function a goroutine runs.
     pub detail: String,
     pub ts: Ns,
+    /// Found open or alive at attach, not made while traced.
+    pub before_attach: bool,
 }
 
 /// A call site of one process.
@@ -147,6 +149,8 @@ pub struct Site {
     pub reach: Option<Reach>,
     /// Goroutine sites: where their goroutines wait, most first, as last read.
     pub waiting: Vec<Waiting>,
+    /// Handle sites: how many of those open or alive were so at attach.
+    pub before_attach: u64,
     /// Its process has exited: what it held then, kept as it was.
     pub ended: bool,
 }
@@ -167,6 +171,7 @@ impl Site {
             frames: Frames::from([]),
             reach: None,
             waiting: Vec::new(),
+            before_attach: 0,
             ended: false,
         }
     }
@@ -521,6 +526,19 @@ impl Model {
         self.goroutines.entry(tgid).or_default().insert(g, handle);
     }
 
+    /// The goroutines of `tgid` under site `from` (found alive at attach,
+    /// known by their `go` statement alone) go to site `to`, of the same
+    /// statement: one row for the site, before attach and after.
+    pub fn move_goroutines(&mut self, tgid: u32, from: SiteId, to: SiteId) {
+        if let Some(table) = self.goroutines.get_mut(&tgid) {
+            for handle in table.values_mut().filter(|h| h.site == from) {
+                handle.site = to;
+            }
+        }
+        self.sites.remove(&from);
+        self.sites.entry(to).or_insert_with(|| Site::new(to));
+    }
+
     /// A goroutine exited (one started before attach is not ours: ignored).
     pub fn end_goroutine(&mut self, tgid: u32, g: u64) {
         if let Some(table) = self.goroutines.get_mut(&tgid) {
@@ -559,6 +577,7 @@ impl Model {
             .filter(|s| s.id.kind.is_handle() && s.id.tgid == tgid)
         {
             site.live_count = 0;
+            site.before_attach = 0;
             site.oldest_ns = None;
         }
         let fds = self.fds.get(&tgid).into_iter().flat_map(|t| t.values());
@@ -571,6 +590,7 @@ impl Model {
         for handle in fds.chain(goroutines).chain(threads) {
             if let Some(site) = self.sites.get_mut(&handle.site) {
                 site.live_count += 1;
+                site.before_attach += u64::from(handle.before_attach);
                 site.oldest_ns = Some(site.oldest_ns.map_or(handle.ts, |t| t.min(handle.ts)));
                 *details
                     .entry(handle.site)

@@ -443,6 +443,7 @@ mod tests {
             details: Vec::new(),
             reachability: None,
             waiting: Vec::new(),
+            before_attach: 0,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: frames.into_iter().map(std::sync::Arc::new).collect(),

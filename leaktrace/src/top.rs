@@ -633,6 +633,7 @@ mod tests {
             details: Vec::new(),
             reachability: None,
             waiting: Vec::new(),
+            before_attach: 0,
             history: (0..30)
                 .map(|t| (t as f64, (t as u64 * bytes / 30) as f64))
                 .collect(),

@@ -160,6 +160,9 @@ pub struct SiteReport {
     /// Heap sites of a process scanned: its blocks by reachability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reachability: Option<Reach>,
+    /// Handle sites: how many of those open or alive were so at attach.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub before_attach: u64,
     /// Goroutine sites: where their goroutines wait (docs/go.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<Waiting>,
@@ -441,6 +444,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
             .collect(),
         reachability: s.reach,
         waiting: s.waiting.clone(),
+        before_attach: s.before_attach,
         growth_last_minute: change_over(&history, 60.0),
         history: history[history.len().saturating_sub(HISTORY_POINTS)..].to_vec(),
         frames: s.frames.clone(),
@@ -487,6 +491,7 @@ mod tests {
             details: Vec::new(),
             reachability: None,
             waiting: Vec::new(),
+            before_attach: 0,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: Frames::from([Frame::note(function)]),

@@ -163,14 +163,22 @@ impl Report {
         );
         for (i, s) in shown_at.iter().map(|&i| (i, leaking[i])) {
             let plural = if s.outstanding_count == 1 { "" } else { "s" };
+            let before = match s.before_attach {
+                0 => String::new(),
+                n => format!(" ({n} from before attach)"),
+            };
             let (held, made) = if matches!(s.kind, Kind::Goroutine | Kind::Thread) {
                 (
-                    format!("{} {}{plural} alive", s.outstanding_count, s.kind.name()),
+                    format!(
+                        "{} {}{plural} alive{before}",
+                        s.outstanding_count,
+                        s.kind.name()
+                    ),
                     format!("{} started in all", s.total_count),
                 )
             } else if s.kind.is_handle() {
                 (
-                    format!("{} {} open", s.kind.name(), s.outstanding_count),
+                    format!("{} {} open{before}", s.kind.name(), s.outstanding_count),
                     format!("{} opened in all", s.total_count),
                 )
             } else {

@@ -52,6 +52,9 @@ pub struct Ingest {
     go_ancestry: HashMap<(u32, u64), StackId>,
     /// Names of the functions goroutines run, by (tgid, entry address).
     start_functions: HashMap<(u32, u64), String>,
+    /// Sites of goroutines alive at attach, by (tgid, `go` statement): they
+    /// join the site of the first goroutine seen started there.
+    go_before: HashMap<(u32, u64), SiteId>,
     /// Processes whose descriptors or goroutines changed since their sites
     /// were last recounted.
     stale: HashSet<u32>,
@@ -115,6 +118,7 @@ impl Ingest {
                     kind: HandleKind::Thread,
                     detail: String::new(),
                     ts: e.ts_ns,
+                    before_attach: false,
                 };
                 self.model.start_thread(e.tgid, e.tid, handle, true);
                 self.stale.insert(e.tgid);
@@ -248,6 +252,7 @@ impl Ingest {
                 kind,
                 detail: detail.clone(),
                 ts: e.ts_ns,
+                before_attach: false,
             };
             self.model.open_fd(e.tgid, fd, handle, true);
         }
@@ -271,6 +276,7 @@ impl Ingest {
                 kind,
                 detail,
                 ts: now,
+                before_attach: true,
             };
             self.model.open_fd(pid, fd, handle, false);
             if let Some(site) = self.model.sites.get_mut(&id) {
@@ -293,6 +299,7 @@ impl Ingest {
                 kind: HandleKind::Thread,
                 detail: String::new(),
                 ts: now,
+                before_attach: true,
             };
             self.model.start_thread(pid, tid, handle, false);
         }
@@ -320,11 +327,13 @@ impl Ingest {
                     Pc::Note(Note::StartedBeforeAttach),
                 ]),
             };
+            self.go_before.insert((pid, g.gopc), site);
             let handle = Handle {
                 site,
                 kind: HandleKind::Goroutine,
                 detail: self.start_function(pid, g.start_pc, process),
                 ts: now,
+                before_attach: true,
             };
             self.model.start_goroutine(pid, g.g, handle, false);
         }
@@ -363,6 +372,12 @@ impl Ingest {
             kind: Kind::Goroutine,
             stack_id: self.stacks.intern(pcs.clone()),
         };
+        // One row per site: those of its `go` statement alive at attach join it.
+        if let Some(&Pc::Return(go_statement)) = pcs.first()
+            && let Some(before) = self.go_before.remove(&(e.tgid, go_statement))
+        {
+            self.model.move_goroutines(e.tgid, before, site);
+        }
         let chain = self.created_by(e.tgid, e.parent, pcs);
         self.go_ancestry.insert((e.tgid, e.g), chain);
         let handle = Handle {
@@ -370,6 +385,7 @@ impl Ingest {
             kind: HandleKind::Goroutine,
             detail: self.start_function(e.tgid, e.start_pc, process),
             ts: e.ts_ns,
+            before_attach: false,
         };
         self.model.start_goroutine(e.tgid, e.g, handle, true);
     }
@@ -464,6 +480,7 @@ impl Ingest {
         self.go.remove(&pid);
         self.go_ancestry.retain(|&(tgid, _), _| tgid != pid);
         self.start_functions.retain(|&(tgid, _), _| tgid != pid);
+        self.go_before.retain(|&(tgid, _), _| tgid != pid);
         self.go_runtime_mmaps.retain(|id| id.tgid != pid);
         self.model.end_process(pid, keep)
     }

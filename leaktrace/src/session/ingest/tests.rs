@@ -571,3 +571,46 @@ fn threads_are_counted_at_the_site_that_made_them_until_they_end_or_exec() {
     // An exited process's threads ended with it.
     assert!(!core.ingest.end(PID, false));
 }
+
+#[test]
+fn goroutines_alive_at_attach_join_the_site_of_their_go_statement() {
+    let mut core = Core::new();
+    let found = |g, gopc| GoroutineFound {
+        g,
+        gopc,
+        start_pc: 0x5000,
+    };
+    core.ingest.goroutines_before_attach(
+        PID,
+        0,
+        vec![found(0x10, 0xa0), found(0x20, 0xa0), found(0x30, 0xf0)],
+        &mut core.process,
+    );
+    // Started while traced at the same `go` statement (0xa0), from main.
+    core.kernel.stacks.insert(1, (vec![0x1, 0xa0, 0xa1], 0));
+    core.apply(goroutine(EventKind::GoroutineNew, 0x40, 0, 1, 0xa0));
+    let sites: Vec<&crate::model::Site> = core
+        .ingest
+        .model
+        .sites
+        .values()
+        .filter(|s| s.id.kind == Kind::Goroutine)
+        .collect();
+    assert_eq!(sites.len(), 2, "0xa0's and 0xf0's");
+    let joined = sites
+        .iter()
+        .find(|s| core.ingest.stacks.made(s.id.stack_id)[0] == Pc::Return(0xa0))
+        .unwrap();
+    assert_eq!((joined.live_count, joined.before_attach), (3, 2));
+    assert_eq!(joined.total_count, 1, "only the one started while traced");
+    assert_eq!(
+        core.ingest.stacks.made(joined.id.stack_id),
+        [Pc::Return(0xa0), Pc::Return(0xa1)],
+        "the whole stack of the one seen started"
+    );
+    let id = joined.id;
+    // Those ending count down the joined site.
+    core.apply(goroutine(EventKind::GoroutineExit, 0x10, 0, 0, 0));
+    let joined = &core.ingest.model.sites[&id];
+    assert_eq!((joined.live_count, joined.before_attach), (2, 1));
+}
