@@ -766,15 +766,13 @@ impl GoRuntime {
     }
 
     /// The return addresses of goroutine `g`'s stack where it is parked,
-    /// innermost first, by its frame pointers (Go keeps them); empty for one
-    /// running now, or when `g.sched`'s layout is not known.
-    pub fn parked_stack(&self, pid: u32, g: &LiveGoroutine) -> Vec<u64> {
+    /// innermost first, by its frame pointers (Go keeps them), read from its
+    /// process's memory `mem` (`/proc/PID/mem`); empty for one running now,
+    /// or when `g.sched`'s layout is not known.
+    pub fn parked_stack(mem: &std::fs::File, g: &LiveGoroutine) -> Vec<u64> {
         if !matches!(g.status, G_WAITING | G_RUNNABLE) || g.sched_bp == 0 || g.sched_pc == 0 {
             return Vec::new();
         }
-        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
-            return Vec::new();
-        };
         let mut pcs = vec![g.sched_pc];
         let mut bp = g.sched_bp;
         let mut frame = [0u8; 16];

@@ -9,7 +9,8 @@ use log::{debug, warn};
 
 use super::{Pump, now_ns, seams::Process};
 use crate::{
-    golang, handles,
+    golang::{self, GoRuntime},
+    handles,
     model::{HeapAges, SiteId, StackWalks, TOP_DETAILS, Waiting, stands_for},
     report::human_bytes,
     sampling::DEFAULT_MEM_PROFILE_RATE,
@@ -150,12 +151,15 @@ impl Pump {
                     continue;
                 }
             };
+            let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+                continue;
+            };
             let mut groups: HashMap<SiteId, HashMap<Waiting, u64>> = HashMap::new();
             for g in live.iter().take(WAITING_READ) {
                 let Some(site) = self.ingest.model.goroutine_site(pid, g.g) else {
                     continue;
                 };
-                let pcs = runtime.runtime.parked_stack(pid, g);
+                let pcs = GoRuntime::parked_stack(&mem, g);
                 let frames: Vec<_> = pcs
                     .iter()
                     .flat_map(|&pc| self.procfs.frames(pid, pc))
