@@ -110,10 +110,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     } else if mmap::wants(args.nr) {
         mmap::exit(tgid, &args, ret as u64, &regs);
     } else if fork::wants(args.nr) {
-        if fork::makes_thread(&args) == Some(true) {
-            thread::made(tgid, ret as u32, &regs);
-        } else {
-            fork::exit(tgid, ret as u32);
+        // (Arguments unreadable now, though they were at entry: neither.)
+        match fork::makes_thread(&args) {
+            Some(true) => thread::made(tgid, ret as u32, &regs),
+            Some(false) => fork::exit(tgid, ret as u32),
+            None => {}
         }
     } else {
         fd::exit(tgid, &args, ret as u64, &regs);

@@ -229,10 +229,10 @@ fn frame(walk: &mut Walk) -> i64 {
             (walk.bp.wrapping_add(row.cfa_off as i64 as u64), row.rbp_off)
         }
         // Code no table covers: hand-written assembly. Innermost, with the
-        // frame pointer at or below the stack pointer, it has no frame of its
+        // frame pointer below the stack pointer, it has no frame of its
         // own: a leaf (a syscall stub such as clone3's, past its CFI), its
         // return address on top of the stack.
-        k if k == RowKind::FramePointer as u8 && n == 0 && walk.bp <= walk.sp => {
+        k if k == RowKind::FramePointer as u8 && n == 0 && walk.bp < walk.sp => {
             (walk.sp.wrapping_add(8), 0)
         }
         k if k == RowKind::FramePointer as u8 => {

@@ -462,6 +462,16 @@ impl ElfImage {
         Some(section.uncompressed_data().ok()?.into_owned())
     }
 
+    /// A section's `[start, end)` addresses, without reading it.
+    pub fn section_range(&self, name: &str) -> Option<(u64, u64)> {
+        let file = self.parse().ok()?;
+        let section = file.section_by_name(name)?;
+        Some((
+            section.address(),
+            section.address().checked_add(section.size())?,
+        ))
+    }
+
     /// A section's address, without reading it.
     pub fn section_address(&self, name: &str) -> Option<u64> {
         let file = self.parse().ok()?;

@@ -206,6 +206,28 @@ impl Variables {
     }
 }
 
+impl Variables {
+    /// Those at a word of the binary's data sections; the others are dropped.
+    fn in_data(self, image: &ElfImage) -> Self {
+        let ranges: Vec<(u64, u64)> = [".data", ".noptrdata", ".bss", ".noptrbss"]
+            .iter()
+            .filter_map(|s| image.section_range(s))
+            .collect();
+        let data = |at: Option<u64>| {
+            at.filter(|&a| {
+                ranges
+                    .iter()
+                    .any(|&(lo, hi)| a >= lo && a.checked_add(8).is_some_and(|end| end <= hi))
+            })
+        };
+        Self {
+            rate: data(self.rate),
+            allgs: data(self.allgs),
+            mbuckets: data(self.mbuckets),
+        }
+    }
+}
+
 /// Why a goroutine waits, named as Go's goroutine profile names it, from
 /// the functions of its parked stack (innermost first) and its status: the
 /// runtime function that parked it tells, whatever the release's numbering
@@ -424,7 +446,7 @@ impl Lines {
         let (mut lo, mut hi) = (0usize, self.nfunc);
         while lo + 1 < hi {
             let mid = (lo + hi) / 2;
-            if self.u32_at(self.functab + 8 * mid)? <= off {
+            if self.u32_at(self.functab.checked_add(mid.checked_mul(8)?)?)? <= off {
                 lo = mid;
             } else {
                 hi = mid;
@@ -435,9 +457,10 @@ impl Lines {
             .functab
             .checked_add(self.u32_at(self.functab + 8 * lo + 4)? as usize)?;
         // _func: pcfile at 20, pcln at 24, cuOffset at 32.
-        let line = self.pcvalue(self.u32_at(func + 24)?, entry, off)?;
-        let file = self.pcvalue(self.u32_at(func + 20)?, entry, off)?;
-        let cu = self.u32_at(func + 32)? as usize;
+        let field = |at: usize| self.u32_at(func.checked_add(at)?);
+        let line = self.pcvalue(field(24)?, entry, off)?;
+        let file = self.pcvalue(field(20)?, entry, off)?;
+        let cu = field(32)? as usize;
         let index = cu.checked_add(usize::try_from(file).ok()?)?;
         let name = self
             .filetab
@@ -605,15 +628,19 @@ impl GoRuntime {
             }
         }
         let version = build_version(image);
-        // Without a symbol table, from the code that reads them.
+        // Without a symbol table, from the code that reads them: only words
+        // of the runtime's data, which leaktrace may write (the rate).
         let variables = match image.has_symtab() {
             true => Variables::default(),
-            false => Variables::decoded(&|name| code(name)),
+            false => Variables::decoded(&|name| code(name)).in_data(image),
         };
         // The releases read are known; another's DWARF (decompressed whole:
         // only when needed) says, if it was not stripped.
         let known = version.as_deref().and_then(gobuf_bp_of);
-        let gobuf_bp = known.or_else(|| dwarf_member(image, "runtime.gobuf", "bp"));
+        // A word of gobuf (at most seven): the file says, it is not trusted.
+        let gobuf_bp = known.or_else(|| {
+            dwarf_member(image, "runtime.gobuf", "bp").filter(|&at| at % 8 == 0 && at <= 48)
+        });
         log::debug!(
             "{}: gobuf.bp at {gobuf_bp:?} ({})",
             image.path.display(),
@@ -650,7 +677,9 @@ impl GoRuntime {
             .find(|m| m.offset == 0 && m.path.as_deref() == Some(exe.as_path()))
             .map(|m| m.start)
             .ok_or_else(|| memory(std::io::ErrorKind::NotFound.into()))?;
-        Ok(symbol + base - self.load_address)
+        (symbol.checked_add(base))
+            .and_then(|a| a.checked_sub(self.load_address))
+            .ok_or_else(|| memory(std::io::ErrorKind::InvalidData.into()))
     }
 
     fn rate_address(&self, pid: u32) -> Result<u64, GoError> {

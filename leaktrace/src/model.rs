@@ -67,6 +67,10 @@ impl Kind {
 /// The stack id of the site of descriptors found open at attach.
 pub const BEFORE_ATTACH: StackId = u64::MAX;
 
+/// Thread ends kept per process whose start has not been seen (see
+/// `Model::ended_unseen`): a start comes within one drain of its end.
+const MAX_ENDED_UNSEEN: usize = 1024;
+
 /// How many details (paths, peers) a handle site keeps, most frequent first.
 pub const TOP_DETAILS: usize = 5;
 
@@ -331,6 +335,10 @@ pub struct Model {
     goroutines: HashMap<u32, HashMap<u64, Handle>>,
     /// Live threads per process (but the first), by thread id.
     threads: HashMap<u32, HashMap<u32, Handle>>,
+    /// Threads whose end came before their start (the new thread can run and
+    /// exit before its maker's clone returns), per process: their start,
+    /// when it comes, is not kept alive.
+    ended_unseen: HashMap<u32, Vec<u32>>,
     pub lost: Lost,
     pub stack_walks: StackWalks,
     pub allocs: u64,
@@ -550,6 +558,12 @@ impl Model {
     /// total: false for threads found alive at attach.
     pub fn start_thread(&mut self, tgid: u32, tid: u32, handle: Handle, made: bool) {
         self.add_handle_site(&handle, made);
+        if let Some(ended) = self.ended_unseen.get_mut(&tgid)
+            && let Some(at) = ended.iter().position(|&t| t == tid)
+        {
+            ended.swap_remove(at);
+            return;
+        }
         self.threads.entry(tgid).or_default().insert(tid, handle);
     }
 
@@ -558,12 +572,22 @@ impl Model {
     pub fn end_thread(&mut self, tgid: u32, tid: Option<u32>) {
         match tid {
             Some(tid) => {
-                if let Some(table) = self.threads.get_mut(&tgid) {
-                    table.remove(&tid);
+                let known = self
+                    .threads
+                    .get_mut(&tgid)
+                    .is_some_and(|table| table.remove(&tid).is_some());
+                if !known {
+                    // Its start may still be on its way; a few are kept.
+                    let ended = self.ended_unseen.entry(tgid).or_default();
+                    if ended.len() >= MAX_ENDED_UNSEEN {
+                        ended.remove(0);
+                    }
+                    ended.push(tid);
                 }
             }
             None => {
                 self.threads.remove(&tgid);
+                self.ended_unseen.remove(&tgid);
             }
         }
     }
@@ -792,6 +816,7 @@ impl Model {
         self.fds.remove(&tgid);
         self.goroutines.remove(&tgid);
         self.threads.remove(&tgid);
+        self.ended_unseen.remove(&tgid);
         self.regions.remove(&tgid);
         let says_something = |s: &Site| {
             s.live_count > 0
@@ -825,6 +850,7 @@ impl Model {
         shrink(&mut self.fds);
         shrink(&mut self.goroutines);
         shrink(&mut self.threads);
+        shrink(&mut self.ended_unseen);
         shrink(&mut self.gone);
     }
 

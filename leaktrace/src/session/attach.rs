@@ -237,6 +237,27 @@ impl Pump {
         }
         self.ingest
             .exec(pid, e.ts_ns, &mut self.probes, &self.procfs);
+        self.go_after_exec(pid);
+    }
+
+    /// A Go runtime found in a process's image stays its own only while the
+    /// process runs that image (the command leaktrace started execs into the
+    /// very program it inspected); another image's memory is not the
+    /// runtime's, never to be read or written as such.
+    fn go_after_exec(&mut self, pid: u32) {
+        let Some(t) = self.targets.get_mut(pid) else {
+            return;
+        };
+        let Some(go) = &t.go else {
+            return;
+        };
+        let image = FileId::of_path(std::path::Path::new(&format!("/proc/{pid}/exe")));
+        if image.is_some() && image == FileId::of_path(&go.runtime.path) {
+            self.ingest.set_go(pid);
+        } else {
+            info!("PID {pid} exec'd another image: its Go runtime is no longer read");
+            t.go = None;
+        }
     }
 
     /// Makes `pid`'s new image stop again at its entry point, when its loader

@@ -169,6 +169,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         ages_at: 0,
         gone: Vec::new(),
         compact_due: false,
+        pending: Default::default(),
     };
     // After the probes: a descriptor opened or a goroutine started meanwhile is
     // in both the scan and the ring buffer, whose events are applied later and win.
@@ -233,6 +234,8 @@ struct Pump {
     gone: Vec<u32>,
     /// Processes ended since the tables were last compacted.
     compact_due: bool,
+    /// Events of the batch being applied, not yet done with.
+    pending: std::collections::VecDeque<Event>,
 }
 
 enum Stop {
@@ -500,35 +503,18 @@ impl Pump {
             })
             .collect();
         self.refresh_maps(&execs);
-        for event in &batch {
-            // A process ended with its state: what it did after, in the
-            // moment before the kernel forgot it, is not applied.
-            let pid = event.pid();
-            if self.targets.get(pid).is_none() && !self.gone.contains(&pid) {
-                debug!("event of PID {pid}, no longer traced, ignored");
-                resume(event);
-                continue;
-            }
-            if self.ingest.apply(event, &self.probes, &mut self.procfs) {
-                continue;
-            }
-            match event {
-                Event::Exec(e) => {
-                    self.new_image(e); // it goes on from there
-                    continue;
-                }
-                Event::Entry(e) => {
-                    // The loader has mapped the libraries: their tables go in
-                    // before `main` runs.
-                    self.refresh_maps_of(e.tgid);
-                }
-                Event::Exit(e) => self.scan_exiting(e),
-                Event::Fork(e) => self.adopt(e.tgid, e.child),
-                _ => {}
-            }
-            resume(event);
+        let mut stale: Vec<u32> = Vec::new();
+        // Held in `pending` until applied: should applying one fail midway,
+        // `Drop` still continues every process the rest left stopped.
+        self.pending.extend(batch);
+        while let Some(event) = self.pending.front().cloned() {
+            self.apply_event(&event, &mut stale);
+            self.pending.pop_front();
         }
         self.ingest.flush();
+        stale.sort_unstable();
+        stale.dedup();
+        self.probes.forget(&stale, false, false);
         if !self.gone.is_empty() {
             let gone = std::mem::take(&mut self.gone);
             for &pid in &gone {
@@ -541,6 +527,45 @@ impl Pump {
             // Never probed: only the target set and fork maps hold them.
             self.probes.forget(&gone, false, false);
         }
+    }
+}
+
+impl Pump {
+    /// One event of a batch; `stale` gathers the processes no longer traced
+    /// that sent it, for the kernel to forget.
+    fn apply_event(&mut self, event: &Event, stale: &mut Vec<u32>) {
+        // A process ended with its state: what it did after, in the
+        // moment before the kernel forgot it, is not applied.
+        let pid = event.pid();
+        if self.targets.get(pid).is_none() && !self.gone.contains(&pid) {
+            debug!("event of PID {pid}, no longer traced, ignored");
+            // The kernel forgets it (and a child it forked meanwhile),
+            // which stops its events.
+            stale.push(pid);
+            if let Event::Fork(e) = event {
+                stale.push(e.child);
+            }
+            resume(event);
+            return;
+        }
+        if self.ingest.apply(event, &self.probes, &mut self.procfs) {
+            return;
+        }
+        match event {
+            Event::Exec(e) => {
+                self.new_image(e); // it goes on from there
+                return;
+            }
+            Event::Entry(e) => {
+                // The loader has mapped the libraries: their tables go in
+                // before `main` runs.
+                self.refresh_maps_of(e.tgid);
+            }
+            Event::Exit(e) => self.scan_exiting(e),
+            Event::Fork(e) => self.adopt(e.tgid, e.child),
+            _ => {}
+        }
+        resume(event);
     }
 }
 
@@ -561,6 +586,9 @@ fn cont(pid: u32) {
 impl Drop for Pump {
     fn drop(&mut self) {
         self.stop_pausing();
+        for event in std::mem::take(&mut self.pending) {
+            resume(&event);
+        }
         while let Some(item) = self.events.next() {
             if let Some(event) = Event::read(&item) {
                 resume(&event);

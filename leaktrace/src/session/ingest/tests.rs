@@ -551,13 +551,16 @@ fn threads_are_counted_at_the_site_that_made_them_until_they_end_or_exec() {
     }
     core.apply(thread(EventKind::ThreadExit, 201, 0));
     core.apply(thread(EventKind::ThreadExit, PID + 1, 0));
-    // A thread leaktrace never saw start ends: nothing to count down.
+    // A thread whose end comes before its start (it ran and exited before
+    // its maker's clone returned) is not counted alive.
     core.apply(thread(EventKind::ThreadExit, 999, 0));
+    core.apply(thread(EventKind::ThreadNew, 999, 4));
     assert_eq!(core.live(PID, Kind::Thread, 4), 4);
     assert_eq!(core.live(PID, Kind::Thread, BEFORE_ATTACH), 1);
     assert_eq!(
         core.ingest.model.sites[&site(PID, Kind::Thread, 4)].total_count,
-        5
+        6,
+        "999 was made too"
     );
     // An exec leaves one thread: the process's first.
     core.ingest.exec(PID, 10, &mut core.kernel, &core.process);
