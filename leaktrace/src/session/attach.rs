@@ -251,8 +251,10 @@ impl Pump {
         let Some(go) = &t.go else {
             return;
         };
+        // Gone already (a short program): it ran the image exec'd, which is
+        // all there is to know; else the file it runs now tells.
         let image = FileId::of_path(std::path::Path::new(&format!("/proc/{pid}/exe")));
-        if image.is_some() && image == FileId::of_path(&go.runtime.path) {
+        if image.is_none() || image == FileId::of_path(&go.runtime.path) {
             self.ingest.set_go(pid);
         } else {
             info!("PID {pid} exec'd another image: its Go runtime is no longer read");
