@@ -134,6 +134,12 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         })?;
         probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
+        // A short command reaches `_exit` before the loop runs: it stops
+        // there from now on. (Nothing fails between here and the pump, whose
+        // `Drop` continues any process left stopped.)
+        if opts.scan_at_exit {
+            probes.set_pausing(pause::EXIT, true)?;
+        }
         let child = launched.release(|pid| {
             update_maps(&mut probes, &mut unwinder, &mut procfs.maps, pid);
         });
@@ -164,7 +170,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         scan_at_exit: opts.scan_at_exit,
         scan_max_bytes: opts.scan_max_bytes,
         confirmations: HashMap::new(),
-        pausing: false,
+        pausing: opts.scan_at_exit && !opts.command.is_empty(),
         started: now_ns(),
         ages_at: 0,
         gone: Vec::new(),
