@@ -26,6 +26,7 @@ mod sampling;
 mod series;
 pub mod session;
 mod stepcost;
+mod survival;
 mod symbolize;
 mod target;
 pub mod top;

@@ -13,6 +13,7 @@ use crate::{
     reach::{Reach, process::ScanStats},
     sampling::{DEFAULT_MEM_PROFILE_RATE, scale},
     series::{Point, Series},
+    survival::{Survival, Sweeps, Tally},
     symbolize::Frames,
 };
 
@@ -155,6 +156,10 @@ pub struct Site {
     pub waiting: Vec<Waiting>,
     /// Handle sites: how many of those open or alive were so at attach.
     pub before_attach: u64,
+    /// Go heap sites: sampled objects made over time (unscaled), and how
+    /// many of the early ones are still in use (see survival.rs).
+    pub sampled: Tally,
+    pub survival: Option<Survival>,
     /// Its process has exited: what it held then, kept as it was.
     pub ended: bool,
 }
@@ -176,6 +181,8 @@ impl Site {
             reach: None,
             waiting: Vec::new(),
             before_attach: 0,
+            sampled: Tally::default(),
+            survival: None,
             ended: false,
         }
     }
@@ -349,6 +356,8 @@ pub struct Model {
     gone: HashMap<SiteId, [u64; 2]>,
     /// Reachability scans made, and the latest's cost.
     pub scans: Scans,
+    /// Go processes: when their GC last freed sampled objects.
+    sweeps: HashMap<u32, Sweeps>,
 }
 
 /// The reachability scans of the session (see reach.rs).
@@ -386,10 +395,20 @@ impl Model {
         &mut self,
         entries: &[(SiteKey, SiteStats)],
         go_rates: &HashMap<u32, u64>,
+        now: Ns,
     ) {
         // (live count, live bytes, total count, total bytes)
         let mut sums: HashMap<SiteId, [f64; 4]> = HashMap::new();
+        // Go heap, unscaled: sampled objects made per site, freed per process.
+        let mut sampled: HashMap<SiteId, u64> = HashMap::new();
+        let mut freed: HashMap<u32, u64> = HashMap::new();
         for (key, stats) in entries {
+            if key.kind == SiteKind::GoHeap as u32 && stats.total_count > 0 {
+                *sampled.entry(SiteId::in_kernel(key)).or_default() += stats.total_count;
+                *freed.entry(key.tgid).or_default() += stats
+                    .total_count
+                    .saturating_sub(stats.live_count.max(0) as u64);
+            }
             let (live_count, live_bytes) = stands_for(
                 key,
                 stats.live_count.max(0) as f64,
@@ -423,6 +442,44 @@ impl Model {
             if site.live_count == 0 {
                 site.oldest_ns = None;
             }
+            if let Some(&n) = sampled.get(&id) {
+                site.sampled.push(now, n);
+            }
+        }
+        for (tgid, freed) in freed {
+            self.sweeps.entry(tgid).or_default().update(freed, now);
+        }
+    }
+
+    /// Go heap sites whose survival can be judged at `now`, with their cutoffs.
+    pub fn survival_cutoffs(&self, now: Ns) -> HashMap<SiteId, Ns> {
+        self.sites
+            .values()
+            .filter(|s| s.id.kind == Kind::GoHeap && !s.ended)
+            .filter_map(|s| {
+                let cutoff = Survival::cutoff(&s.sampled, self.sweeps.get(&s.id.tgid), now)?;
+                Some((s.id, cutoff))
+            })
+            .collect()
+    }
+
+    /// Sets the survival of Go heap sites: `alive` sampled objects made up
+    /// to each site's cutoff and `outstanding` in all are in use.
+    pub fn set_survival(
+        &mut self,
+        cutoffs: &HashMap<SiteId, Ns>,
+        alive: &HashMap<SiteId, [u64; 2]>,
+        now: Ns,
+    ) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind == Kind::GoHeap && !s.ended)
+        {
+            site.survival = cutoffs.get(&site.id).map(|&cutoff| {
+                let [alive, outstanding] = alive.get(&site.id).copied().unwrap_or_default();
+                Survival::new(&site.sampled, cutoff, alive, outstanding, now)
+            });
         }
     }
 
@@ -829,6 +886,7 @@ impl Model {
         self.sites
             .retain(|id, s| id.tgid != tgid || keep || says_something(s));
         self.gone.retain(|id, _| id.tgid != tgid);
+        self.sweeps.remove(&tgid);
         let mut kept = false;
         for site in self.sites.values_mut().filter(|s| s.id.tgid == tgid) {
             site.ended = true;
@@ -852,6 +910,7 @@ impl Model {
         shrink(&mut self.threads);
         shrink(&mut self.ended_unseen);
         shrink(&mut self.gone);
+        shrink(&mut self.sweeps);
     }
 
     /// Drops an mmap site and its mappings: memory another site accounts for.

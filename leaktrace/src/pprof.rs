@@ -444,6 +444,7 @@ mod tests {
             reachability: None,
             waiting: Vec::new(),
             before_attach: 0,
+            survival: None,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: frames.into_iter().map(std::sync::Arc::new).collect(),

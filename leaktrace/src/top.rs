@@ -634,6 +634,7 @@ mod tests {
             reachability: None,
             waiting: Vec::new(),
             before_attach: 0,
+            survival: None,
             history: (0..30)
                 .map(|t| (t as f64, (t as u64 * bytes / 30) as f64))
                 .collect(),

@@ -3,7 +3,7 @@
 //! and its known false positives and negatives are in docs/verdicts.md.
 use serde::Serialize;
 
-use crate::series::Point;
+use crate::{series::Point, survival::Survival};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +49,8 @@ pub struct Evidence {
     pub oldest_age_s: Option<f64>,
     /// Classify on the count (handles) rather than on bytes (memory).
     pub by_count: bool,
+    /// Sampled sites (Go heap): how many early samples are still in use.
+    pub survival: Option<Survival>,
 }
 
 /// Fewer points than this cannot show a trend.
@@ -69,6 +71,14 @@ const TRANSIENT_SHARE: f64 = 0.25;
 const TRANSIENT_MAX_S: f64 = 10.0;
 /// The oldest survivor must be at least this share of the window old for "leak".
 const SURVIVOR_SHARE: f64 = 0.5;
+/// Survival is evidence once this many early objects were sampled (and as
+/// many since, for "still allocating").
+const SURVIVAL_MIN_EARLY: u64 = 4;
+const SURVIVAL_MIN_LATER: u64 = 3;
+/// Early objects all but never freed, and those made since mostly in use: a leak.
+const SURVIVAL_LEAK: f64 = 0.9;
+/// Early objects nearly all freed: what grows is turnover, not a leak.
+const SURVIVAL_TURNOVER: f64 = 0.1;
 
 pub fn assess(points: &[Point], ev: Evidence) -> Assessment {
     let ts: Vec<f64> = points.iter().map(|p| p.t as f64).collect();
@@ -77,7 +87,11 @@ pub fn assess(points: &[Point], ev: Evidence) -> Assessment {
     let growth_bytes_per_s = theil_sen(&ts, &bytes);
     let growth_count_per_s = theil_sen(&ts, &count);
     let y = if ev.by_count { &count } else { &bytes };
-    let (verdict, confidence) = classify(&ts, y, ev);
+    let curve = classify(&ts, y, ev);
+    let (verdict, confidence) = match ev.survival {
+        Some(s) if curve.0 != Verdict::Transient => with_survival(curve, s, window(&ts)),
+        _ => curve,
+    };
     Assessment {
         verdict,
         confidence,
@@ -86,11 +100,41 @@ pub fn assess(points: &[Point], ev: Evidence) -> Assessment {
     }
 }
 
-fn classify(ts: &[f64], y: &[f64], ev: Evidence) -> (Verdict, f64) {
-    let window = match (ts.first(), ts.last()) {
+fn window(ts: &[f64]) -> f64 {
+    match (ts.first(), ts.last()) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,
-    };
+    }
+}
+
+/// A sampled site's curve verdict, weighed with the survival of its early
+/// samples: a few coarse steps cannot show a trend, but objects that a GC
+/// left alive, at a site still allocating and keeping what it allocates, are
+/// leaked; a site whose early objects nearly all died grows by turnover.
+fn with_survival(curve: (Verdict, f64), s: Survival, window: f64) -> (Verdict, f64) {
+    if s.early < SURVIVAL_MIN_EARLY || window < MIN_LEAK_WINDOW_S {
+        return curve;
+    }
+    let share = s.share();
+    let kept_since =
+        s.later >= SURVIVAL_MIN_LATER && s.later_alive as f64 >= SURVIVAL_LEAK * s.later as f64;
+    if share >= SURVIVAL_LEAK && kept_since {
+        let evidence = (s.early.min(s.later) as f64 / 16.0).min(1.0);
+        let coverage = (window / 30.0).min(1.0);
+        let confidence = 0.5 + 0.5 * evidence * coverage;
+        return match curve {
+            (Verdict::Leak, c) => (Verdict::Leak, c.max(confidence)),
+            _ => (Verdict::Leak, confidence),
+        };
+    }
+    if share <= SURVIVAL_TURNOVER && curve.0 == Verdict::Leak {
+        return (Verdict::Growing, 0.2 + 0.3 * (1.0 - share));
+    }
+    curve
+}
+
+fn classify(ts: &[f64], y: &[f64], ev: Evidence) -> (Verdict, f64) {
+    let window = window(ts);
     if ev.live_count == 0 {
         return (Verdict::Transient, 1.0);
     }
@@ -265,6 +309,7 @@ mod tests {
                 live_count: 1,
                 oldest_age_s,
                 by_count: false,
+                survival: None,
             },
         )
         .verdict
@@ -393,6 +438,7 @@ mod tests {
                 live_count: 0,
                 oldest_age_s: None,
                 by_count: false,
+                survival: None,
             },
         );
         assert_eq!(none.verdict, Verdict::Transient);
@@ -411,5 +457,149 @@ mod tests {
         y[5] = 1e9;
         y[12] = -1e9;
         assert!((theil_sen(&ts, &y) - 3.0).abs() < 1e-9);
+    }
+
+    /// A sampled site over `secs` seconds: objects sampled at `per_s` a second
+    /// (Poisson), each standing for `size` bytes, and freed at the first GC
+    /// (every `gc_s`) after they turn `lifetime` old (None: never). Returns
+    /// the per-second series and the survival of those made in the first half,
+    /// judged at the end.
+    fn sampled_site(
+        r: &mut Rng,
+        secs: usize,
+        per_s: f64,
+        size: f64,
+        gc_s: f64,
+        lifetime: Option<f64>,
+    ) -> (Vec<Point>, Survival) {
+        let mut births = Vec::new();
+        let mut t = 0.0;
+        loop {
+            t += -(1.0 - r.uniform()).ln() / per_s;
+            if t >= secs as f64 {
+                break;
+            }
+            births.push(t);
+        }
+        let freed_at = |b: f64| lifetime.map(|l| ((b + l) / gc_s).ceil() * gc_s);
+        let alive_at = |b: f64, at: f64| b <= at && freed_at(b).is_none_or(|f| f > at);
+        let points = (0..=secs)
+            .map(|s| {
+                let n = births.iter().filter(|&&b| alive_at(b, s as f64)).count() as f32;
+                Point {
+                    t: s as f32,
+                    bytes: n * size as f32,
+                    count: n,
+                }
+            })
+            .collect();
+        let (mid, end) = (secs as f64 / 2.0, secs as f64);
+        let early = births.iter().filter(|&&b| b <= mid).count() as u64;
+        let alive = births
+            .iter()
+            .filter(|&&b| b <= mid && alive_at(b, end))
+            .count() as u64;
+        let outstanding = births.iter().filter(|&&b| alive_at(b, end)).count() as u64;
+        let survival = Survival {
+            early,
+            alive,
+            later: births.len() as u64 - early,
+            later_alive: outstanding - alive,
+            cutoff_age_s: mid,
+        };
+        (points, survival)
+    }
+
+    fn judged(points: &[Point], survival: Option<Survival>) -> Verdict {
+        let live = points.last().map_or(0, |p| p.count as u64);
+        assess(
+            points,
+            Evidence {
+                live_count: live,
+                oldest_age_s: None,
+                by_count: false,
+                survival,
+            },
+        )
+        .verdict
+    }
+
+    #[test]
+    fn survival_calls_coarse_sampled_leaks() {
+        // A handler keeping 4 or 8 KiB a request at 50 requests/s under Go's
+        // default 512 KiB sampling: ~0.4 or ~0.8 samples a second, 20 s.
+        for (per_s, at_least) in [(0.4, 0.77), (0.8, 0.98)] {
+            let coarse = |r: &mut Rng| sampled_site(r, 20, per_s, 512.0 * 1024.0, 2.0, None);
+            let with = rate(
+                1000,
+                |r| {
+                    let (p, s) = coarse(r);
+                    judged(&p, Some(s))
+                },
+                Verdict::Leak,
+            );
+            let without = rate(1000, |r| judged(&coarse(r).0, None), Verdict::Leak);
+            eprintln!(
+                "{per_s} samples/s, 20 s: leak {with} with survival, {without} from the curve alone"
+            );
+            assert!(with >= at_least && with > without, "{with} {without}");
+        }
+        // At 64 KiB: ~3 samples a second.
+        let fine = rate(
+            200,
+            |r| {
+                let (p, s) = sampled_site(r, 60, 3.0, 65536.0, 2.0, None);
+                judged(&p, Some(s))
+            },
+            Verdict::Leak,
+        );
+        assert_eq!(fine, 1.0);
+    }
+
+    #[test]
+    fn survival_keeps_garbage_and_caches_from_leaks() {
+        // Garbage: dies at the next GC (every 2 s).
+        let garbage = rate(
+            200,
+            |r| {
+                let (p, s) = sampled_site(r, 60, 30.0, 2.0 * 1024.0 * 1024.0, 2.0, Some(0.0));
+                judged(&p, Some(s))
+            },
+            Verdict::Leak,
+        );
+        // A full cache evicting: entries live ~7 s.
+        let cache = rate(
+            200,
+            |r| {
+                let (p, s) = sampled_site(r, 60, 3.0, 65536.0, 2.0, Some(7.0));
+                judged(&p, Some(s))
+            },
+            Verdict::Leak,
+        );
+        eprintln!("garbage leak {garbage}, evicting cache leak {cache}");
+        assert_eq!((garbage, cache), (0.0, 0.0));
+    }
+
+    #[test]
+    fn turnover_is_not_a_leak_even_on_a_rising_curve() {
+        // Outstanding climbs steadily, but the early objects all died: a
+        // growing backlog of short-lived objects.
+        let p = series(30, |t| 100_000.0 * t);
+        let turnover = Survival {
+            early: 40,
+            alive: 1,
+            later: 60,
+            later_alive: 58,
+            cutoff_age_s: 15.0,
+        };
+        assert_eq!(judged(&p, None), Verdict::Leak);
+        assert_eq!(judged(&p, Some(turnover)), Verdict::Growing);
+        // Too few early samples to say.
+        let few = Survival {
+            early: 3,
+            alive: 0,
+            ..turnover
+        };
+        assert_eq!(judged(&p, Some(few)), Verdict::Leak);
     }
 }

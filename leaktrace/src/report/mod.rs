@@ -9,6 +9,7 @@ use crate::{
     limits::{FdLimit, MemoryLimit},
     model::{Kind, Lost, Model, Ns, Scans, Site, StackWalks, Waiting},
     reach::Reach,
+    survival::Survival,
     symbolize::{Frame, Frames},
     verdict::{self, Assessment, Evidence, Verdict},
 };
@@ -166,6 +167,10 @@ pub struct SiteReport {
     /// Goroutine sites: where their goroutines wait (docs/go.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<Waiting>,
+    /// Go heap sites once a GC has run: how many early samples are still in
+    /// use (docs/verdicts.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survival: Option<Survival>,
     /// The last few samples of the outstanding bytes (memory) or count
     /// (handles), oldest first, as (seconds since start, value): for live
     /// views (a report keeps no more per site: it may have 100k sites).
@@ -380,6 +385,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
             live_count: s.live_count,
             oldest_age_s,
             by_count: s.id.kind.is_handle(),
+            survival: s.survival,
         },
     );
     // Blocks nothing points to can never be freed: a leak, grown or not.
@@ -444,6 +450,7 @@ fn site_report(s: &Site, min_age: Ns, targets: &[TargetInfo], now: Ns) -> SiteRe
             .collect(),
         reachability: s.reach,
         waiting: s.waiting.clone(),
+        survival: s.survival,
         before_attach: s.before_attach,
         growth_last_minute: change_over(&history, 60.0),
         history: history[history.len().saturating_sub(HISTORY_POINTS)..].to_vec(),
@@ -492,6 +499,7 @@ mod tests {
             reachability: None,
             waiting: Vec::new(),
             before_attach: 0,
+            survival: None,
             history: Vec::new(),
             growth_last_minute: 0.0,
             frames: Frames::from([Frame::note(function)]),

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use super::{Detail, Report, SiteReport};
 use crate::model::Waiting;
 use crate::{
-    escape::shown, handles::HandleKind, model::Kind, reach::Reach, symbolize::headline,
-    verdict::Verdict,
+    escape::shown, handles::HandleKind, model::Kind, reach::Reach, survival::Survival,
+    symbolize::headline, verdict::Verdict,
 };
 
 impl Report {
@@ -227,6 +227,9 @@ impl Report {
             }
             for w in &s.waiting {
                 let _ = writeln!(out, "    {}", shown(&waiting_line(w)));
+            }
+            if let Some(v) = &s.survival {
+                let _ = writeln!(out, "    {}", survival_line(v));
             }
             if s.frames.is_empty() {
                 let _ = writeln!(out, "    [stack not recorded: see lost counters]");
@@ -494,6 +497,18 @@ pub fn waiting_line(w: &Waiting) -> String {
         _ => String::new(),
     };
     format!("{} waiting: {}{place}", w.count, w.reason)
+}
+
+/// "survival: 95 of 95 objects sampled up to ~30 s ago still in use · 90 of 92 since".
+pub fn survival_line(v: &Survival) -> String {
+    format!(
+        "survival: {} of {} objects sampled up to {} ago still in use · {} of {} since",
+        v.alive,
+        v.early,
+        human_duration(v.cutoff_age_s),
+        v.later_alive,
+        v.later
+    )
 }
 
 /// "unreachable 3 (96 B) · indirect 3 (96 B) · reachable 2 (64 B), at exit".

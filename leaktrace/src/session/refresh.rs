@@ -51,7 +51,9 @@ impl Pump {
                 entries.push((site, stats));
             }
         }
-        self.ingest.model.set_kernel_sites(&entries, &rates);
+        self.ingest
+            .model
+            .set_kernel_sites(&entries, &rates, now_ns());
         let c = self.probes.counters()?;
         let lost = &mut self.ingest.model.lost;
         lost.allocs_map_full = c[Counter::AllocsFull as usize];
@@ -79,8 +81,17 @@ impl Pump {
         let cutoff = now.saturating_sub(self.ingest.model.min_age);
         let rates = self.go_rates();
         let mut ages: HashMap<SiteId, HeapAges> = HashMap::new();
+        let cutoffs = self.ingest.model.survival_cutoffs(now);
+        // Per Go heap site with a cutoff: sampled objects in use made up to
+        // it, and in all.
+        let mut alive: HashMap<SiteId, [u64; 2]> = HashMap::new();
         self.probes.each_alloc(|_, info| {
             let id = SiteId::in_kernel(&info.site);
+            if let Some(&cutoff) = cutoffs.get(&id) {
+                let a = alive.entry(id).or_default();
+                a[0] += u64::from(info.ts_ns <= cutoff);
+                a[1] += 1;
+            }
             let a = ages.entry(id).or_insert(HeapAges {
                 oldest_ns: info.ts_ns,
                 aged_bytes: 0.0,
@@ -94,6 +105,7 @@ impl Pump {
             }
         })?;
         self.ingest.model.set_heap_ages(&ages);
+        self.ingest.model.set_survival(&cutoffs, &alive, now);
         self.ingest.model.set_tracked_ages(now);
         Ok(())
     }

@@ -261,6 +261,7 @@ fn exec_keeps_the_descriptors_proc_still_lists_and_drops_the_old_heap() {
     core.ingest.model.set_kernel_sites(
         &[(block(PID, 0, 0, 9).1.site, stats(2, 150))],
         &HashMap::new(),
+        0,
     );
     assert_eq!(core.ingest.model.sites[&gone].live_bytes, 50);
 }
@@ -478,6 +479,7 @@ fn an_exited_process_leaves_only_what_it_leaked() {
     core.ingest.model.set_kernel_sites(
         &[(heap, stats(1, 64)), (reachable, stats(1, 64))],
         &HashMap::new(),
+        0,
     );
     let mut all_reachable = crate::reach::Reach::default();
     all_reachable.add(crate::reach::Class::Reachable, 64);
@@ -501,7 +503,7 @@ fn an_exited_process_leaves_only_what_it_leaked() {
     // The kernel's totals no longer move an ended site.
     core.ingest
         .model
-        .set_kernel_sites(&[(heap, stats(0, 0))], &HashMap::new());
+        .set_kernel_sites(&[(heap, stats(0, 0))], &HashMap::new(), 0);
     assert_eq!(
         core.ingest.model.sites[&SiteId::in_kernel(&heap)].live_bytes,
         64
