@@ -479,6 +479,9 @@ fn detail(s: &SiteReport) -> Paragraph<'static> {
             Line::from(format!("  {}", shown(&crate::report::waiting_line(w)))).fg(Color::Yellow),
         );
     }
+    if let Some(v) = &s.survival {
+        lines.push(Line::from(crate::report::survival_line(v)));
+    }
     if let Some(r) = &s.reachability {
         let line = Line::from(crate::report::reach_line(r));
         lines.push(if r.lost_count() > 0 {

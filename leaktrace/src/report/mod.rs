@@ -16,7 +16,7 @@ use crate::{
 
 mod text;
 
-pub use text::{human_bytes, human_duration, reach_line, site_line, waiting_line};
+pub use text::{human_bytes, human_duration, reach_line, site_line, survival_line, waiting_line};
 
 pub const FORMAT_VERSION: u32 = 4;
 
