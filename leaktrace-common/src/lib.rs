@@ -28,9 +28,10 @@ pub mod maps {
     pub const FORKED: &str = "FORKED";
     pub const EXITING: &str = "EXITING";
     pub const LIVE_BLOCKS: &str = "LIVE_BLOCKS";
+    pub const GO_LAYOUT: &str = "GO_LAYOUT";
 
     /// Every name above.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ALLOCS,
         SITES,
         STACKS,
@@ -47,6 +48,7 @@ pub mod maps {
         FORKED,
         EXITING,
         LIVE_BLOCKS,
+        GO_LAYOUT,
     ];
 }
 
@@ -81,16 +83,14 @@ pub mod programs {
     pub const GO_FREE_SPECIAL: &str = "go_free_special";
     pub const GO_MPROF_FREE: &str = "go_mprof_free";
     // …and its goroutines.
-    pub const GO_NEWPROC: &str = "go_newproc";
     pub const GO_NEWPROC_QUEUED: &str = "go_newproc_queued";
     pub const GO_NEWPROC1_RET: &str = "go_newproc1_ret";
-    pub const GO_GOEXIT1: &str = "go_goexit1";
 
     /// The Go programs that follow goroutines; the other Go ones follow the heap.
-    pub const GOROUTINE: [&str; 4] = [GO_NEWPROC, GO_NEWPROC_QUEUED, GO_NEWPROC1_RET, GO_GOEXIT1];
+    pub const GOROUTINE: [&str; 2] = [GO_NEWPROC_QUEUED, GO_NEWPROC1_RET];
 
     /// Every program in the object.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 19] = [
         MALLOC_ENTER,
         CALLOC_ENTER,
         REALLOC_ENTER,
@@ -108,10 +108,8 @@ pub mod programs {
         GO_SET_PROFILE_BUCKET,
         GO_FREE_SPECIAL,
         GO_MPROF_FREE,
-        GO_NEWPROC,
         GO_NEWPROC_QUEUED,
         GO_NEWPROC1_RET,
-        GO_GOEXIT1,
     ];
 }
 
@@ -281,10 +279,9 @@ pub enum EventKind {
     Exec = 6,
     /// [`ProcEvent`]: a target made a new process (`child`), now a target too.
     Fork = 7,
-    /// [`GoroutineEvent`]: a Go target started a goroutine.
+    /// [`GoroutineEvent`]: a Go target started a goroutine (userspace finds
+    /// its end in the runtime's memory: no probe on the way out).
     GoroutineNew = 8,
-    /// [`GoroutineEvent`]: a goroutine exited (only `g` is set).
-    GoroutineExit = 9,
     /// [`ProcEvent`]: an exec'd image reached its entry point (the loader has
     /// mapped its libraries).
     Entry = 10,
@@ -309,7 +306,6 @@ impl EventKind {
             6 => EventKind::Exec,
             7 => EventKind::Fork,
             8 => EventKind::GoroutineNew,
-            9 => EventKind::GoroutineExit,
             10 => EventKind::Entry,
             11 => EventKind::Exit,
             12 => EventKind::ThreadNew,
@@ -325,7 +321,7 @@ impl EventKind {
             EventKind::FdOpen => size_of::<FdOpen>(),
             EventKind::FdClose => size_of::<FdClose>(),
             EventKind::Exec | EventKind::Fork | EventKind::Entry => size_of::<ProcEvent>(),
-            EventKind::GoroutineNew | EventKind::GoroutineExit => size_of::<GoroutineEvent>(),
+            EventKind::GoroutineNew => size_of::<GoroutineEvent>(),
             EventKind::Exit => size_of::<ExitEvent>(),
             EventKind::ThreadNew | EventKind::ThreadExit => size_of::<ThreadEvent>(),
         }
@@ -442,17 +438,28 @@ pub struct GoroutineEvent {
     pub kind: u32,
     pub tgid: u32,
     pub ts_ns: u64,
-    /// Address of the goroutine's `runtime.g`.
+    /// Address of the goroutine's `runtime.g`, and its id (`g.goid`).
     pub g: u64,
-    /// Stack at `runtime.newproc`, in the creating goroutine.
+    pub goid: u64,
+    /// Stack where newproc queues it: on the thread's system stack, through
+    /// `systemstack` into the creating goroutine's frames.
     pub stack_id: StackId,
-    /// Return address into the function holding the `go` statement: the stack
-    /// walk at newproc's entry cannot see it.
+    /// `g.gopc`: return address into the function holding the `go` statement.
     pub caller: u64,
-    /// Entry of the function the goroutine runs.
+    /// `g.startpc`: entry of the function the goroutine runs.
     pub start_pc: u64,
-    /// The creating goroutine's `runtime.g`.
-    pub parent: u64,
+    /// `g.parentGoid`: the creating goroutine's id.
+    pub parent_goid: u64,
+}
+
+/// Where a Go target's runtime keeps, in a `runtime.g`, the goroutine's id
+/// and its `go` statement (`gopc`); `parentGoid` is the word before `gopc`
+/// and `startpc` two after it in Go 1.21–1.27. Set per target by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoLayout {
+    pub goid: u32,
+    pub gopc: u32,
 }
 
 /// A target forked (`child` is traced from its first instruction) or exec'd
@@ -562,6 +569,7 @@ mod pod {
     unsafe impl aya::Pod for SiteStats {}
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for crate::GoLayout {}
     unsafe impl aya::Pod for crate::unwind::UnwindRow {}
     unsafe impl aya::Pod for crate::unwind::PageIndex {}
     unsafe impl aya::Pod for crate::unwind::ProcMappings {}
@@ -578,7 +586,8 @@ const _: () = {
     assert!(size_of::<Inflight>() == 40);
     assert!(size_of::<EventHeader>() == 16);
     assert!(size_of::<ExitEvent>() == 24 + 8 * EXIT_REGS);
-    assert!(size_of::<GoroutineEvent>() == 56);
+    assert!(size_of::<GoroutineEvent>() == 64);
+    assert!(size_of::<GoLayout>() == 8);
     assert!(size_of::<ProcEvent>() == 24);
     assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
     assert!(size_of::<FdClose>() == 24);

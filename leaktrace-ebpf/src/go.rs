@@ -2,9 +2,10 @@
 //!
 //! Entry uprobes only: a uretprobe rewrites the return address on the goroutine
 //! stack, and the runtime, which copies and scans those stacks, crashes on it.
-//! newproc1's result is read where newproc passes it on to `runqput`, or else at
-//! each of newproc1's RET instructions (userspace decodes the code to find them). Registers follow Go's ABIInternal on amd64:
-//! arguments in RAX, RBX, RCX…, the current `g` in R14.
+//! A new goroutine is seen where newproc passes newproc1's result on to
+//! `runqput`, or else at each of newproc1's RET instructions (userspace decodes
+//! the code to find them): one probe per goroutine. Registers follow Go's
+//! ABIInternal on amd64: arguments in RAX, RBX, RCX…, the current `g` in R14.
 //!
 //! Go heap: the runtime samples allocations for its own heap profile (one per
 //! `MemProfileRate` bytes). `mProf_Malloc` runs for each sampled object on the
@@ -19,7 +20,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leaktrace_common::{
-    AllocKey, Counter, EventKind, GoroutineEvent, NO_STACK, SiteKey, SiteKind, StackId,
+    AllocKey, Counter, EventKind, GoLayout, GoroutineEvent, SiteKey, SiteKind, StackId,
 };
 
 use crate::{
@@ -44,19 +45,6 @@ static GO_FREEING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 /// objects leaktrace did not see allocated count it down.
 #[map]
 static GO_BEFORE_ATTACH: HashMap<AllocKey, i64> = HashMap::with_max_entries(1 << 16, 0);
-
-/// A goroutine being created on this thread: newproc's stack, caller and function.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Spawn {
-    stack_id: StackId,
-    caller: u64,
-    start_pc: u64,
-    parent: u64,
-}
-
-#[map]
-static GO_SPAWNING: LruHashMap<u32, Spawn> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
@@ -137,72 +125,77 @@ pub fn go_mprof_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn go_newproc(ctx: ProbeContext) -> u32 {
-    let (_, tid) = current_tgid_tid();
-    let r = regs(&ctx);
-    let spawn = Spawn {
-        stack_id: stack_id(&ctx),
-        // At the entry the return address is at [rsp], not yet in the frame chain.
-        caller: read_u64(r.rsp).unwrap_or(0),
-        // fn is a *funcval whose first word is the code pointer.
-        start_pc: read_u64(r.rax).unwrap_or(0),
-        parent: r.r14,
-    };
-    let _ = GO_SPAWNING.insert(tid, spawn, 0);
-    0
-}
+/// Each Go target's `runtime.g` layout, set by userspace at attach.
+#[map]
+static GO_LAYOUT: HashMap<u32, GoLayout> = HashMap::with_max_entries(1024, 0);
 
 /// At newproc's call of `runqput(pp, newg, next)`: RBX is the new goroutine's g.
 #[uprobe]
 pub fn go_newproc_queued(ctx: ProbeContext) -> u32 {
-    created(regs(&ctx).rbx);
+    created(&ctx, regs(&ctx).rbx);
     0
 }
 
 /// At each RET of newproc1 (where the call above is not found): RAX is the new g.
 #[uprobe]
 pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
-    created(regs(&ctx).rax);
+    created(&ctx, regs(&ctx).rax);
     0
 }
 
-/// The goroutine newproc was creating on this thread has `g`.
+/// A goroutine was made, `g`, not running yet: what the runtime recorded
+/// of its making, and the creating goroutine's stack. Its end is read by
+/// userspace from `g` itself: one probe per goroutine.
 #[inline(always)]
-fn created(g: u64) {
-    let (tgid, tid) = current_tgid_tid();
-    let Some(spawn) = take(&GO_SPAWNING, tid) else {
+fn created(ctx: &ProbeContext, g: u64) {
+    let (tgid, _) = current_tgid_tid();
+    // SAFETY: a map value copied out at once.
+    let Some(layout) = (unsafe { GO_LAYOUT.get(&tgid) }).copied() else {
         return;
     };
+    // parentGoid, gopc, ancestors, startpc.
+    // SAFETY: reads the target's memory; a fault returns Err.
+    let made = unsafe { bpf_probe_read_user((g + layout.gopc as u64 - 8) as *const [u64; 4]) }
+        .unwrap_or([0; 4]);
     send(GoroutineEvent {
         kind: EventKind::GoroutineNew as u32,
         tgid,
         // SAFETY: the helper reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
-        stack_id: spawn.stack_id,
-        caller: spawn.caller,
-        start_pc: spawn.start_pc,
-        parent: spawn.parent,
+        goid: read_u64(g + layout.goid as u64).unwrap_or(0),
+        stack_id: creator_stack(ctx, made[1]),
+        caller: made[1],
+        start_pc: made[3],
+        parent_goid: made[0],
     });
 }
 
-/// `runtime.goexit1` runs on the exiting goroutine: its g is in R14.
-#[uprobe]
-pub fn go_goexit1(ctx: ProbeContext) -> u32 {
-    let (tgid, _) = current_tgid_tid();
-    send(GoroutineEvent {
-        kind: EventKind::GoroutineExit as u32,
-        tgid,
-        // SAFETY: the helper reads no memory of ours.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        g: regs(&ctx).r14,
-        stack_id: NO_STACK,
-        caller: 0,
-        start_pc: 0,
-        parent: 0,
-    });
-    0
+/// Frames to follow from the probe to the creating goroutine's.
+const TO_CREATOR: usize = 4;
+
+/// The creating goroutine's stack. Both probes run on the thread's system
+/// stack, inside `systemstack`, which leaves the goroutine's frame pointer in
+/// RBP: within a few frames the frame-pointer chain reaches the frame whose
+/// return address is the `go` statement (`gopc`), on the goroutine's own
+/// stack; the walk starts there, by frame pointers. Where that frame is not
+/// found (a goroutine made on the system stack itself), the stack at the probe.
+#[inline(always)]
+fn creator_stack(ctx: &ProbeContext, gopc: u64) -> StackId {
+    let r = regs(ctx);
+    let mut bp = r.rbp;
+    for _ in 0..TO_CREATOR {
+        // The saved frame pointer and the return address, in one read.
+        // SAFETY: reads the target's memory; a fault returns Err.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else {
+            break;
+        };
+        if ret == gopc && gopc != 0 {
+            return unwind::go_stack_id(gopc, next);
+        }
+        bp = next;
+    }
+    unwind::stack_id(r.rip, r.rsp, r.rbp)
 }
 
 #[inline(always)]

@@ -61,6 +61,8 @@ pub struct Walk {
     hash: u64,
     tgid: u32,
     limit: u32,
+    /// Follow the frame-pointer chain only (Go code).
+    frame_pointers: u32,
     /// Where a pending uretprobe put its trampoline, and the real return address.
     ret_slot: u64,
     ret_addr: u64,
@@ -87,6 +89,21 @@ const MCONTEXT_RIP: u64 = 128;
 /// stored in `STACKS`; `NO_STACK` (counted) when it could not be.
 #[inline(always)]
 pub fn stack_id(pc: u64, sp: u64, bp: u64) -> StackId {
+    walk_from(pc, sp, bp, 1)
+}
+
+/// The stack of Go code from a caller's frame, by frame pointers alone (Go
+/// keeps them; the chain costs two reads a frame, no table): `ret` the
+/// return address into it, `bp` its frame pointer.
+#[inline(always)]
+pub fn go_stack_id(ret: u64, bp: u64) -> StackId {
+    walk_from(ret, 0, bp, 0)
+}
+
+/// `exact`: `pc` is the interrupted instruction; else a return address into
+/// Go code, walked by frame pointers (see [`go_stack_id`]).
+#[inline(always)]
+fn walk_from(pc: u64, sp: u64, bp: u64, exact: u32) -> StackId {
     let Some((slot, walk)) = claim() else {
         count(Counter::StackLost);
         return NO_STACK;
@@ -94,7 +111,8 @@ pub fn stack_id(pc: u64, sp: u64, bp: u64) -> StackId {
     // SAFETY: this slot is ours until `busy` is cleared.
     let walk = unsafe { &mut *walk };
     let (tgid, tid) = current_tgid_tid();
-    walk.exact = 1;
+    walk.exact = exact;
+    walk.frame_pointers = 1 - exact;
     walk.pc = pc;
     walk.sp = sp;
     walk.bp = bp;
@@ -118,7 +136,9 @@ pub fn stack_id(pc: u64, sp: u64, bp: u64) -> StackId {
     // SAFETY: reads the target's stack into our slot; near the top of the
     // stack the whole window may fault, a smaller one may not.
     walk.window_len = unsafe {
-        if bpf_probe_read_user_buf(sp as *const u8, &mut walk.window).is_ok() {
+        if walk.frame_pointers != 0 {
+            0
+        } else if bpf_probe_read_user_buf(sp as *const u8, &mut walk.window).is_ok() {
             STACK_WINDOW as u64
         } else if bpf_probe_read_user_buf(sp as *const u8, &mut walk.window[..512]).is_ok() {
             512
@@ -182,7 +202,50 @@ unsafe extern "C" fn step(_i: u32, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: the slot `stack_id` claimed.
-    frame(unsafe { &mut *walk })
+    let walk = unsafe { &mut *walk };
+    if walk.frame_pointers != 0 {
+        go_frame(walk)
+    } else {
+        frame(walk)
+    }
+}
+
+/// One frame of Go code: its return address and its caller's frame pointer
+/// at the frame pointer. Frames stay in the first one's module (a Go
+/// binary's code is one) and the chain must go up the stack.
+#[inline(always)]
+fn go_frame(walk: &mut Walk) -> i64 {
+    let n = walk.stack.len;
+    if n >= walk.limit {
+        return end(walk, StackEnd::Depth);
+    }
+    let pc = walk.pc;
+    if !(pc >= walk.mapping.start && pc < walk.mapping.end) {
+        match find_mapping(walk.tgid, pc).filter(|_| n == 0) {
+            Some(m) => walk.mapping = m,
+            None => return end(walk, StackEnd::NoMapping),
+        }
+    }
+    push(walk, pc);
+    let bp = walk.bp;
+    if bp == 0 {
+        return end(walk, StackEnd::Complete);
+    }
+    // The saved frame pointer and the return address, in one read.
+    // SAFETY: reads the target's memory; a fault returns Err.
+    let Ok([next, ra]) = (unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }) else {
+        return end(walk, StackEnd::Unreadable);
+    };
+    if ra == 0 {
+        return end(walk, StackEnd::Complete);
+    }
+    // 0: the outermost frame (runtime.goexit keeps none), next.
+    if next != 0 && next <= bp {
+        return end(walk, StackEnd::NotAdvancing);
+    }
+    walk.bp = next;
+    walk.pc = ra;
+    0
 }
 
 #[inline(always)]

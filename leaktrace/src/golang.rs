@@ -5,9 +5,9 @@
 //! binaries take the same path. The same table names Go frames when the binary
 //! has no other symbols. `runtime.MemProfileRate` is a variable, not in the
 //! table: it needs `.symtab`.
-use std::os::unix::fs::FileExt;
+use std::{collections::HashMap, ops::Range, os::unix::fs::FileExt};
 
-use leaktrace_common::programs;
+use leaktrace_common::{GoLayout, programs};
 
 use crate::{allocator::ProbePoint, elf::ElfImage, placement, procmaps::ProcMaps};
 
@@ -77,6 +77,7 @@ fn cycle_words(record: &[u64], size: u64) -> Option<usize> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveGoroutine {
     pub g: u64,
+    pub goid: u64,
     /// Return address of the `go` statement that started it.
     pub gopc: u64,
     /// Entry of the function it runs.
@@ -329,8 +330,6 @@ const ENTRY_POINTS: &[(&str, &str)] = &[
     ("runtime.setprofilebucket", programs::GO_SET_PROFILE_BUCKET),
     ("runtime.freeSpecial", programs::GO_FREE_SPECIAL),
     ("runtime.mProf_Free", programs::GO_MPROF_FREE),
-    ("runtime.newproc", programs::GO_NEWPROC),
-    ("runtime.goexit1", programs::GO_GOEXIT1),
 ];
 /// Where a new goroutine is first seen: the call of `runtime.runqput(pp, newg,
 /// next)` that queues it, in the closure newproc runs on the system stack (a
@@ -741,6 +740,47 @@ impl GoRuntime {
             .collect())
     }
 
+    /// Where the goroutine probes read a new goroutine's id and making;
+    /// `None` for a release whose `runtime.g` layout is not known.
+    pub fn probe_layout(&self) -> Option<GoLayout> {
+        let layout = GLayout::of(self.version.as_deref()?)?;
+        Some(GoLayout {
+            goid: layout.goid as u32,
+            gopc: layout.gopc as u32,
+        })
+    }
+
+    /// Of goroutines `(g, goid)` of process `pid`, those that have ended: their
+    /// `g` dead, or another goroutine's now (the runtime reuses a dead `g`).
+    /// One small read per goroutine, 1,024 per system call; a `g` that cannot
+    /// be read is not judged.
+    pub fn ended(&self, pid: u32, goroutines: &[(u64, u64)]) -> Vec<u64> {
+        let Some(layout) = self.version.as_deref().and_then(GLayout::of) else {
+            return Vec::new();
+        };
+        // atomicstatus (u32), stackLock (u32), goid.
+        let status = layout.status();
+        let ids: HashMap<u64, u64> = goroutines.iter().copied().collect();
+        let ranges: Vec<Range<u64>> = goroutines
+            .iter()
+            .map(|&(g, _)| g.wrapping_add(status)..g.wrapping_add(status + 16))
+            .filter(|r| r.start < r.end)
+            .collect();
+        let mut ended = Vec::new();
+        crate::reach::process::read_ranges(pid, &ranges, &mut |at, bytes| {
+            let g = at.wrapping_sub(status);
+            let (Some(&goid), Ok(bytes)) = (ids.get(&g), <[u8; 16]>::try_from(bytes)) else {
+                return;
+            };
+            let state = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+            let now = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+            if state & !G_SCAN == G_DEAD || now != goid {
+                ended.push(g);
+            }
+        });
+        ended
+    }
+
     /// The goroutines of process `pid` alive now (not dead, not idle), read
     /// from `runtime.allgs`; a best-effort snapshot of a running process.
     pub fn goroutines(&self, pid: u32) -> Result<Vec<LiveGoroutine>, GoError> {
@@ -784,6 +824,7 @@ impl GoRuntime {
             let sched = |at: Option<u64>| at.map_or(0, |at| word(&g, G_SCHED + at));
             live.push(LiveGoroutine {
                 g: addr,
+                goid: word(&g, layout.goid),
                 gopc: word(&g, layout.gopc),
                 start_pc: word(&g, layout.startpc),
                 status: status & !G_SCAN,

@@ -15,7 +15,7 @@ use aya::{
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS,
-    SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
+    GoLayout, SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -321,6 +321,26 @@ impl Probes {
         heap: bool,
         goroutines: bool,
     ) -> Result<(), ProbeError> {
+        // The probe reads a new goroutine's id and making from its `g`.
+        let layout = go.probe_layout();
+        let goroutines = match layout {
+            Some(layout) if goroutines => {
+                self.set_go_layout(target.pid, layout)?;
+                true
+            }
+            Some(_) => false,
+            None => {
+                if goroutines {
+                    log::warn!(
+                        "PID {}: goroutines not followed: the layout of runtime.g in {} is not \
+                         known (Go 1.21 to 1.27 are)",
+                        target.pid,
+                        go.version.as_deref().unwrap_or("this Go release")
+                    );
+                }
+                false
+            }
+        };
         for point in &go.points {
             let wanted = if programs::GOROUTINE.contains(&point.program) {
                 goroutines
@@ -453,6 +473,14 @@ impl Probes {
         if !probed {
             return;
         }
+        if go
+            && let Ok(mut map) =
+                self.map_mut::<HashMap<&mut MapData, u32, GoLayout>>(maps::GO_LAYOUT)
+        {
+            for pid in pids {
+                let _ = map.remove(pid);
+            }
+        }
         let theirs = |tgid: u32| pids.contains(&tgid);
         let mut result =
             self.remove_where(maps::SITES, |k: &SiteKey, _: &SiteStats| theirs(k.tgid));
@@ -556,6 +584,13 @@ impl Probes {
     /// Go heap objects sampled before attach still in use, per (tgid, bucket).
     pub fn go_before_attach(&self) -> Result<HashMap<&MapData, AllocKey, i64>, ProbeError> {
         self.map(maps::GO_BEFORE_ATTACH)
+    }
+
+    /// Where the goroutine probes find a goroutine's id and making in `pid`'s `runtime.g`.
+    pub fn set_go_layout(&mut self, pid: u32, layout: GoLayout) -> Result<(), ProbeError> {
+        let mut map: HashMap<&mut MapData, u32, GoLayout> = self.map_mut(maps::GO_LAYOUT)?;
+        map.insert(pid, layout, 0)
+            .map_err(|e| ProbeError::Map(maps::GO_LAYOUT, cause(&e)))
     }
 
     /// Seeds the count of bucket `bucket`'s objects of `pid` in use at attach.

@@ -254,6 +254,13 @@ fn syscall_sp(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(sp, 16).ok().filter(|&sp| sp != 0)
 }
 
+/// Reads `ranges` of process `pid`'s memory (1,024 to a `process_vm_readv`),
+/// calling `each` with what could be read: a range that faults comes in
+/// pieces, or not at all.
+pub fn read_ranges(pid: u32, ranges: &[Range<u64>], each: &mut dyn FnMut(u64, &[u8])) {
+    ProcessMemory::new(pid).read(ranges, each);
+}
+
 /// Another process's memory, read with `process_vm_readv`.
 struct ProcessMemory {
     pid: u32,

@@ -447,6 +447,7 @@ impl Pump {
             .into_iter()
             .map(|g| GoroutineFound {
                 g: g.g,
+                goid: g.goid,
                 gopc: g.gopc,
                 start_pc: g.start_pc,
             })

@@ -21,7 +21,6 @@ pub enum Event {
     /// A target is in `_exit` (stopped if `paused`).
     Exit(Box<ExitEvent>),
     GoroutineNew(GoroutineEvent),
-    GoroutineExit(GoroutineEvent),
     ThreadNew(ThreadEvent),
     ThreadExit(ThreadEvent),
 }
@@ -39,7 +38,6 @@ impl Event {
             Entry => Event::Entry(read_as(bytes)?),
             Exit => Event::Exit(Box::new(read_as(bytes)?)),
             GoroutineNew => Event::GoroutineNew(read_as(bytes)?),
-            GoroutineExit => Event::GoroutineExit(read_as(bytes)?),
             ThreadNew => Event::ThreadNew(read_as(bytes)?),
             ThreadExit => Event::ThreadExit(read_as(bytes)?),
         })
@@ -53,7 +51,7 @@ impl Event {
             Event::FdClose(e) => e.tgid,
             Event::Fork(e) | Event::Exec(e) | Event::Entry(e) => e.tgid,
             Event::Exit(e) => e.tgid,
-            Event::GoroutineNew(e) | Event::GoroutineExit(e) => e.tgid,
+            Event::GoroutineNew(e) => e.tgid,
             Event::ThreadNew(e) | Event::ThreadExit(e) => e.tgid,
         }
     }

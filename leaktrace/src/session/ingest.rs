@@ -32,6 +32,7 @@ const AT_FDCWD: i32 = -100;
 /// A goroutine alive when tracing began, as the runtime lists it.
 pub struct GoroutineFound {
     pub g: u64,
+    pub goid: u64,
     /// Return address of its `go` statement.
     pub gopc: u64,
     /// Entry of the function it runs.
@@ -55,6 +56,11 @@ pub struct Ingest {
     /// Sites of goroutines alive at attach, by (tgid, `go` statement): they
     /// join the site of the first goroutine seen started there.
     go_before: HashMap<(u32, u64), SiteId>,
+    /// Live goroutines per process: id by `g`, and `g` by id (a new
+    /// goroutine names its creator by id). No probe sees one end: the
+    /// session finds ended ones in the runtime's memory ([`Ingest::goroutines`]).
+    goids: HashMap<u32, HashMap<u64, u64>>,
+    by_goid: HashMap<u32, HashMap<u64, u64>>,
     /// Processes whose descriptors or goroutines changed since their sites
     /// were last recounted.
     stale: HashSet<u32>,
@@ -100,11 +106,6 @@ impl Ingest {
             }
             Event::GoroutineNew(e) => {
                 self.start_goroutine(e, kernel, process);
-                self.stale.insert(e.tgid);
-            }
-            Event::GoroutineExit(e) => {
-                self.model.end_goroutine(e.tgid, e.g);
-                self.go_ancestry.remove(&(e.tgid, e.g));
                 self.stale.insert(e.tgid);
             }
             Event::ThreadNew(e) => {
@@ -336,8 +337,40 @@ impl Ingest {
                 before_attach: true,
             };
             self.model.start_goroutine(pid, g.g, handle, false);
+            self.known_goroutine(pid, g.g, g.goid);
         }
         self.model.refresh_handles(pid);
+    }
+
+    /// Goroutine `g` of `tgid` is `goid`, live; an earlier goroutine on the
+    /// same `g` (the runtime reuses a `g` once its goroutine is dead) ended.
+    fn known_goroutine(&mut self, tgid: u32, g: u64, goid: u64) {
+        if let Some(old) = self.goids.entry(tgid).or_default().insert(g, goid)
+            && let Some(ids) = self.by_goid.get_mut(&tgid)
+        {
+            ids.remove(&old);
+        }
+        self.by_goid.entry(tgid).or_default().insert(goid, g);
+    }
+
+    /// The live goroutines of `tgid` leaktrace knows, as (g, goid).
+    pub fn goroutines(&self, tgid: u32) -> Vec<(u64, u64)> {
+        self.goids
+            .get(&tgid)
+            .map(|t| t.iter().map(|(&g, &id)| (g, id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Goroutine `g` of `tgid` has ended (its `g` is dead or another's now).
+    pub fn end_goroutine(&mut self, tgid: u32, g: u64) {
+        self.model.end_goroutine(tgid, g);
+        self.go_ancestry.remove(&(tgid, g));
+        if let Some(id) = self.goids.get_mut(&tgid).and_then(|t| t.remove(&g))
+            && let Some(ids) = self.by_goid.get_mut(&tgid)
+        {
+            ids.remove(&id);
+        }
+        self.stale.insert(tgid);
     }
 
     /// The stack id of Go heap allocated before attach at `stack`.
@@ -347,25 +380,26 @@ impl Ingest {
         self.stacks.intern(pcs.chain([note]).collect())
     }
 
-    /// A goroutine started. Its site is the function holding the `go` statement
-    /// (newproc's return address, which a frame-pointer walk at newproc's entry
-    /// may not see) and that function's callers; its detail, the function it runs.
+    /// A goroutine started. Its site is the function holding the `go`
+    /// statement (`g.gopc`) and that function's callers; its detail, the
+    /// function it runs. The stack was walked where newproc queues it, on
+    /// the system stack: the runtime's frames up to the `go` statement go.
     fn start_goroutine(
         &mut self,
         e: &GoroutineEvent,
         kernel: &dyn Kernel,
         process: &mut dyn Process,
     ) {
-        let mut walked = self.stacks.get(e.stack_id, kernel).pcs;
-        // newproc's own frame.
-        walked.drain(..walked.len().min(1));
-        // Kernels that fix up stacks taken at a function's entry (6.x, probe on
-        // `push rbp`) already list the caller.
-        let missing = e.caller != 0 && walked.first() != Some(&Pc::Return(e.caller));
-        let pcs: Vec<Pc> = missing
-            .then_some(Pc::Return(e.caller))
+        let walked = self.stacks.get(e.stack_id, kernel).pcs;
+        let go_statement = Pc::Return(e.caller);
+        // Where the walk did not reach it, the `go` statement alone.
+        let callers = match walked.iter().position(|&pc| pc == go_statement) {
+            Some(at) => &walked[at + 1..],
+            None => &[],
+        };
+        let pcs: Vec<Pc> = [go_statement]
             .into_iter()
-            .chain(walked)
+            .chain(callers.iter().copied())
             .collect();
         let site = SiteId {
             tgid: e.tgid,
@@ -378,8 +412,17 @@ impl Ingest {
         {
             self.model.move_goroutines(e.tgid, before, site);
         }
-        let chain = self.created_by(e.tgid, e.parent, pcs);
+        let parent = self
+            .by_goid
+            .get(&e.tgid)
+            .and_then(|ids| ids.get(&e.parent_goid))
+            .copied();
+        let chain = match parent {
+            Some(parent) => self.created_by(e.tgid, parent, pcs),
+            None => self.stacks.intern(pcs),
+        };
         self.go_ancestry.insert((e.tgid, e.g), chain);
+        self.known_goroutine(e.tgid, e.g, e.goid);
         let handle = Handle {
             site,
             kind: HandleKind::Goroutine,
@@ -481,6 +524,8 @@ impl Ingest {
         self.go_ancestry.retain(|&(tgid, _), _| tgid != pid);
         self.start_functions.retain(|&(tgid, _), _| tgid != pid);
         self.go_before.retain(|&(tgid, _), _| tgid != pid);
+        self.goids.remove(&pid);
+        self.by_goid.remove(&pid);
         self.go_runtime_mmaps.retain(|id| id.tgid != pid);
         self.model.end_process(pid, keep)
     }
@@ -492,6 +537,8 @@ impl Ingest {
         self.start_functions
             .shrink_to(self.start_functions.len() * 2);
         self.stale.shrink_to(self.stale.len() * 2);
+        self.goids.shrink_to(self.goids.len() * 2);
+        self.by_goid.shrink_to(self.by_goid.len() * 2);
     }
 }
 

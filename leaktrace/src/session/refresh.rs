@@ -22,6 +22,7 @@ const WAITING_READ: usize = 20_000;
 impl Pump {
     /// Reads per-site totals and counters from the kernel.
     pub(super) fn refresh(&mut self) -> Result<()> {
+        self.end_goroutines();
         self.ingest.recount();
         self.read_go_rates();
         let rates = self.go_rates();
@@ -71,6 +72,23 @@ impl Pump {
         self.ingest.model.allocs = c[Counter::Allocs as usize];
         self.ingest.model.frees = c[Counter::Frees as usize];
         Ok(())
+    }
+
+    /// Goroutines that ended since the last look. No probe sees a goroutine
+    /// end (one probe per goroutine: leaktrace-ebpf/src/go.rs): its `g` says
+    /// so, dead or reused by a newer goroutine.
+    fn end_goroutines(&mut self) {
+        for t in self.targets.live() {
+            let Some(go) = &t.go else { continue };
+            let pid = t.target.pid;
+            let known = self.ingest.goroutines(pid);
+            if known.is_empty() {
+                continue;
+            }
+            for g in go.runtime.ended(pid, &known) {
+                self.ingest.end_goroutine(pid, g);
+            }
+        }
     }
 
     /// Oldest outstanding allocation per site, and what is older than --min-age:

@@ -337,36 +337,38 @@ fn a_forked_child_holds_copies_under_sites_of_its_own() {
     assert_eq!(core.live(PID, Kind::Fd, 1), 1);
 }
 
-fn goroutine(kind: EventKind, g: u64, parent: u64, stack_id: StackId, caller: u64) -> Event {
-    let e = GoroutineEvent {
-        kind: kind as u32,
+/// Goroutine `goid` on `g`, made by goroutine `parent_goid` at `go_statement`.
+fn goroutine(g: u64, goid: u64, parent_goid: u64, stack_id: StackId, go_statement: u64) -> Event {
+    Event::GoroutineNew(GoroutineEvent {
+        kind: EventKind::GoroutineNew as u32,
         tgid: PID,
         ts_ns: 1,
         g,
+        goid,
         stack_id,
-        caller,
+        caller: go_statement,
         start_pc: 0x5000,
-        parent,
-    };
-    if kind == EventKind::GoroutineNew {
-        Event::GoroutineNew(e)
-    } else {
-        Event::GoroutineExit(e)
-    }
+        parent_goid,
+    })
 }
 
 #[test]
 fn a_descriptor_opened_on_a_goroutine_continues_into_its_creators() {
     let mut core = Core::new();
-    // newproc's stack: newproc itself, then the function with the `go`
-    // statement (seen, or not: then its caller repairs it), then its callers.
-    core.kernel.stacks.insert(1, (vec![0x1, 0xa0, 0xa1], 0));
-    core.kernel.stacks.insert(2, (vec![0x1, 0xb1], 0));
+    // Stacks where newproc queues a goroutine: the runtime's frames on the
+    // system stack (0x1, 0x2), the function with the `go` statement, its
+    // callers.
+    core.kernel
+        .stacks
+        .insert(1, (vec![0x1, 0x2, 0xa0, 0xa1], 0));
+    core.kernel
+        .stacks
+        .insert(2, (vec![0x1, 0x2, 0xb0, 0xb1], 0));
     core.kernel.stacks.insert(3, (vec![0xc0, 0xc1], 0));
     core.process.functions.insert(0x5000, "main.worker".into());
-    // g1 made by main's code (caller already walked), g2 made by g1 (caller missing).
-    core.apply(goroutine(EventKind::GoroutineNew, 0x1000, 0, 1, 0xa0));
-    core.apply(goroutine(EventKind::GoroutineNew, 0x2000, 0x1000, 2, 0xb0));
+    // g1 (id 7) made by main's code, g2 (id 8) made by g1.
+    core.apply(goroutine(0x1000, 7, 1, 1, 0xa0));
+    core.apply(goroutine(0x2000, 8, 7, 2, 0xb0));
     core.open_on(nr::SOCKET, 5, -1, [2, 1, 0], "", 3, 0x2000);
     let socket = core.ingest.model.fd(PID, 5).unwrap().site;
     let pcs = core.ingest.stacks.made(socket.stack_id).to_vec();
@@ -391,11 +393,27 @@ fn a_descriptor_opened_on_a_goroutine_continues_into_its_creators() {
     });
     assert_eq!(g2.unwrap().live_count, 1);
     assert_eq!(g2.unwrap().details[0].1, "main.worker");
+    assert_eq!(core.ingest.goroutines(PID).len(), 2);
     // An ended goroutine's chain goes with it: its descriptors open later
     // (none can be) would no longer continue.
-    core.apply(goroutine(EventKind::GoroutineExit, 0x2000, 0, 0, 0));
+    core.ingest.end_goroutine(PID, 0x2000);
+    core.ingest.recount();
     assert_eq!(g2_live(&core, 0xb0), 0);
     assert!(!core.ingest.go_ancestry.contains_key(&(PID, 0x2000)));
+    assert_eq!(core.ingest.goroutines(PID), [(0x1000, 7)]);
+    // A walk that did not reach the `go` statement: the statement alone.
+    core.kernel.stacks.insert(4, (vec![0x1, 0x2], 0));
+    core.apply(goroutine(0x3000, 9, 7, 4, 0xd0));
+    let alone = core.ingest.go_ancestry[&(PID, 0x3000)];
+    assert_eq!(
+        core.ingest.stacks.made(alone),
+        [r(0xd0), created_by, r(0xa0), r(0xa1)]
+    );
+    // The runtime reuses g1's `g` for a new goroutine: g1 ended, its id gone.
+    core.apply(goroutine(0x1000, 10, 1, 1, 0xa0));
+    let mut known = core.ingest.goroutines(PID);
+    known.sort();
+    assert_eq!(known, [(0x1000, 10), (0x3000, 9)]);
 }
 
 fn g2_live(core: &Core, go_statement: u64) -> u64 {
@@ -471,7 +489,7 @@ fn the_go_runtime_own_mappings_are_left_to_the_go_heap() {
 fn an_exited_process_leaves_only_what_it_leaked() {
     let mut core = Core::new();
     core.kernel.stacks.insert(1, (vec![0xa0], 0));
-    core.apply(goroutine(EventKind::GoroutineNew, 0x1000, 0, 1, 0xa0));
+    core.apply(goroutine(0x1000, 7, 1, 1, 0xa0));
     core.open(nr::OPEN, 3, -1, [0; 3], "/f", 2);
     core.apply(mmap(PID, EventKind::Mmap, 0x10000, 4096, 7));
     let heap = block(PID, 64, 1, 9).1.site;
@@ -582,6 +600,7 @@ fn goroutines_alive_at_attach_join_the_site_of_their_go_statement() {
     let mut core = Core::new();
     let found = |g, gopc| GoroutineFound {
         g,
+        goid: g,
         gopc,
         start_pc: 0x5000,
     };
@@ -593,7 +612,7 @@ fn goroutines_alive_at_attach_join_the_site_of_their_go_statement() {
     );
     // Started while traced at the same `go` statement (0xa0), from main.
     core.kernel.stacks.insert(1, (vec![0x1, 0xa0, 0xa1], 0));
-    core.apply(goroutine(EventKind::GoroutineNew, 0x40, 0, 1, 0xa0));
+    core.apply(goroutine(0x40, 40, 1, 1, 0xa0));
     let sites: Vec<&crate::model::Site> = core
         .ingest
         .model
@@ -615,7 +634,8 @@ fn goroutines_alive_at_attach_join_the_site_of_their_go_statement() {
     );
     let id = joined.id;
     // Those ending count down the joined site.
-    core.apply(goroutine(EventKind::GoroutineExit, 0x10, 0, 0, 0));
+    core.ingest.end_goroutine(PID, 0x10);
+    core.ingest.recount();
     let joined = &core.ingest.model.sites[&id];
     assert_eq!((joined.live_count, joined.before_attach), (2, 1));
 }
