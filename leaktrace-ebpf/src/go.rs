@@ -150,7 +150,7 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
 fn created(ctx: &ProbeContext, g: u64) {
     let (tgid, _) = current_tgid_tid();
     // SAFETY: a map value copied out at once.
-    let Some(layout) = (unsafe { GO_LAYOUT.get(&tgid) }).copied() else {
+    let Some(layout) = (unsafe { GO_LAYOUT.get(tgid) }).copied() else {
         return;
     };
     // parentGoid, gopc, ancestors, startpc.
