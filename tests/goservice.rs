@@ -26,28 +26,37 @@ const TRACE_S: u64 = 60;
 #[test]
 fn go_service_newest_go() {
     if root_or_skip() {
-        service(GO_NEWEST, false);
+        service(GO_NEWEST, false, false);
     }
 }
 
 #[test]
 fn go_service_newest_go_stripped_pie() {
     if root_or_skip() {
-        service(GO_NEWEST, true);
+        service(GO_NEWEST, true, false);
     }
 }
 
 #[test]
 fn go_service_oldest_go() {
     if root_or_skip() {
-        service(GO_OLDEST, false);
+        service(GO_OLDEST, false, false);
     }
 }
 
 #[test]
 fn go_service_oldest_go_stripped_pie() {
     if root_or_skip() {
-        service(GO_OLDEST, true);
+        service(GO_OLDEST, true, false);
+    }
+}
+
+/// A service that samples its own heap (at leaktrace's default rate): what
+/// it held at attach and what it allocated since at the same place are one site.
+#[test]
+fn go_service_sampled_before_attach_has_one_row_per_site() {
+    if root_or_skip() {
+        service(GO_NEWEST, false, true);
     }
 }
 
@@ -130,13 +139,20 @@ fn functions(site: &Value) -> Vec<&str> {
         .collect()
 }
 
-fn service(version: &str, stripped_pie: bool) {
-    let flavour = if stripped_pie { " stripped PIE" } else { "" };
-    let dir = scratch_dir(&format!("goservice{version}{stripped_pie}"));
-    let mut svc = Command::new(go_build("service", version, stripped_pie))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Serves, attaches for TRACE_S seconds, checks. `sampled`: the heap was
+/// sampled from the start (at leaktrace's default rate).
+fn service(version: &str, stripped_pie: bool, sampled: bool) {
+    let flavour = match (stripped_pie, sampled) {
+        (true, _) => " stripped PIE",
+        (false, true) => " sampled from start",
+        (false, false) => "",
+    };
+    let dir = scratch_dir(&format!("goservice{version}{stripped_pie}{sampled}"));
+    let mut cmd = Command::new(go_build("service", version, stripped_pie));
+    if sampled {
+        cmd.env("MEMPROFILERATE", "65536");
+    }
+    let mut svc = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut ready = String::new();
     BufReader::new(svc.stdout.take().unwrap())
         .read_line(&mut ready)
@@ -148,7 +164,7 @@ fn service(version: &str, stripped_pie: bool) {
     let mut next = 0;
     // Serving before leaktrace comes: its cache full, its workers busy.
     let warm = Instant::now();
-    load(&mut c, &mut next, || {
+    let before = load(&mut c, &mut next, || {
         warm.elapsed() > Duration::from_secs(5)
     });
 
@@ -179,7 +195,7 @@ fn service(version: &str, stripped_pie: bool) {
 
     let r = report(&json);
     let target = &r["targets"][0];
-    assert_eq!(target["go"]["sampling_turned_on"], true, "{target}");
+    assert_eq!(target["go"]["sampling_turned_on"], !sampled, "{target}");
     assert_eq!(target["go"]["mem_profile_rate"], 64 * 1024, "{target}");
     let sites: Vec<&Value> = r["sites"]
         .as_array()
@@ -187,14 +203,26 @@ fn service(version: &str, stripped_pie: bool) {
         .iter()
         .filter(|s| s["pid"] == pid)
         .collect();
-    let leak = sites
+    let records: Vec<&&Value> = sites
         .iter()
-        .find(|s| s["kind"] == "go_heap" && s["frames"][0]["function"] == "main.newRecord")
-        .unwrap_or_else(|| panic!("go{version}{flavour}: no go_heap site at main.newRecord"));
-    let truth = appended * RECORD;
+        .filter(|s| s["kind"] == "go_heap" && s["frames"][0]["function"] == "main.newRecord")
+        .collect();
+    let [leak] = records[..] else {
+        panic!("go{version}{flavour}: go_heap sites at main.newRecord: {records:?}")
+    };
+    // Sampled from the start, what it held at attach is in use too.
+    let truth = if sampled {
+        assert!(
+            leak["before_attach"].as_u64().unwrap_or(0) > before / 2,
+            "go{version}{flavour}: {before} records before attach: {leak}"
+        );
+        (before + appended) * RECORD
+    } else {
+        appended * RECORD
+    };
     let ours = leak["outstanding_bytes"].as_u64().unwrap();
     eprintln!(
-        "go{version}{flavour}: main.newRecord {ours} B in use, {truth} B appended while traced \
+        "go{version}{flavour}: main.newRecord {ours} B in use, {truth} B appended \
          ({:+.1}%), verdict {} ({}), survival {}",
         (ours as f64 / truth as f64 - 1.0) * 100.0,
         leak["verdict"],

@@ -451,6 +451,29 @@ impl Model {
         }
     }
 
+    /// Site `from` (Go heap in use at attach, from the runtime's buckets)
+    /// joins site `to` (allocating at the same place since): one row, their
+    /// histories added up.
+    pub fn join_go_heap(&mut self, from: SiteId, to: SiteId) {
+        let Some(before) = self.sites.remove(&from) else {
+            return;
+        };
+        if let Some(site) = self.sites.get_mut(&to) {
+            site.series = before.series.plus(&site.series);
+        }
+    }
+
+    /// How many objects each Go heap site holds from before attach.
+    pub fn set_go_heap_before(&mut self, before: &HashMap<SiteId, f64>) {
+        for site in self
+            .sites
+            .values_mut()
+            .filter(|s| s.id.kind == Kind::GoHeap && !s.ended)
+        {
+            site.before_attach = before.get(&site.id).map_or(0, |n| n.round() as u64);
+        }
+    }
+
     /// Go heap sites whose survival can be judged at `now`, with their cutoffs.
     pub fn survival_cutoffs(&self, now: Ns) -> HashMap<SiteId, Ns> {
         self.sites

@@ -68,6 +68,30 @@ impl Series {
         self.points.push(point);
     }
 
+    /// This series plus `other` (sampled on the same ticks, maybe from
+    /// later on): each point gains the value of `other`'s point nearest in
+    /// time, when one is within half a point's spacing.
+    pub fn plus(&self, other: &Series) -> Series {
+        let theirs = other.points();
+        let spacing = self.stride.max(other.stride).max(1) as f32;
+        let mut sum = Series::default();
+        for p in self.points() {
+            let near = theirs
+                .iter()
+                .min_by(|a, b| (a.t - p.t).abs().total_cmp(&(b.t - p.t).abs()))
+                .filter(|q| (q.t - p.t).abs() <= spacing / 2.0);
+            sum.push(match near {
+                Some(q) => Point {
+                    t: p.t,
+                    bytes: p.bytes + q.bytes,
+                    count: p.count + q.count,
+                },
+                None => p,
+            });
+        }
+        sum
+    }
+
     /// The points, oldest first, with the partly filled one last.
     pub fn points(&self) -> Vec<Point> {
         let mut points = self.points.clone();
@@ -96,6 +120,27 @@ mod tests {
         }
         assert_eq!(s.points().len(), CAPACITY);
         assert_eq!(s.points()[5], sample(5.0));
+    }
+
+    #[test]
+    fn a_later_series_adds_on_its_ticks() {
+        let mut early = Series::default();
+        let mut late = Series::default();
+        for i in 0..10 {
+            early.push(sample(i as f64));
+            if i >= 4 {
+                late.push(Point {
+                    t: i as f32,
+                    bytes: 1000.0,
+                    count: 1.0,
+                });
+            }
+        }
+        let sum = early.plus(&late).points();
+        assert_eq!(sum.len(), 10);
+        assert_eq!(sum[3], sample(3.0));
+        assert_eq!(sum[4].bytes, 40.0 + 1000.0);
+        assert_eq!(sum[9].count, 9.0 + 1.0);
     }
 
     #[test]

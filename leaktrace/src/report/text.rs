@@ -184,7 +184,7 @@ impl Report {
             } else {
                 (
                     format!(
-                        "{} {} in {} allocation{plural}",
+                        "{} {} in {} allocation{plural}{before}",
                         s.kind.name(),
                         human_bytes(s.outstanding_bytes),
                         s.outstanding_count

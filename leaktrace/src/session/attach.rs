@@ -7,7 +7,7 @@ use leaktrace_common::ProcEvent;
 use log::{debug, info, warn};
 
 use super::{
-    Options, Pump,
+    GoHeapBefore, Options, Pump,
     ingest::GoroutineFound,
     now_ns,
     targets::{Go, Traced},
@@ -479,8 +479,12 @@ impl Pump {
                 return;
             }
             let stack_id = self.ingest.allocated_before_attach(b.stack);
-            self.go_heap_before
-                .insert((pid, b.addr), (stack_id, b.size));
+            let before = GoHeapBefore {
+                stack_id,
+                size: b.size,
+                joined: false,
+            };
+            self.go_heap_before.insert((pid, b.addr), before);
         }
     }
 }

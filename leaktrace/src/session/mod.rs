@@ -188,8 +188,19 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     for &pid in &running {
         pump.before_attach(pid, opts.families);
     }
+    // A running Go program's heap sampling is turned on now, not a second later.
+    pump.read_go_rates();
     pump.trace(&opts, live).await?;
     Ok(pump.finish())
+}
+
+/// A Go heap profile bucket with objects in use at attach: the site they are
+/// counted at (their own, under "[allocated before attach]", until they join
+/// the site allocating at the same place since) and their size.
+struct GoHeapBefore {
+    stack_id: StackId,
+    size: u64,
+    joined: bool,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, comparable with `bpf_ktime_get_ns`.
@@ -218,9 +229,8 @@ struct Pump {
     procfs: Procfs,
     unwinder: Unwinder,
     targets: Targets,
-    /// Go heap profile buckets with objects in use at attach, by (tgid, bucket):
-    /// their site's stack id and object size.
-    go_heap_before: HashMap<(u32, u64), (StackId, u64)>,
+    /// Go heap profile buckets with objects in use at attach, by (tgid, bucket).
+    go_heap_before: HashMap<(u32, u64), GoHeapBefore>,
     go_sample_rate: Option<u64>,
     /// Whether the heap is traced: allocators of libraries loaded later are probed.
     heap: bool,

@@ -1,17 +1,17 @@
 //! What is read each second: the kernel's totals and counters, ages, the Go
 //! runtimes' sampling rates, sockets' addresses — and which targets have
 //! exited, whose state then goes, in userspace and in the kernel.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
-use leaktrace_common::{Counter, SiteKey, SiteKind, SiteStats, unwind::STACK_END_KINDS};
+use leaktrace_common::{Counter, SiteKey, SiteKind, SiteStats, StackId, unwind::STACK_END_KINDS};
 use log::{debug, warn};
 
 use super::{Pump, now_ns, seams::Process};
 use crate::{
     golang::{self, GoRuntime},
     handles,
-    model::{HeapAges, SiteId, StackWalks, TOP_DETAILS, Waiting, stands_for},
+    model::{HeapAges, Kind, Site, SiteId, StackWalks, TOP_DETAILS, Waiting, stands_for},
     report::human_bytes,
     sampling::DEFAULT_MEM_PROFILE_RATE,
 };
@@ -27,34 +27,41 @@ impl Pump {
         self.read_go_rates();
         let rates = self.go_rates();
         let mut entries = self.probes.sites()?;
+        let mut before: HashMap<SiteId, f64> = HashMap::new();
         if !self.go_heap_before.is_empty() {
+            self.join_go_heap_before();
             // Go heap from before attach: what is left of each bucket's objects.
             let left = self.probes.go_before_attach()?;
             for entry in left.iter() {
                 let (key, count) = entry.context("reading the Go heap before attach")?;
-                let Some(&(stack_id, size)) = self.go_heap_before.get(&(key.tgid, key.addr)) else {
+                let Some(b) = self.go_heap_before.get(&(key.tgid, key.addr)) else {
                     continue;
                 };
                 let site = SiteKey {
                     tgid: key.tgid,
                     kind: SiteKind::GoHeap as u32,
-                    stack_id,
-                    extra: size.min(u32::MAX as u64) as u32,
+                    stack_id: b.stack_id,
+                    extra: b.size.min(u32::MAX as u64) as u32,
                     _pad: 0,
                 };
                 let count = count.max(0);
                 let stats = SiteStats {
-                    live_bytes: count * size as i64,
+                    live_bytes: count * b.size as i64,
                     live_count: count,
                     total_bytes: 0,
                     total_count: 0,
                 };
+                let (objects, _) = stands_for(&site, count as f64, 0.0, &rates);
+                *before.entry(SiteId::in_kernel(&site)).or_default() += objects;
                 entries.push((site, stats));
             }
         }
         self.ingest
             .model
             .set_kernel_sites(&entries, &rates, now_ns());
+        if !self.go_heap_before.is_empty() {
+            self.ingest.model.set_go_heap_before(&before);
+        }
         let c = self.probes.counters()?;
         let lost = &mut self.ingest.model.lost;
         lost.allocs_map_full = c[Counter::AllocsFull as usize];
@@ -72,6 +79,58 @@ impl Pump {
         self.ingest.model.allocs = c[Counter::Allocs as usize];
         self.ingest.model.frees = c[Counter::Frees as usize];
         Ok(())
+    }
+
+    /// Go heap in use at attach joins the site allocating at the same place
+    /// since: one row, one verdict. The runtime's bucket stacks and the
+    /// walked ones differ below the program's code (inlined frames, depth),
+    /// so sites match by their first two frames of the program's code, and
+    /// only where one site does.
+    fn join_go_heap_before(&mut self) {
+        let waiting: HashSet<(u32, StackId)> = self
+            .go_heap_before
+            .iter()
+            .filter(|(_, b)| !b.joined)
+            .map(|(&(tgid, _), b)| (tgid, b.stack_id))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        let model = &self.ingest.model;
+        let mut since: HashMap<Place, Vec<SiteId>> = HashMap::new();
+        for s in model.sites.values().filter(|s| {
+            s.id.kind == Kind::GoHeap && !s.ended && !waiting.contains(&(s.id.tgid, s.id.stack_id))
+        }) {
+            if let Some(p) = place(s) {
+                since.entry(p).or_default().push(s.id);
+            }
+        }
+        let mut joins = Vec::new();
+        for &(tgid, stack_id) in &waiting {
+            let from = SiteId {
+                tgid,
+                kind: Kind::GoHeap,
+                stack_id,
+            };
+            let matching = model
+                .sites
+                .get(&from)
+                .and_then(place)
+                .and_then(|p| since.get(&p));
+            if let Some([to]) = matching.map(Vec::as_slice) {
+                joins.push((from, *to));
+            }
+        }
+        for (from, to) in joins {
+            for ((tgid, _), b) in self.go_heap_before.iter_mut() {
+                if *tgid == from.tgid && b.stack_id == from.stack_id {
+                    b.stack_id = to.stack_id;
+                    b.joined = true;
+                }
+            }
+            self.ingest.model.join_go_heap(from, to);
+        }
     }
 
     /// Goroutines that ended since the last look. No probe sees a goroutine
@@ -298,4 +357,20 @@ impl Pump {
         self.probes.forget(&pids, probed || go, go);
         self.targets.is_empty()
     }
+}
+
+/// Where a site allocates: process, the first frame of the program's own
+/// code (function, file, line) and the next one's function.
+type Place<'a> = (u32, &'a str, Option<&'a str>, Option<u32>, Option<&'a str>);
+
+fn place(s: &Site) -> Option<Place<'_>> {
+    let mut own = s.frames.iter().filter(|f| f.is_own_code());
+    let first = own.next()?;
+    Some((
+        s.id.tgid,
+        first.function.as_deref()?,
+        first.file.as_deref(),
+        first.line,
+        own.next().and_then(|f| f.function.as_deref()),
+    ))
 }

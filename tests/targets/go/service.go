@@ -5,7 +5,9 @@
 //
 //	service
 //
-// Listens on 127.0.0.1 (a free port) and prints "ready ADDR". Every reply is a
+// Listens on 127.0.0.1 (a free port) and prints "ready ADDR". With
+// MEMPROFILERATE=N in its environment it sets runtime.MemProfileRate itself,
+// as a program sampling its own heap does. Every reply is a
 // checksum of data derived from the request's n alone: the same request gets
 // the same reply, traced or not.
 //
@@ -21,6 +23,8 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"strconv"
 	"sync"
 )
@@ -146,6 +150,9 @@ func arg(r *http.Request) int {
 }
 
 func main() {
+	if rate, err := strconv.Atoi(os.Getenv("MEMPROFILERATE")); err == nil {
+		runtime.MemProfileRate = rate
+	}
 	for i := 0; i < 8; i++ {
 		go worker()
 	}
