@@ -153,17 +153,21 @@ fn created(ctx: &ProbeContext, g: u64) {
     let Some(layout) = (unsafe { GO_LAYOUT.get(tgid) }).copied() else {
         return;
     };
-    // parentGoid, gopc, ancestors, startpc.
+    // parentGoid, gopc, ancestors, startpc; a goroutine's id is never 0.
     // SAFETY: reads the target's memory; a fault returns Err.
-    let made = unsafe { bpf_probe_read_user((g + layout.gopc as u64 - 8) as *const [u64; 4]) }
-        .unwrap_or([0; 4]);
+    let made = unsafe { bpf_probe_read_user((g + layout.gopc as u64 - 8) as *const [u64; 4]) };
+    let (Ok(made), Some(goid)) = (made, read_u64(g + layout.goid as u64).filter(|&id| id != 0))
+    else {
+        count(Counter::EventsLost);
+        return;
+    };
     send(GoroutineEvent {
         kind: EventKind::GoroutineNew as u32,
         tgid,
         // SAFETY: the helper reads no memory of ours.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         g,
-        goid: read_u64(g + layout.goid as u64).unwrap_or(0),
+        goid,
         stack_id: creator_stack(ctx, made[1]),
         caller: made[1],
         start_pc: made[3],

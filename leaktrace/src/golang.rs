@@ -5,7 +5,7 @@
 //! binaries take the same path. The same table names Go frames when the binary
 //! has no other symbols. `runtime.MemProfileRate` is a variable, not in the
 //! table: it needs `.symtab`.
-use std::{collections::HashMap, ops::Range, os::unix::fs::FileExt};
+use std::{ops::Range, os::unix::fs::FileExt};
 
 use leaktrace_common::{GoLayout, programs};
 
@@ -88,6 +88,9 @@ pub struct LiveGoroutine {
     pub sched_pc: u64,
     pub sched_bp: u64,
 }
+
+/// Bytes per page.
+const PAGE: u64 = 4096;
 
 /// `atomicstatus` values (runtime2.go).
 pub const G_RUNNABLE: u32 = 1;
@@ -752,33 +755,59 @@ impl GoRuntime {
 
     /// Of goroutines `(g, goid)` of process `pid`, those that have ended: their
     /// `g` dead, or another goroutine's now (the runtime reuses a dead `g`).
-    /// One small read per goroutine, 1,024 per system call; a `g` that cannot
-    /// be read is not judged.
+    /// One small read per goroutine, 1,024 per system call. The runtime never
+    /// unmaps a `g`: one that cannot be read while others can was no
+    /// goroutine's (a hostile process can make the probe see any address)
+    /// and ends; when none can be read (the process is going), none is judged.
     pub fn ended(&self, pid: u32, goroutines: &[(u64, u64)]) -> Vec<u64> {
         let Some(layout) = self.version.as_deref().and_then(GLayout::of) else {
             return Vec::new();
         };
-        // atomicstatus (u32), stackLock (u32), goid.
+        // atomicstatus (u32), stackLock (u32), goid: 16 bytes at `status`.
         let status = layout.status();
-        let ids: HashMap<u64, u64> = goroutines.iter().copied().collect();
-        let ranges: Vec<Range<u64>> = goroutines
+        let mut wanted: Vec<(u64, u64, u64)> = goroutines
             .iter()
-            .map(|&(g, _)| g.wrapping_add(status)..g.wrapping_add(status + 16))
-            .filter(|r| r.start < r.end)
+            .map(|&(g, goid)| (g.wrapping_add(status), g, goid))
+            .filter(|&(at, _, _)| at.checked_add(16).is_some())
             .collect();
-        let mut ended = Vec::new();
-        crate::reach::process::read_ranges(pid, &ranges, &mut |at, bytes| {
-            let g = at.wrapping_sub(status);
-            let (Some(&goid), Ok(bytes)) = (ids.get(&g), <[u8; 16]>::try_from(bytes)) else {
-                return;
-            };
-            let state = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-            let now = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-            if state & !G_SCAN == G_DEAD || now != goid {
-                ended.push(g);
+        wanted.sort_unstable();
+        // The runtime allocates `g`s side by side: one read per page holding
+        // any, not one per `g` (each read pins its pages).
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for &(at, _, _) in &wanted {
+            match ranges.last_mut() {
+                Some(r) if at / PAGE == r.start / PAGE && at + 16 <= (at / PAGE + 1) * PAGE => {
+                    r.end = r.end.max(at + 16);
+                }
+                _ => ranges.push(at..at + 16),
             }
+        }
+        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+        crate::reach::process::read_ranges(pid, &ranges, &mut |at, bytes| {
+            chunks.push((at, bytes.to_vec()));
         });
-        ended
+        if chunks.is_empty() {
+            return Vec::new();
+        }
+        chunks.sort_unstable_by_key(|c| c.0);
+        let bytes_at = |at: u64| -> Option<&[u8]> {
+            let i = chunks.partition_point(|c| c.0 <= at).checked_sub(1)?;
+            let (start, bytes) = &chunks[i];
+            let off = usize::try_from(at - start).ok()?;
+            bytes.get(off..off.checked_add(16)?)
+        };
+        wanted
+            .iter()
+            .filter(|&&(at, _, goid)| {
+                let Some(bytes) = bytes_at(at) else {
+                    return true;
+                };
+                let state = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+                let now = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+                state & !G_SCAN == G_DEAD || now != goid
+            })
+            .map(|&(_, g, _)| g)
+            .collect()
     }
 
     /// The goroutines of process `pid` alive now (not dead, not idle), read

@@ -324,10 +324,13 @@ impl Probes {
         // The probe reads a new goroutine's id and making from its `g`.
         let layout = go.probe_layout();
         let goroutines = match layout {
-            Some(layout) if goroutines => {
-                self.set_go_layout(target.pid, layout)?;
-                true
-            }
+            Some(layout) if goroutines => match self.set_go_layout(target.pid, layout) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("PID {}: goroutines not followed: {e}", target.pid);
+                    false
+                }
+            },
             Some(_) => false,
             None => {
                 if goroutines {
@@ -463,6 +466,12 @@ impl Probes {
                 let _ = map.remove(pid);
             }
         }
+        // Whether or not it still runs Go (an exec may have dropped its runtime).
+        if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, GoLayout>>(maps::GO_LAYOUT) {
+            for pid in pids {
+                let _ = map.remove(pid);
+            }
+        }
         for name in [maps::TARGETS, maps::FORKED, maps::EXITING] {
             if let Ok(mut map) = self.map_mut::<HashMap<&mut MapData, u32, u32>>(name) {
                 for pid in pids {
@@ -472,14 +481,6 @@ impl Probes {
         }
         if !probed {
             return;
-        }
-        if go
-            && let Ok(mut map) =
-                self.map_mut::<HashMap<&mut MapData, u32, GoLayout>>(maps::GO_LAYOUT)
-        {
-            for pid in pids {
-                let _ = map.remove(pid);
-            }
         }
         let theirs = |tgid: u32| pids.contains(&tgid);
         let mut result =

@@ -70,26 +70,30 @@ impl Series {
 
     /// This series plus `other` (sampled on the same ticks, maybe from
     /// later on): each point gains the value of `other`'s point nearest in
-    /// time, when one is within half a point's spacing.
+    /// time, when one is within half this series' spacing (a point covers
+    /// `stride` one-second samples).
     pub fn plus(&self, other: &Series) -> Series {
         let theirs = other.points();
-        let spacing = self.stride.max(other.stride).max(1) as f32;
-        let mut sum = Series::default();
-        for p in self.points() {
+        let half = self.stride.max(1) as f32 / 2.0;
+        let add = |p: Point| {
             let near = theirs
                 .iter()
                 .min_by(|a, b| (a.t - p.t).abs().total_cmp(&(b.t - p.t).abs()))
-                .filter(|q| (q.t - p.t).abs() <= spacing / 2.0);
-            sum.push(match near {
+                .filter(|q| (q.t - p.t).abs() <= half);
+            match near {
                 Some(q) => Point {
                     t: p.t,
                     bytes: p.bytes + q.bytes,
                     count: p.count + q.count,
                 },
                 None => p,
-            });
+            }
+        };
+        Series {
+            points: self.points.iter().map(|&p| add(p)).collect(),
+            stride: self.stride,
+            pending: self.pending.map(|(p, n)| (add(p), n)),
         }
-        sum
     }
 
     /// The points, oldest first, with the partly filled one last.
@@ -138,6 +142,14 @@ mod tests {
         }
         let sum = early.plus(&late).points();
         assert_eq!(sum.len(), 10);
+        // A long series keeps its spacing: its points cover several samples.
+        let mut long = Series::default();
+        for i in 0..300 {
+            long.push(sample(i as f64));
+        }
+        let joined = long.plus(&late);
+        assert_eq!(joined.stride, long.stride);
+        assert_eq!(joined.points().len(), long.points().len());
         assert_eq!(sum[3], sample(3.0));
         assert_eq!(sum[4].bytes, 40.0 + 1000.0);
         assert_eq!(sum[9].count, 9.0 + 1.0);

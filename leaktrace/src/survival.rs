@@ -48,9 +48,9 @@ impl Tally {
         self.points.first().map(|p| p.0)
     }
 
-    /// The count at the last point at or before `at`.
-    pub fn at(&self, at: Ns) -> Option<u64> {
-        self.points.iter().rev().find(|p| p.0 <= at).map(|p| p.1)
+    /// The last point at or before `at`: its time and count.
+    pub fn at(&self, at: Ns) -> Option<(Ns, u64)> {
+        self.points.iter().rev().find(|p| p.0 <= at).copied()
     }
 
     pub fn latest(&self) -> u64 {
@@ -105,18 +105,19 @@ pub struct Survival {
 
 impl Survival {
     /// The cutoff for a site whose tally began at `start`: the middle of its
-    /// window, or earlier if the process's last GC judged less; `None` before
-    /// any GC judged what it made.
+    /// window, or earlier if the process's last GC judged less, at a point of
+    /// its tally (what it had made then is known exactly); `None` before any
+    /// GC judged what it made.
     pub fn cutoff(tally: &Tally, sweeps: Option<&Sweeps>, now: Ns) -> Option<Ns> {
         let start = tally.start()?;
         let middle = start + now.saturating_sub(start) / 2;
-        let cutoff = middle.min(sweeps?.judged_until()?);
+        let (cutoff, _) = tally.at(middle.min(sweeps?.judged_until()?))?;
         (cutoff > start).then_some(cutoff)
     }
 
     /// `alive` of the objects made up to `cutoff` and `outstanding` in all are in use.
     pub fn new(tally: &Tally, cutoff: Ns, alive: u64, outstanding: u64, now: Ns) -> Self {
-        let early = tally.at(cutoff).unwrap_or(0);
+        let early = tally.at(cutoff).map_or(0, |p| p.1);
         Self {
             early,
             alive: alive.min(early),
@@ -150,9 +151,9 @@ mod tests {
         assert_eq!(t.start(), Some(0));
         assert_eq!(t.latest(), 9990);
         // Thinned: the answer is the nearest point at or before.
-        let mid = t.at(500 * S).unwrap();
+        let (_, mid) = t.at(500 * S).unwrap();
         assert!((4700..=5000).contains(&mid), "{mid} {:?}", t.points);
-        assert_eq!(t.at(0), Some(0));
+        assert_eq!(t.at(0), Some((0, 0)));
     }
 
     #[test]

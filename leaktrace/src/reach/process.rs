@@ -353,8 +353,13 @@ impl ProcessMemory {
                     0,
                 )
             };
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-                return; // gone
+            if n < 0
+                && matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::ESRCH | libc::EPERM)
+                )
+            {
+                return; // gone, or not ours to read: no page will do better
             }
             let mut left = n.max(0) as u64;
             self.read += left;

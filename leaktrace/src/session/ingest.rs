@@ -177,8 +177,13 @@ impl Ingest {
         }
         let open: Vec<i32> = process.open_fds(pid).iter().map(|f| f.0).collect();
         self.model.retain_fds(pid, &open);
-        // The thread that exec'd goes on as the first; the others are gone.
+        // The thread that exec'd goes on as the first; the others are gone,
+        // and every goroutine of the old image with them.
         self.model.end_thread(pid, None);
+        for (g, _) in self.goroutines(pid) {
+            self.end_goroutine(pid, g);
+        }
+        self.go_before.retain(|&(tgid, _), _| tgid != pid);
         self.stale.insert(pid);
     }
 
@@ -412,9 +417,11 @@ impl Ingest {
         {
             self.model.move_goroutines(e.tgid, before, site);
         }
+        // 0: made by the runtime on a system stack, no goroutine.
         let parent = self
             .by_goid
             .get(&e.tgid)
+            .filter(|_| e.parent_goid != 0)
             .and_then(|ids| ids.get(&e.parent_goid))
             .copied();
         let chain = match parent {

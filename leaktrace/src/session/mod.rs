@@ -165,6 +165,7 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         unwinder,
         targets,
         go_heap_before: HashMap::new(),
+        go_heap_sites_looked: 0,
         go_sample_rate: opts.go_sample_rate,
         heap: opts.families.heap,
         scan_at_exit: opts.scan_at_exit,
@@ -231,6 +232,8 @@ struct Pump {
     targets: Targets,
     /// Go heap profile buckets with objects in use at attach, by (tgid, bucket).
     go_heap_before: HashMap<(u32, u64), GoHeapBefore>,
+    /// Go heap sites when buckets last looked for a site to join.
+    go_heap_sites_looked: usize,
     go_sample_rate: Option<u64>,
     /// Whether the heap is traced: allocators of libraries loaded later are probed.
     heap: bool,

@@ -93,9 +93,14 @@ impl Pump {
             .filter(|(_, b)| !b.joined)
             .map(|(&(tgid, _), b)| (tgid, b.stack_id))
             .collect();
-        if waiting.is_empty() {
+        // Only when Go heap sites came since the last look: buckets allocated
+        // at init and never since wait for good.
+        let sites = self.ingest.model.sites.values();
+        let go_heap = sites.filter(|s| s.id.kind == Kind::GoHeap).count();
+        if waiting.is_empty() || go_heap == self.go_heap_sites_looked {
             return;
         }
+        self.go_heap_sites_looked = go_heap;
         self.ingest.symbolize(&self.probes, &mut self.procfs);
         let model = &self.ingest.model;
         let mut since: HashMap<Place, Vec<SiteId>> = HashMap::new();
