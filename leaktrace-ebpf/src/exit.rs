@@ -1,10 +1,11 @@
-//! Stopping a target on its way out, for the reachability scan of its heap.
+//! Stopping a target on its way out, for the reachability scan of its heap
+//! and the last read of its goroutines.
 //!
 //! A signal sent inside `exit_group` is never delivered: the process is gone
 //! before it returns to user space. So the probe sits on the C library's
-//! `_exit` (attached by userspace per process, where it finds one): the
-//! process stops itself there, with its heap, stacks and globals whole, and
-//! userspace reads them and sends SIGCONT.
+//! `_exit`, or the Go runtime's `runtime.exit` (attached by userspace per
+//! process, where it finds one): the process stops itself there, with its
+//! heap, stacks and globals whole, and userspace reads them and sends SIGCONT.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_send_signal},
@@ -16,6 +17,7 @@ use leaktrace_common::{Counter, EventKind, ExitEvent, pause};
 use crate::{
     alloc::user_regs,
     fork::SIGSTOP,
+    go::GO_LAYOUT,
     maps::{EVENTS, EXITING, LIVE_BLOCKS, count, current_tgid_tid, pausing, wakeup},
 };
 
@@ -25,8 +27,11 @@ pub fn image_exit(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let (tgid, tid) = current_tgid_tid();
-    // Nothing outstanding on its heap: nothing to scan, no reason to stop it.
-    if (unsafe { LIVE_BLOCKS.get(tgid) }).is_none_or(|&n| n <= 0) {
+    // Nothing outstanding on its heap and no goroutines followed (whose
+    // ends userspace reads): no reason to stop it.
+    // SAFETY: read-only uses of map values.
+    let heap = (unsafe { LIVE_BLOCKS.get(tgid) }).is_some_and(|&n| n > 0);
+    if !heap && (unsafe { GO_LAYOUT.get(tgid) }).is_none() {
         return 0;
     }
     if EXITING.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {

@@ -127,7 +127,7 @@ pub fn go_mprof_free(ctx: ProbeContext) -> u32 {
 
 /// Each Go target's `runtime.g` layout, set by userspace at attach.
 #[map]
-static GO_LAYOUT: HashMap<u32, GoLayout> = HashMap::with_max_entries(1024, 0);
+pub static GO_LAYOUT: HashMap<u32, GoLayout> = HashMap::with_max_entries(1024, 0);
 
 /// At newproc's call of `runqput(pp, newg, next)`: RBX is the new goroutine's g.
 #[uprobe]

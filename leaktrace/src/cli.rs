@@ -234,7 +234,8 @@ pub struct TraceArgs {
     /// Do not stop a target calling _exit to scan which of its heap blocks
     /// are still reachable (see --fail-on). By default a process of a
     /// C/C++/Rust program exiting while traced stops there, with its
-    /// memory whole, for the milliseconds the scan takes (reported).
+    /// memory whole, for the milliseconds the scan takes (reported); a Go
+    /// program stops at runtime.exit for a last read of its goroutines.
     #[arg(long)]
     pub no_exit_scan: bool,
 

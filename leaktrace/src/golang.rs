@@ -9,7 +9,12 @@ use std::{ops::Range, os::unix::fs::FileExt};
 
 use leaktrace_common::{GoLayout, programs};
 
-use crate::{allocator::ProbePoint, elf::ElfImage, placement, procmaps::ProcMaps};
+use crate::{
+    allocator::{ExitPoint, ProbePoint},
+    elf::ElfImage,
+    placement,
+    procmaps::ProcMaps,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoError {
@@ -557,6 +562,9 @@ pub struct GoRuntime {
     /// "go1.27.3", from `.go.buildinfo`.
     pub version: Option<String>,
     pub points: Vec<ProbePoint>,
+    /// `runtime.exit`, which every way out of a Go program takes (returning
+    /// from main, os.Exit, a fatal panic): it stops there for its last read.
+    pub exit: Option<ExitPoint>,
     /// `runtime.MemProfileRate`'s file address, when the binary has `.symtab`.
     rate_symbol: Option<u64>,
     /// `runtime.allgs`'s file address, when the binary has `.symtab`.
@@ -652,11 +660,19 @@ impl GoRuntime {
                 "DWARF"
             }
         );
+        let exit = tab
+            .function("runtime.exit")
+            .and_then(|(start, _)| image.file_offset(start))
+            .map(|file_offset| ExitPoint {
+                path: image.path.clone(),
+                file_offset,
+            });
         Ok(Some(Self {
             path: image.path.clone(),
             gobuf_bp,
             version,
             points,
+            exit,
             rate_symbol: image
                 .symbol_address("runtime.MemProfileRate")
                 .or(variables.rate),

@@ -82,6 +82,10 @@ pub(super) fn attach(
     }
     if let Some(go) = &runtime {
         probes.attach_go(target, go, opts.families.heap, opts.families.goroutines)?;
+        // Goroutine ends are read, not probed: the last read is at exit.
+        if opts.scan_at_exit && opts.families.goroutines {
+            attach_exit(probes, target.pid, go.exit.as_ref());
+        }
         info!(
             "PID {}: Go runtime {}",
             target.pid,
@@ -155,14 +159,15 @@ fn attach_heap<'a>(
     attached
 }
 
-/// Makes `pid` stop at its C library's `_exit` (when it has one) for the
-/// scan of its heap; a refusal only costs that scan.
+/// Makes `pid` stop at `exit` (its C library's `_exit`, the Go runtime's
+/// `runtime.exit`) for the scan of its heap and the last read of its
+/// goroutines; a refusal only costs those.
 fn attach_exit(probes: &mut Probes, pid: u32, exit: Option<&allocator::ExitPoint>) {
     let Some(exit) = exit else {
         return;
     };
     if let Err(e) = probes.attach_exit(pid, exit) {
-        warn!("PID {pid}: its heap is not scanned at exit: {e}");
+        warn!("PID {pid}: not stopped at exit (heap scan, last goroutine read): {e}");
     }
 }
 

@@ -142,16 +142,28 @@ impl Pump {
     /// end (one probe per goroutine: leaktrace-ebpf/src/go.rs): its `g` says
     /// so, dead or reused by a newer goroutine.
     fn end_goroutines(&mut self) {
-        for t in self.targets.live() {
-            let Some(go) = &t.go else { continue };
-            let pid = t.target.pid;
-            let known = self.ingest.goroutines(pid);
-            if known.is_empty() {
-                continue;
-            }
-            for g in go.runtime.ended(pid, &known) {
-                self.ingest.end_goroutine(pid, g);
-            }
+        let go: Vec<u32> = self
+            .targets
+            .live()
+            .filter(|t| t.go.is_some())
+            .map(|t| t.target.pid)
+            .collect();
+        for pid in go {
+            self.end_goroutines_of(pid);
+        }
+    }
+
+    /// Goroutines of Go target `pid` that ended since the last look.
+    pub(super) fn end_goroutines_of(&mut self, pid: u32) {
+        let Some(go) = self.targets.get(pid).and_then(|t| t.go.as_ref()) else {
+            return;
+        };
+        let known = self.ingest.goroutines(pid);
+        if known.is_empty() {
+            return;
+        }
+        for g in go.runtime.ended(pid, &known) {
+            self.ingest.end_goroutine(pid, g);
         }
     }
 

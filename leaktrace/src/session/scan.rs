@@ -12,13 +12,22 @@ use crate::{
 };
 
 impl Pump {
-    /// A target stopped in `_exit` (leaktrace-ebpf/src/exit.rs): its heap is
-    /// scanned whole; it goes on exiting once the event is done with.
+    /// A target stopped in `_exit` or `runtime.exit` (leaktrace-ebpf/src/exit.rs):
+    /// its goroutines read and its heap scanned whole; it goes on exiting once
+    /// the event is done with.
     pub(super) fn scan_exiting(&mut self, e: &ExitEvent) {
         if e.paused == 0 {
             return; // not stopped: its memory would be torn down under the scan
         }
-        self.scan(e.tgid, &e.regs, None);
+        // Goroutines that ended since the last read, before they all go.
+        self.end_goroutines_of(e.tgid);
+        if self
+            .targets
+            .get(e.tgid)
+            .is_some_and(|t| !t.allocators.allocators.is_empty())
+        {
+            self.scan(e.tgid, &e.regs, None);
+        }
         let waited_ms = now_ns().saturating_sub(e.ts_ns) as f64 / 1e6;
         let scans = &mut self.ingest.model.scans;
         scans.longest_pause_ms = scans
