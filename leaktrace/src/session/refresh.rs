@@ -93,11 +93,14 @@ impl Pump {
             .filter(|(_, b)| !b.joined)
             .map(|(&(tgid, _), b)| (tgid, b.stack_id))
             .collect();
+        if waiting.is_empty() {
+            return;
+        }
         // Only when Go heap sites came since the last look: buckets allocated
         // at init and never since wait for good.
         let sites = self.ingest.model.sites.values();
         let go_heap = sites.filter(|s| s.id.kind == Kind::GoHeap).count();
-        if waiting.is_empty() || go_heap == self.go_heap_sites_looked {
+        if go_heap == self.go_heap_sites_looked {
             return;
         }
         self.go_heap_sites_looked = go_heap;
@@ -142,13 +145,7 @@ impl Pump {
     /// end (one probe per goroutine: leaktrace-ebpf/src/go.rs): its `g` says
     /// so, dead or reused by a newer goroutine.
     fn end_goroutines(&mut self) {
-        let go: Vec<u32> = self
-            .targets
-            .live()
-            .filter(|t| t.go.is_some())
-            .map(|t| t.target.pid)
-            .collect();
-        for pid in go {
+        for pid in self.targets.live_go() {
             self.end_goroutines_of(pid);
         }
     }
@@ -240,13 +237,7 @@ impl Pump {
     /// in. A goroutine-heavy service has tens of thousands: at most
     /// [`WAITING_READ`] are read per process each time.
     pub(super) fn read_waiting(&mut self) {
-        let go: Vec<u32> = self
-            .targets
-            .live()
-            .filter(|t| t.go.is_some())
-            .map(|t| t.target.pid)
-            .collect();
-        for pid in go {
+        for pid in self.targets.live_go() {
             let Some(runtime) = self.targets.get(pid).and_then(|t| t.go.as_ref()) else {
                 continue;
             };

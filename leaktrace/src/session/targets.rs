@@ -108,6 +108,14 @@ impl Targets {
         self.live.values()
     }
 
+    /// The live targets running Go, by pid.
+    pub fn live_go(&self) -> Vec<u32> {
+        self.live()
+            .filter(|t| t.go.is_some())
+            .map(|t| t.target.pid)
+            .collect()
+    }
+
     pub fn live_mut(&mut self) -> impl Iterator<Item = &mut Traced> {
         self.live.values_mut()
     }
