@@ -13,7 +13,7 @@ use std::{
 use common::{
     fd_links,
     go::{GO_NEWEST, GO_OLDEST, go_build, go_target},
-    leaktrace,
+    leaktrace, prod,
     profiles::{decode, pprof},
     report, root_or_skip, run, scratch_dir,
     sites::{details, site, verdict_of},
@@ -447,4 +447,63 @@ fn goroutine_sites_say_where_their_goroutines_wait() {
         assert_eq!(nap["count"], 4, "{nap}");
         assert_eq!(nap["line"], line(nap_line), "{nap}");
     }
+}
+
+/// A `go` statement too busy to have each goroutine announced with its
+/// stack (leaktrace-ebpf/src/go.rs): its goroutines are still all counted,
+/// those alive found in the runtime's list, and the ones that stay are
+/// placed at the caller whose announced goroutines stay.
+#[test]
+fn a_busy_go_statements_goroutines_are_all_counted_and_placed() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("go-busy");
+    let rounds = 5_000u64;
+    let (r, pid) = prod::trace_command(&dir, &go_target("busy"), &[&rounds.to_string()]);
+    let sites: Vec<&Value> = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["kind"] == "goroutine"
+                && s["pid"] == pid
+                && prod::functions(s).contains(&Some("main.spawn"))
+        })
+        .collect();
+    let through = |f: &str| -> (u64, u64) {
+        sites
+            .iter()
+            .filter(|s| prod::functions(s).contains(&Some(f)))
+            .map(|s| {
+                (
+                    s["outstanding_count"].as_u64().unwrap(),
+                    s["total_count"].as_u64().unwrap(),
+                )
+            })
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (leak, quick) = (through("main.leakOne"), through("main.quickOne"));
+    let alive: u64 = sites
+        .iter()
+        .map(|s| s["outstanding_count"].as_u64().unwrap())
+        .sum();
+    let made: u64 = sites
+        .iter()
+        .map(|s| s["total_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        made,
+        rounds * 10,
+        "every goroutine made is counted: {sites:?}"
+    );
+    assert_eq!(alive, rounds, "every one alive is found: {sites:?}");
+    assert!(
+        leak.0 >= rounds * 9 / 10 && quick.0 <= rounds / 10,
+        "those alive are placed at leakOne: leakOne {leak:?}, quickOne {quick:?}"
+    );
+    assert!(
+        quick.1 >= rounds * 8 && leak.1 <= rounds * 2,
+        "those made are placed where they are announced: leakOne {leak:?}, quickOne {quick:?}"
+    );
 }

@@ -29,9 +29,10 @@ pub mod maps {
     pub const EXITING: &str = "EXITING";
     pub const LIVE_BLOCKS: &str = "LIVE_BLOCKS";
     pub const GO_LAYOUT: &str = "GO_LAYOUT";
+    pub const GO_CREATORS: &str = "GO_CREATORS";
 
     /// Every name above.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         ALLOCS,
         SITES,
         STACKS,
@@ -49,6 +50,7 @@ pub mod maps {
         EXITING,
         LIVE_BLOCKS,
         GO_LAYOUT,
+        GO_CREATORS,
     ];
 }
 
@@ -462,6 +464,24 @@ pub struct GoLayout {
     pub gopc: u32,
 }
 
+/// Goroutines a `go` statement may announce each second, each with its
+/// creation stack; past that, one in [`GO_SAMPLE`]. Userspace finds the
+/// others in the runtime's list of goroutines.
+pub const GO_EXACT_PER_SECOND: u64 = 1000;
+/// One goroutine in this many of a busy `go` statement is announced.
+pub const GO_SAMPLE: u64 = 64;
+
+/// Goroutines made at one `go` statement of one process (`GO_CREATORS`, keyed
+/// by [`AllocKey`] with the statement's `gopc`): all of them, and those made
+/// in the current second (of the kernel's clock, in 2^30 ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCreator {
+    pub made: u64,
+    pub second: u64,
+    pub in_second: u64,
+}
+
 /// A target forked (`child` is traced from its first instruction) or exec'd
 /// (`child` is 0), sent by the process that is new: the child at its first
 /// return to user space, the new image at exec's return.
@@ -570,6 +590,7 @@ mod pod {
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for crate::GoLayout {}
+    unsafe impl aya::Pod for crate::GoCreator {}
     unsafe impl aya::Pod for crate::unwind::UnwindRow {}
     unsafe impl aya::Pod for crate::unwind::PageIndex {}
     unsafe impl aya::Pod for crate::unwind::ProcMappings {}
@@ -588,6 +609,7 @@ const _: () = {
     assert!(size_of::<ExitEvent>() == 24 + 8 * EXIT_REGS);
     assert!(size_of::<GoroutineEvent>() == 64);
     assert!(size_of::<GoLayout>() == 8);
+    assert!(size_of::<GoCreator>() == 24);
     assert!(size_of::<ProcEvent>() == 24);
     assert!(size_of::<FdOpen>() == 72 + FD_PATH_LEN);
     assert!(size_of::<FdClose>() == 24);

@@ -4,8 +4,13 @@
 //! stack, and the runtime, which copies and scans those stacks, crashes on it.
 //! A new goroutine is seen where newproc passes newproc1's result on to
 //! `runqput`, or else at each of newproc1's RET instructions (userspace decodes
-//! the code to find them): one probe per goroutine. Registers follow Go's
-//! ABIInternal on amd64: arguments in RAX, RBX, RCX…, the current `g` in R14.
+//! the code to find them): one probe per goroutine. Its end is read by
+//! userspace from the `g`. Walking the creating stack costs more than the
+//! probe hit itself, so a busy `go` statement (over `GO_EXACT_PER_SECOND` in a
+//! second on a CPU) has only one goroutine in `GO_SAMPLE` announced; the probe
+//! counts all of them, and userspace finds the rest alive in the runtime's
+//! list of goroutines. Registers follow Go's ABIInternal on amd64: arguments
+//! in RAX, RBX, RCX…, the current `g` in R14.
 //!
 //! Go heap: the runtime samples allocations for its own heap profile (one per
 //! `MemProfileRate` bytes). `mProf_Malloc` runs for each sampled object on the
@@ -14,13 +19,15 @@
 //! frees a sampled object, `freeSpecial(s, p, size)` calls `mProf_Free(b)`:
 //! freeSpecial gives the object, mProf_Free says it was the profile's record.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    EbpfContext as _,
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap},
     programs::ProbeContext,
 };
 use leaktrace_common::{
-    AllocKey, Counter, EventKind, GoLayout, GoroutineEvent, SiteKey, SiteKind, StackId,
+    AllocKey, Counter, EventKind, GO_EXACT_PER_SECOND, GO_SAMPLE, GoCreator, GoLayout,
+    GoroutineEvent, SiteKey, SiteKind, StackId,
 };
 
 use crate::{
@@ -125,7 +132,9 @@ pub fn go_mprof_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Each Go target's `runtime.g` layout, set by userspace at attach.
+/// Each Go target whose goroutines are followed, with its `runtime.g`
+/// layout, set by userspace at attach (image_exit stops such a process at
+/// its exit; the goroutine probes have the layout in their cookie).
 #[map]
 pub static GO_LAYOUT: HashMap<u32, GoLayout> = HashMap::with_max_entries(1024, 0);
 
@@ -143,16 +152,32 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// A goroutine was made, `g`, not running yet: what the runtime recorded
-/// of its making, and the creating goroutine's stack. Its end is read by
-/// userspace from `g` itself: one probe per goroutine.
+/// Goroutines made per `go` statement, per process and CPU (no shared line
+/// to bounce between CPUs; userspace adds them up).
+#[map]
+pub static GO_CREATORS: LruPerCpuHashMap<AllocKey, GoCreator> =
+    LruPerCpuHashMap::with_max_entries(1 << 14, 0);
+
+/// A goroutine was made, `g`, not running yet: counted at its `go`
+/// statement, and, when announced, what the runtime recorded of its making
+/// and the creating goroutine's stack.
 #[inline(always)]
 fn created(ctx: &ProbeContext, g: u64) {
     let (tgid, _) = current_tgid_tid();
-    // SAFETY: a map value copied out at once.
-    let Some(layout) = (unsafe { GO_LAYOUT.get(tgid) }).copied() else {
+    // The layout is the attachment's cookie: no map lookup on this path.
+    // SAFETY: the helper reads only the attachment's cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let layout = GoLayout {
+        goid: cookie as u32,
+        gopc: (cookie >> 32) as u32,
+    };
+    let Some(gopc) = read_u64(g + layout.gopc as u64) else {
+        count(Counter::EventsLost);
         return;
     };
+    if !announced(tgid, gopc) {
+        return;
+    }
     // parentGoid, gopc, ancestors, startpc; a goroutine's id is never 0.
     // SAFETY: reads the target's memory; a fault returns Err.
     let made = unsafe { bpf_probe_read_user((g + layout.gopc as u64 - 8) as *const [u64; 4]) };
@@ -173,6 +198,40 @@ fn created(ctx: &ProbeContext, g: u64) {
         start_pc: made[3],
         parent_goid: made[0],
     });
+}
+
+/// Counts a goroutine made at `gopc`; whether it is announced with its
+/// stack. Walking the creating stack costs more than the probe itself: a
+/// statement making goroutines faster than [`GO_EXACT_PER_SECOND`] on a CPU
+/// has one in [`GO_SAMPLE`] announced for the rest of the second.
+#[inline(always)]
+fn announced(tgid: u32, gopc: u64) -> bool {
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr: gopc,
+    };
+    // SAFETY: the helper reads no memory of ours.
+    let second = unsafe { bpf_ktime_get_ns() } >> 30;
+    let Some(made) = GO_CREATORS.get_ptr_mut(key) else {
+        let first = GoCreator {
+            made: 1,
+            second,
+            in_second: 1,
+        };
+        let _ = GO_CREATORS.insert(key, first, 0);
+        return true;
+    };
+    // SAFETY: this CPU's value, alive while the program runs.
+    unsafe {
+        (*made).made += 1;
+        if (*made).second != second {
+            (*made).second = second;
+            (*made).in_second = 0;
+        }
+        (*made).in_second += 1;
+        (*made).in_second <= GO_EXACT_PER_SECOND || (*made).made % GO_SAMPLE == 0
+    }
 }
 
 /// Frames to follow from the probe to the creating goroutine's.

@@ -85,6 +85,8 @@ pub struct LiveGoroutine {
     pub goid: u64,
     /// Return address of the `go` statement that started it.
     pub gopc: u64,
+    /// The id of the goroutine that started it (0: the runtime).
+    pub parent_goid: u64,
     /// Entry of the function it runs.
     pub start_pc: u64,
     /// `atomicstatus` without the "being scanned" bit.
@@ -96,6 +98,49 @@ pub struct LiveGoroutine {
 
 /// Bytes per page.
 const PAGE: u64 = 4096;
+
+/// `len` bytes at each of a set of addresses of a process, read one page at a
+/// time: the runtime allocates `g`s side by side, and each read pins its
+/// pages, so one read per `g` would cost a page's pinning per `g`.
+struct GsRead {
+    /// What was read: (address, bytes), by address.
+    chunks: Vec<(u64, Vec<u8>)>,
+    len: u64,
+}
+
+impl GsRead {
+    fn of(pid: u32, at: impl Iterator<Item = u64>, len: u64) -> Self {
+        let mut at: Vec<u64> = at.filter(|a| a.checked_add(len).is_some()).collect();
+        at.sort_unstable();
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for a in at {
+            match ranges.last_mut() {
+                Some(r) if a / PAGE == r.start / PAGE && a + len <= (a / PAGE + 1) * PAGE => {
+                    r.end = r.end.max(a + len);
+                }
+                _ => ranges.push(a..a + len),
+            }
+        }
+        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+        crate::reach::process::read_ranges(pid, &ranges, &mut |at, bytes| {
+            chunks.push((at, bytes.to_vec()));
+        });
+        chunks.sort_unstable_by_key(|c| c.0);
+        Self { chunks, len }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The `len` bytes at `at`, if they were read.
+    fn at(&self, at: u64) -> Option<&[u8]> {
+        let i = self.chunks.partition_point(|c| c.0 <= at).checked_sub(1)?;
+        let (start, bytes) = &self.chunks[i];
+        let off = usize::try_from(at - start).ok()?;
+        bytes.get(off..off.checked_add(usize::try_from(self.len).ok()?)?)
+    }
+}
 
 /// `atomicstatus` values (runtime2.go).
 pub const G_RUNNABLE: u32 = 1;
@@ -781,48 +826,25 @@ impl GoRuntime {
         };
         // atomicstatus (u32), stackLock (u32), goid: 16 bytes at `status`.
         let status = layout.status();
-        let mut wanted: Vec<(u64, u64, u64)> = goroutines
+        let wanted: Vec<(u64, u64)> = goroutines
             .iter()
-            .map(|&(g, goid)| (g.wrapping_add(status), g, goid))
-            .filter(|&(at, _, _)| at.checked_add(16).is_some())
+            .map(|&(g, goid)| (g.wrapping_add(status), goid))
             .collect();
-        wanted.sort_unstable();
-        // The runtime allocates `g`s side by side: one read per page holding
-        // any, not one per `g` (each read pins its pages).
-        let mut ranges: Vec<Range<u64>> = Vec::new();
-        for &(at, _, _) in &wanted {
-            match ranges.last_mut() {
-                Some(r) if at / PAGE == r.start / PAGE && at + 16 <= (at / PAGE + 1) * PAGE => {
-                    r.end = r.end.max(at + 16);
-                }
-                _ => ranges.push(at..at + 16),
-            }
-        }
-        let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
-        crate::reach::process::read_ranges(pid, &ranges, &mut |at, bytes| {
-            chunks.push((at, bytes.to_vec()));
-        });
-        if chunks.is_empty() {
+        let read = GsRead::of(pid, wanted.iter().map(|w| w.0), 16);
+        if read.is_empty() {
             return Vec::new();
         }
-        chunks.sort_unstable_by_key(|c| c.0);
-        let bytes_at = |at: u64| -> Option<&[u8]> {
-            let i = chunks.partition_point(|c| c.0 <= at).checked_sub(1)?;
-            let (start, bytes) = &chunks[i];
-            let off = usize::try_from(at - start).ok()?;
-            bytes.get(off..off.checked_add(16)?)
-        };
         wanted
             .iter()
-            .filter(|&&(at, _, goid)| {
-                let Some(bytes) = bytes_at(at) else {
+            .filter(|&&(at, goid)| {
+                let Some(bytes) = read.at(at) else {
                     return true;
                 };
                 let state = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
                 let now = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
                 state & !G_SCAN == G_DEAD || now != goid
             })
-            .map(|&(_, g, _)| g)
+            .map(|&(at, _)| at.wrapping_sub(status))
             .collect()
     }
 
@@ -850,31 +872,33 @@ impl GoRuntime {
         let (array, len) = (word(&header, 0), word(&header, 8).min(MAX_GOROUTINES));
         let mut pointers = vec![0u8; len as usize * 8];
         read(array, &mut pointers)?;
-        let mut g = vec![0u8; layout.size() as usize];
+        let gs: Vec<u64> = (0..len)
+            .map(|i| word(&pointers, i * 8))
+            .filter(|&g| g != 0)
+            .collect();
+        // What is read of each g: from `sched` on (the lowest field used).
+        let size = layout.size() - G_SCHED;
+        let window = GsRead::of(pid, gs.iter().map(|g| g.wrapping_add(G_SCHED)), size);
         let mut live = Vec::new();
-        for i in 0..len {
-            let addr = word(&pointers, i * 8);
-            if addr == 0 || read(addr, &mut g).is_err() {
+        for addr in gs {
+            let Some(g) = window.at(addr.wrapping_add(G_SCHED)) else {
                 continue;
-            }
-            let status = u32::from_le_bytes(
-                g[layout.status() as usize..][..4]
-                    .try_into()
-                    .expect("4 bytes"),
-            );
+            };
+            let field = |offset: u64| word(g, offset - G_SCHED);
+            let status = field(layout.status()) as u32;
             // Without the "being scanned" bit: 0 idle, 6 dead; the rest are goroutines.
             if matches!(status & !G_SCAN, G_IDLE | G_DEAD) {
                 continue;
             }
-            let sched = |at: Option<u64>| at.map_or(0, |at| word(&g, G_SCHED + at));
             live.push(LiveGoroutine {
                 g: addr,
-                goid: word(&g, layout.goid),
-                gopc: word(&g, layout.gopc),
-                start_pc: word(&g, layout.startpc),
+                goid: field(layout.goid),
+                gopc: field(layout.gopc),
+                parent_goid: field(layout.gopc - 8),
+                start_pc: field(layout.startpc),
                 status: status & !G_SCAN,
-                sched_pc: sched(Some(GOBUF_PC)),
-                sched_bp: sched(self.gobuf_bp),
+                sched_pc: field(G_SCHED + GOBUF_PC),
+                sched_bp: self.gobuf_bp.map_or(0, |bp| field(G_SCHED + bp)),
             });
         }
         Ok(live)

@@ -627,6 +627,15 @@ impl Model {
         self.sites.entry(to).or_insert_with(|| Site::new(to));
     }
 
+    /// `n` more handles were made at `site` than were seen (goroutines that
+    /// started and ended between two reads, unannounced): its total only.
+    pub fn count_made(&mut self, site: SiteId, n: u64) {
+        self.sites
+            .entry(site)
+            .or_insert_with(|| Site::new(site))
+            .total_count += n;
+    }
+
     /// A goroutine exited (one started before attach is not ours: ignored).
     pub fn end_goroutine(&mut self, tgid: u32, g: u64) {
         if let Some(table) = self.goroutines.get_mut(&tgid) {
@@ -729,6 +738,14 @@ impl Model {
     }
 
     /// The site of goroutine `g` of `tgid`, if leaktrace counts it.
+    /// The live goroutines of `tgid`, as (`g`, site).
+    pub fn goroutine_sites(&self, tgid: u32) -> impl Iterator<Item = (u64, SiteId)> + '_ {
+        self.goroutines
+            .get(&tgid)
+            .into_iter()
+            .flat_map(|t| t.iter().map(|(&g, h)| (g, h.site)))
+    }
+
     pub fn goroutine_site(&self, tgid: u32, g: u64) -> Option<SiteId> {
         Some(self.goroutines.get(&tgid)?.get(&g)?.site)
     }

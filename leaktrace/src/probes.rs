@@ -6,7 +6,7 @@ use std::{collections::HashMap as StdHashMap, num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         ProbeKind, RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
@@ -15,7 +15,7 @@ use aya::{
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS,
-    GoLayout, SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
+    GoCreator, GoLayout, SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -351,6 +351,14 @@ impl Probes {
                 heap
             };
             if wanted {
+                let point = match layout {
+                    // The goroutine probes find the layout in their cookie.
+                    Some(layout) if programs::GOROUTINE.contains(&point.program) => &ProbePoint {
+                        cookie: u64::from(layout.goid) | u64::from(layout.gopc) << 32,
+                        ..point.clone()
+                    },
+                    _ => point,
+                };
                 let link = self.attach_uprobe(point.program, point, &go.path, target.pid)?;
                 self.links
                     .entry(target.pid)
@@ -491,6 +499,7 @@ impl Probes {
                     theirs(k.tgid)
                 })
             });
+            result = result.and_then(|()| self.forget_go_creators(&theirs));
         }
         if blocks {
             result = result.and_then(|()| {
@@ -500,6 +509,32 @@ impl Probes {
         if let Err(e) = result {
             log::warn!("entries of exited processes left in the kernel: {e}");
         }
+    }
+
+    /// Removes the goroutine counts of the processes `theirs` picks (gone,
+    /// or running a new image: what ingest counted of them went too).
+    pub fn forget_go_creators(&mut self, theirs: &impl Fn(u32) -> bool) -> Result<(), ProbeError> {
+        let mut map: PerCpuHashMap<&mut MapData, AllocKey, GoCreator> =
+            self.map_mut(maps::GO_CREATORS)?;
+        let keys: Vec<AllocKey> = map.keys().flatten().filter(|k| theirs(k.tgid)).collect();
+        for k in keys {
+            let _ = map.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Goroutines process `pid` made so far per `go` statement, as (gopc,
+    /// count), all CPUs added up.
+    pub fn go_creators(&self, pid: u32) -> Result<Vec<(u64, u64)>, ProbeError> {
+        let map: PerCpuHashMap<&MapData, AllocKey, GoCreator> = self.map(maps::GO_CREATORS)?;
+        let mut made = Vec::new();
+        for entry in map.iter() {
+            let (k, per_cpu) = entry.map_err(|e| ProbeError::Map(maps::GO_CREATORS, cause(&e)))?;
+            if k.tgid == pid {
+                made.push((k.addr, per_cpu.iter().map(|c| c.made).sum()));
+            }
+        }
+        Ok(made)
     }
 
     /// Removes the entries of hash map `name` that `which` picks.

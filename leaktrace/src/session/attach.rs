@@ -7,9 +7,7 @@ use leaktrace_common::ProcEvent;
 use log::{debug, info, warn};
 
 use super::{
-    GoHeapBefore, Options, Pump,
-    ingest::GoroutineFound,
-    now_ns,
+    GoHeapBefore, Options, Pump, now_ns,
     targets::{Go, Traced},
 };
 use crate::{
@@ -242,6 +240,9 @@ impl Pump {
         }
         self.ingest
             .exec(pid, e.ts_ns, &mut self.probes, &self.procfs);
+        if let Err(e) = self.probes.forget_go_creators(&|tgid| tgid == pid) {
+            debug!("PID {pid}: goroutine counts of the old image left: {e}");
+        }
         self.go_after_exec(pid);
     }
 
@@ -448,15 +449,6 @@ impl Pump {
         };
         go.before_attach = Some(live.len() as u64);
         self.refresh_maps_of(pid);
-        let live = live
-            .into_iter()
-            .map(|g| GoroutineFound {
-                g: g.g,
-                goid: g.goid,
-                gopc: g.gopc,
-                start_pc: g.start_pc,
-            })
-            .collect();
         self.ingest
             .goroutines_before_attach(pid, now_ns(), live, &mut self.procfs);
     }

@@ -4,7 +4,7 @@
 //! symbols of new sites — through the two seams only (seams.rs), so all of it
 //! is tested here on made-up events.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::Arc,
 };
@@ -18,6 +18,7 @@ use super::{
     stacks::{Note, Pc, Stacks},
 };
 use crate::{
+    golang::LiveGoroutine,
     handles::{self, HandleKind, Origin},
     model::{BEFORE_ATTACH, Handle, Kind, Model, Ns, SiteId},
     symbolize::{Frame, Frames},
@@ -29,14 +30,87 @@ const MAX_CHAIN: usize = 128;
 /// `openat`'s "relative to the working directory".
 const AT_FDCWD: i32 = -100;
 
-/// A goroutine alive when tracing began, as the runtime lists it.
-pub struct GoroutineFound {
-    pub g: u64,
-    pub goid: u64,
-    /// Return address of its `go` statement.
-    pub gopc: u64,
-    /// Entry of the function it runs.
-    pub start_pc: u64,
+/// Sites of a `go` statement's announced goroutines kept, the latest.
+const RECENT_SITES: usize = 16;
+
+/// What ingest knows of one `go` statement of a process since attach.
+#[derive(Default)]
+struct GoStatement {
+    /// Sites of its latest announced goroutines (one statement reached from
+    /// different callers has several).
+    recent: VecDeque<SiteId>,
+    /// Goroutines of it leaktrace has counted: announced, found, or counted
+    /// as started and ended between two reads.
+    seen: u64,
+    /// Announced goroutines that ended, by site: where those never seen
+    /// (started and ended between two reads) most likely were made.
+    ended: Vec<(SiteId, u64)>,
+}
+
+/// Where the goroutines of one `go` statement not announced go: among its
+/// sites, in proportion to a sample of the same fate. Those found alive go
+/// where its announced goroutines are alive (a uniform sample of where its
+/// live goroutines were made: the site whose goroutines stay gets those that
+/// stay); those never seen, where its announced ones ended. Without any,
+/// in proportion to how often each site was announced lately.
+struct Shares {
+    sites: Vec<(SiteId, f64, u64)>,
+    given: u64,
+}
+
+impl Shares {
+    /// Shares among the sites of `recent` and `sample` (the statement's
+    /// sites with announced goroutines of the same fate, and how many).
+    fn new(recent: &VecDeque<SiteId>, sample: &[(SiteId, u64)]) -> Self {
+        let mut sites: Vec<(SiteId, f64, u64)> = sample
+            .iter()
+            .map(|&(site, n)| (site, n as f64, 0))
+            .collect();
+        for &site in recent {
+            if !sites.iter().any(|s| s.0 == site) {
+                sites.push((site, 0.0, 0));
+            }
+        }
+        if sites.iter().all(|s| s.1 == 0.0) {
+            for s in &mut sites {
+                s.1 = recent.iter().filter(|&&r| r == s.0).count() as f64;
+            }
+        }
+        let total: f64 = sites.iter().map(|s| s.1).sum();
+        for s in &mut sites {
+            s.1 /= total;
+        }
+        Self { sites, given: 0 }
+    }
+
+    /// `n` goroutines split by the shares: (site, how many).
+    fn split(&mut self, n: u64) -> Vec<(SiteId, u64)> {
+        let mut parts: Vec<(SiteId, u64)> = self
+            .sites
+            .iter()
+            .map(|s| (s.0, (s.1 * n as f64).floor() as u64))
+            .collect();
+        let rest = n - parts.iter().map(|p| p.1).sum::<u64>();
+        for _ in 0..rest {
+            let Some(site) = self.next() else { break };
+            if let Some(p) = parts.iter_mut().find(|p| p.0 == site) {
+                p.1 += 1;
+            }
+        }
+        parts
+    }
+
+    /// The next goroutine's site: the one furthest below its share.
+    fn next(&mut self) -> Option<SiteId> {
+        self.given += 1;
+        let given = self.given as f64;
+        let s = self
+            .sites
+            .iter_mut()
+            .max_by(|a, b| (a.1 * given - a.2 as f64).total_cmp(&(b.1 * given - b.2 as f64)))?;
+        s.2 += 1;
+        Some(s.0)
+    }
 }
 
 #[derive(Default)]
@@ -56,6 +130,12 @@ pub struct Ingest {
     /// Sites of goroutines alive at attach, by (tgid, `go` statement): they
     /// join the site of the first goroutine seen started there.
     go_before: HashMap<(u32, u64), SiteId>,
+    /// `go` statements by (tgid, gopc): a busy one has only some of its
+    /// goroutines announced (leaktrace-ebpf/src/go.rs); the rest are found
+    /// in the runtime's list and counted from the kernel's totals.
+    go_statements: HashMap<(u32, u64), GoStatement>,
+    /// Live goroutines found unannounced, by (tgid, g).
+    go_found: HashSet<(u32, u64)>,
     /// Live goroutines per process: id by `g`, and `g` by id (a new
     /// goroutine names its creator by id). No probe sees one end: the
     /// session finds ended ones in the runtime's memory ([`Ingest::goroutines`]).
@@ -184,6 +264,7 @@ impl Ingest {
             self.end_goroutine(pid, g);
         }
         self.go_before.retain(|&(tgid, _), _| tgid != pid);
+        self.go_statements.retain(|&(tgid, _), _| tgid != pid);
         self.stale.insert(pid);
     }
 
@@ -321,7 +402,7 @@ impl Ingest {
         &mut self,
         pid: u32,
         now: Ns,
-        live: Vec<GoroutineFound>,
+        live: Vec<LiveGoroutine>,
         process: &mut dyn Process,
     ) {
         for g in live {
@@ -368,6 +449,16 @@ impl Ingest {
 
     /// Goroutine `g` of `tgid` has ended (its `g` is dead or another's now).
     pub fn end_goroutine(&mut self, tgid: u32, g: u64) {
+        if !self.go_found.remove(&(tgid, g))
+            && let Some(site) = self.model.goroutine_site(tgid, g)
+            && let Some(&Pc::Return(gopc)) = self.stacks.made(site.stack_id).first()
+            && let Some(statement) = self.go_statements.get_mut(&(tgid, gopc))
+        {
+            match statement.ended.iter_mut().find(|e| e.0 == site) {
+                Some(e) => e.1 += 1,
+                None => statement.ended.push((site, 1)),
+            }
+        }
         self.model.end_goroutine(tgid, g);
         self.go_ancestry.remove(&(tgid, g));
         if let Some(id) = self.goids.get_mut(&tgid).and_then(|t| t.remove(&g))
@@ -376,6 +467,123 @@ impl Ingest {
             ids.remove(&id);
         }
         self.stale.insert(tgid);
+    }
+
+    /// Whether any `go` statement of `tgid` made more goroutines than were
+    /// counted: `made` holds the kernel's totals, by `gopc`.
+    pub fn goroutines_unannounced(&self, tgid: u32, made: &[(u64, u64)]) -> bool {
+        made.iter().any(|&(gopc, n)| {
+            self.go_statements
+                .get(&(tgid, gopc))
+                .is_none_or(|s| s.seen < n)
+        })
+    }
+
+    /// Goroutines of `tgid` alive now (`live`, the runtime's list, read at
+    /// `now`) that were not announced: each joins a site of its `go`
+    /// statement ([`Shares`]), or a site of the statement alone. Then what
+    /// each statement made beyond what was counted (`made`, the kernel's
+    /// totals by `gopc`) started and ended unseen: its sites' totals count them.
+    pub fn goroutines_found(
+        &mut self,
+        tgid: u32,
+        now: Ns,
+        live: &[LiveGoroutine],
+        made: &[(u64, u64)],
+        process: &mut dyn Process,
+    ) {
+        // Announced goroutines alive, by `go` statement and site.
+        let mut alive: HashMap<SiteId, u64> = HashMap::new();
+        for (g, site) in self.model.goroutine_sites(tgid) {
+            if !self.go_found.contains(&(tgid, g)) {
+                *alive.entry(site).or_default() += 1;
+            }
+        }
+        let mut alive_at: HashMap<u64, Vec<(SiteId, u64)>> = HashMap::new();
+        for (site, n) in alive {
+            if let Some(&Pc::Return(gopc)) = self.stacks.made(site.stack_id).first() {
+                alive_at.entry(gopc).or_default().push((site, n));
+            }
+        }
+        let mut shares: HashMap<u64, Shares> = HashMap::new();
+        // Only statements the probe saw make goroutines: the list is the
+        // target's memory, and any `gopc` in it could be made up.
+        let probed: HashSet<u64> = made.iter().map(|m| m.0).collect();
+        for g in live {
+            let known = self.goids.get(&tgid).and_then(|t| t.get(&g.g));
+            if known == Some(&g.goid) || g.goid == 0 || !probed.contains(&g.gopc) {
+                continue;
+            }
+            let statement = self.go_statements.entry((tgid, g.gopc)).or_default();
+            statement.seen += 1;
+            let site = shares
+                .entry(g.gopc)
+                .or_insert_with(|| {
+                    let alive = alive_at.get(&g.gopc).map_or(&[][..], Vec::as_slice);
+                    Shares::new(&statement.recent, alive)
+                })
+                .next();
+            let site = match site {
+                Some(site) => site,
+                None => self.statement_site(tgid, g.gopc),
+            };
+            self.go_found.insert((tgid, g.g));
+            let pcs = self.stacks.made(site.stack_id).to_vec();
+            let chain = self.chain(tgid, g.parent_goid, pcs);
+            self.go_ancestry.insert((tgid, g.g), chain);
+            self.known_goroutine(tgid, g.g, g.goid);
+            let handle = Handle {
+                site,
+                kind: HandleKind::Goroutine,
+                detail: self.start_function(tgid, g.start_pc, process),
+                ts: now,
+                before_attach: false,
+            };
+            self.model.start_goroutine(tgid, g.g, handle, true);
+            self.stale.insert(tgid);
+        }
+        for &(gopc, n) in made {
+            let statement = self.go_statements.entry((tgid, gopc)).or_default();
+            let unseen = n.saturating_sub(statement.seen);
+            if unseen == 0 {
+                continue;
+            }
+            statement.seen = n;
+            // Most likely made where its goroutines are announced most.
+            let parts = Shares::new(&statement.recent, &statement.ended).split(unseen);
+            if parts.is_empty() {
+                let site = self.statement_site(tgid, gopc);
+                self.model.count_made(site, unseen);
+            }
+            for (site, n) in parts {
+                self.model.count_made(site, n);
+            }
+        }
+    }
+
+    /// The site of `go` statement `gopc` alone, for its goroutines when none
+    /// of them was announced (their announcements were lost).
+    fn statement_site(&mut self, tgid: u32, gopc: u64) -> SiteId {
+        SiteId {
+            tgid,
+            kind: Kind::Goroutine,
+            stack_id: self.stacks.intern(vec![Pc::Return(gopc)]),
+        }
+    }
+
+    /// The creation chain of a goroutine made at `pcs` by goroutine
+    /// `parent_goid` of `tgid` (0: by the runtime, on a system stack).
+    fn chain(&mut self, tgid: u32, parent_goid: u64, pcs: Vec<Pc>) -> StackId {
+        let parent = self
+            .by_goid
+            .get(&tgid)
+            .filter(|_| parent_goid != 0)
+            .and_then(|ids| ids.get(&parent_goid))
+            .copied();
+        match parent {
+            Some(parent) => self.created_by(tgid, parent, pcs),
+            None => self.stacks.intern(pcs),
+        }
     }
 
     /// The stack id of Go heap allocated before attach at `stack`.
@@ -417,17 +625,19 @@ impl Ingest {
         {
             self.model.move_goroutines(e.tgid, before, site);
         }
-        // 0: made by the runtime on a system stack, no goroutine.
-        let parent = self
-            .by_goid
-            .get(&e.tgid)
-            .filter(|_| e.parent_goid != 0)
-            .and_then(|ids| ids.get(&e.parent_goid))
-            .copied();
-        let chain = match parent {
-            Some(parent) => self.created_by(e.tgid, parent, pcs),
-            None => self.stacks.intern(pcs),
-        };
+        // Found in the runtime's list before its announcement was read:
+        // counted already, it only moves to its own site.
+        let found = self.goids.get(&e.tgid).and_then(|t| t.get(&e.g)) == Some(&e.goid);
+        self.go_found.remove(&(e.tgid, e.g));
+        let statement = self.go_statements.entry((e.tgid, e.caller)).or_default();
+        if statement.recent.len() == RECENT_SITES {
+            statement.recent.pop_front();
+        }
+        statement.recent.push_back(site);
+        if !found {
+            statement.seen += 1;
+        }
+        let chain = self.chain(e.tgid, e.parent_goid, pcs);
         self.go_ancestry.insert((e.tgid, e.g), chain);
         self.known_goroutine(e.tgid, e.g, e.goid);
         let handle = Handle {
@@ -437,7 +647,7 @@ impl Ingest {
             ts: e.ts_ns,
             before_attach: false,
         };
-        self.model.start_goroutine(e.tgid, e.g, handle, true);
+        self.model.start_goroutine(e.tgid, e.g, handle, !found);
     }
 
     /// The id of `pcs` followed by the creation chain of goroutine `g`, if
@@ -531,6 +741,8 @@ impl Ingest {
         self.go_ancestry.retain(|&(tgid, _), _| tgid != pid);
         self.start_functions.retain(|&(tgid, _), _| tgid != pid);
         self.go_before.retain(|&(tgid, _), _| tgid != pid);
+        self.go_statements.retain(|&(tgid, _), _| tgid != pid);
+        self.go_found.retain(|&(tgid, _)| tgid != pid);
         self.goids.remove(&pid);
         self.by_goid.remove(&pid);
         self.go_runtime_mmaps.retain(|id| id.tgid != pid);
@@ -546,6 +758,8 @@ impl Ingest {
         self.stale.shrink_to(self.stale.len() * 2);
         self.goids.shrink_to(self.goids.len() * 2);
         self.by_goid.shrink_to(self.by_goid.len() * 2);
+        self.go_statements.shrink_to(self.go_statements.len() * 2);
+        self.go_found.shrink_to(self.go_found.len() * 2);
     }
 }
 

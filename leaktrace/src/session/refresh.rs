@@ -22,7 +22,7 @@ const WAITING_READ: usize = 20_000;
 impl Pump {
     /// Reads per-site totals and counters from the kernel.
     pub(super) fn refresh(&mut self) -> Result<()> {
-        self.end_goroutines();
+        self.read_goroutines();
         self.ingest.recount();
         self.read_go_rates();
         let rates = self.go_rates();
@@ -141,26 +141,41 @@ impl Pump {
         }
     }
 
-    /// Goroutines that ended since the last look. No probe sees a goroutine
-    /// end (one probe per goroutine: leaktrace-ebpf/src/go.rs): its `g` says
-    /// so, dead or reused by a newer goroutine.
-    fn end_goroutines(&mut self) {
+    /// Goroutines that ended and started since the last look. No probe sees
+    /// a goroutine end (one probe per goroutine: leaktrace-ebpf/src/go.rs):
+    /// its `g` says so, dead or reused by a newer goroutine.
+    fn read_goroutines(&mut self) {
         for pid in self.targets.live_go() {
-            self.end_goroutines_of(pid);
+            self.read_goroutines_of(pid);
         }
     }
 
-    /// Goroutines of Go target `pid` that ended since the last look.
-    pub(super) fn end_goroutines_of(&mut self, pid: u32) {
+    /// Goroutines of Go target `pid` that ended since the last look, and
+    /// those started unannounced (a busy `go` statement announces only some:
+    /// leaktrace-ebpf/src/go.rs), found in the runtime's list.
+    pub(super) fn read_goroutines_of(&mut self, pid: u32) {
         let Some(go) = self.targets.get(pid).and_then(|t| t.go.as_ref()) else {
             return;
         };
         let known = self.ingest.goroutines(pid);
-        if known.is_empty() {
-            return;
-        }
         for g in go.runtime.ended(pid, &known) {
             self.ingest.end_goroutine(pid, g);
+        }
+        let made = match self.probes.go_creators(pid) {
+            Ok(made) => made,
+            Err(e) => {
+                debug!("PID {pid}: goroutines made are not known: {e}");
+                return;
+            }
+        };
+        if !self.ingest.goroutines_unannounced(pid, &made) {
+            return;
+        }
+        match go.runtime.goroutines(pid) {
+            Ok(live) => self
+                .ingest
+                .goroutines_found(pid, now_ns(), &live, &made, &mut self.procfs),
+            Err(e) => debug!("PID {pid}: goroutines started unannounced are not known: {e}"),
         }
     }
 

@@ -20,7 +20,7 @@ impl Pump {
             return; // not stopped: its memory would be torn down under the scan
         }
         // Goroutines that ended since the last read, before they all go.
-        self.end_goroutines_of(e.tgid);
+        self.read_goroutines_of(e.tgid);
         if self
             .targets
             .get(e.tgid)

@@ -595,15 +595,130 @@ fn threads_are_counted_at_the_site_that_made_them_until_they_end_or_exec() {
     assert!(!core.ingest.end(PID, false));
 }
 
+/// A goroutine as the runtime's list shows it.
+fn live(g: u64, goid: u64, gopc: u64, parent_goid: u64) -> LiveGoroutine {
+    LiveGoroutine {
+        g,
+        goid,
+        gopc,
+        parent_goid,
+        start_pc: 0x5000,
+        status: crate::golang::G_WAITING,
+        sched_pc: 0,
+        sched_bp: 0,
+    }
+}
+
+#[test]
+fn unannounced_goroutines_go_where_their_statements_announced_ones_stay() {
+    let mut core = Core::new();
+    // One `go` statement (0xa0) reached from two callers (0xa1, 0xa2).
+    core.kernel.stacks.insert(1, (vec![0x1, 0xa0, 0xa1], 0));
+    core.kernel.stacks.insert(2, (vec![0x1, 0xa0, 0xa2], 0));
+    core.apply(goroutine(0x10, 10, 0, 1, 0xa0));
+    core.apply(goroutine(0x20, 20, 0, 2, 0xa0));
+    // The kernel counted 10 made there; 2 announced.
+    let made = [(0xa0, 10)];
+    assert!(core.ingest.goroutines_unannounced(PID, &made));
+    // Alive now: the two announced, four more, one of them (0x70) made by 0x10's goroutine.
+    let alive = [
+        live(0x10, 10, 0xa0, 0),
+        live(0x20, 20, 0xa0, 0),
+        live(0x30, 30, 0xa0, 0),
+        live(0x40, 40, 0xa0, 0),
+        live(0x50, 50, 0xa0, 0),
+        live(0x70, 70, 0xa0, 10),
+    ];
+    core.ingest
+        .goroutines_found(PID, 5, &alive, &made, &mut core.process);
+    core.ingest.recount();
+    let sites: Vec<(Vec<Pc>, u64, u64)> = core
+        .ingest
+        .model
+        .sites
+        .values()
+        .filter(|s| s.id.kind == Kind::Goroutine)
+        .map(|s| {
+            let pcs = core.ingest.stacks.made(s.id.stack_id).to_vec();
+            (pcs, s.live_count, s.total_count)
+        })
+        .collect();
+    assert_eq!(sites.len(), 2, "{sites:?}");
+    let live_at = |caller: u64| {
+        sites
+            .iter()
+            .find(|s| s.0 == [Pc::Return(0xa0), Pc::Return(caller)])
+            .map(|s| (s.1, s.2))
+            .unwrap()
+    };
+    // Each caller's site: its announced one and two found; the 4 never
+    // seen (10 made, 6 counted) started and ended between reads.
+    let (a1, a2) = (live_at(0xa1), live_at(0xa2));
+    assert_eq!(a1.0 + a2.0, 6);
+    assert_eq!((a1.0, a2.0), (3, 3));
+    assert_eq!(a1.1 + a2.1, 10);
+    assert!(!core.ingest.goroutines_unannounced(PID, &made));
+    // 0x70's chain goes on into its creator's.
+    let chain = core.ingest.go_ancestry[&(PID, 0x70)];
+    assert!(
+        core.ingest
+            .stacks
+            .made(chain)
+            .contains(&Pc::Note(Note::CreatedBy))
+    );
+    // Read again, nothing new: nothing counted twice.
+    core.ingest
+        .goroutines_found(PID, 6, &alive, &made, &mut core.process);
+    core.ingest.recount();
+    let total: u64 = core
+        .ingest
+        .model
+        .sites
+        .values()
+        .filter(|s| s.id.kind == Kind::Goroutine)
+        .map(|s| s.total_count)
+        .sum();
+    assert_eq!(total, 10);
+    // 0xa1's announced goroutine ends; 0xa2's stays: those found from now
+    // on are where the announced ones stay alive.
+    core.ingest.end_goroutine(PID, 0x10);
+    let more = [live(0x90, 90, 0xa0, 0), live(0x98, 98, 0xa0, 0)];
+    core.ingest
+        .goroutines_found(PID, 7, &more, &[(0xa0, 12)], &mut core.process);
+    core.ingest.recount();
+    assert_eq!(live_count(&core, 0xa2), 5, "3 before and both new");
+    // An announcement read after its goroutine was found moves it, uncounted.
+    core.kernel.stacks.insert(3, (vec![0x1, 0xa0, 0xa3], 0));
+    let late = [live(0x80, 80, 0xa0, 0)];
+    core.ingest
+        .goroutines_found(PID, 8, &late, &[(0xa0, 13)], &mut core.process);
+    core.apply(goroutine(0x80, 80, 0, 3, 0xa0));
+    core.ingest.recount();
+    let total: u64 = core
+        .ingest
+        .model
+        .sites
+        .values()
+        .filter(|s| s.id.kind == Kind::Goroutine)
+        .map(|s| s.total_count)
+        .sum();
+    assert_eq!(total, 13);
+}
+
+/// Live goroutines at the site of `go` statement 0xa0 called from `caller`.
+fn live_count(core: &Core, caller: u64) -> u64 {
+    core.ingest
+        .model
+        .sites
+        .values()
+        .find(|s| core.ingest.stacks.made(s.id.stack_id) == [Pc::Return(0xa0), Pc::Return(caller)])
+        .map_or(0, |s| s.live_count)
+}
+
 #[test]
 fn goroutines_alive_at_attach_join_the_site_of_their_go_statement() {
     let mut core = Core::new();
-    let found = |g, gopc| GoroutineFound {
-        g,
-        goid: g,
-        gopc,
-        start_pc: 0x5000,
-    };
+    let found = |g, gopc| live(g, g, gopc, 0);
     core.ingest.goroutines_before_attach(
         PID,
         0,
