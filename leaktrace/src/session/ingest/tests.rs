@@ -670,15 +670,7 @@ fn unannounced_goroutines_go_where_their_statements_announced_ones_stay() {
     core.ingest
         .goroutines_found(PID, 6, &alive, &made, &mut core.process);
     core.ingest.recount();
-    let total: u64 = core
-        .ingest
-        .model
-        .sites
-        .values()
-        .filter(|s| s.id.kind == Kind::Goroutine)
-        .map(|s| s.total_count)
-        .sum();
-    assert_eq!(total, 10);
+    assert_eq!(goroutines_made(&core), 10);
     // 0xa1's announced goroutine ends; 0xa2's stays: those found from now
     // on are where the announced ones stay alive.
     core.ingest.end_goroutine(PID, 0x10);
@@ -694,15 +686,18 @@ fn unannounced_goroutines_go_where_their_statements_announced_ones_stay() {
         .goroutines_found(PID, 8, &late, &[(0xa0, 13)], &mut core.process);
     core.apply(goroutine(0x80, 80, 0, 3, 0xa0));
     core.ingest.recount();
-    let total: u64 = core
-        .ingest
+    assert_eq!(goroutines_made(&core), 13);
+}
+
+/// Goroutines counted made, all sites.
+fn goroutines_made(core: &Core) -> u64 {
+    core.ingest
         .model
         .sites
         .values()
         .filter(|s| s.id.kind == Kind::Goroutine)
         .map(|s| s.total_count)
-        .sum();
-    assert_eq!(total, 13);
+        .sum()
 }
 
 /// Live goroutines at the site of `go` statement 0xa0 called from `caller`.
