@@ -6,5 +6,11 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../leaktrace-ebpf"),
         ..Default::default()
     };
+    // The programs are built from leaktrace-common too: aya-build watches
+    // only leaktrace-ebpf, and a change to the shared types must rebuild them.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../leaktrace-common")
+    );
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
 }

@@ -20,6 +20,7 @@
 //! freeSpecial gives the object, mProf_Free says it was the profile's record.
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, LruPerCpuHashMap},
@@ -152,8 +153,8 @@ pub fn go_newproc1_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Goroutines made per `go` statement, per process and CPU (no shared line
-/// to bounce between CPUs; userspace adds them up).
+/// Goroutines made per `go` statement, per process and CPU (no cache line
+/// bouncing between CPUs; userspace adds them up).
 #[map]
 pub static GO_CREATORS: LruPerCpuHashMap<AllocKey, GoCreator> =
     LruPerCpuHashMap::with_max_entries(1 << 14, 0);
@@ -213,18 +214,22 @@ fn announced(tgid: u32, gopc: u64) -> bool {
     };
     // SAFETY: the helper reads no memory of ours.
     let second = unsafe { bpf_ktime_get_ns() } >> 30;
-    let Some(made) = GO_CREATORS.get_ptr_mut(key) else {
-        let first = GoCreator {
-            made: 1,
-            second,
-            in_second: 1,
-        };
-        let _ = GO_CREATORS.insert(key, first, 0);
-        return true;
+    let made = match GO_CREATORS.get_ptr_mut(key) {
+        Some(made) => made,
+        None => {
+            // Not over another thread's first: its count stays.
+            let _ = GO_CREATORS.insert(key, GoCreator::default(), BPF_NOEXIST as u64);
+            let Some(made) = GO_CREATORS.get_ptr_mut(key) else {
+                return true;
+            };
+            made
+        }
     };
-    // SAFETY: this CPU's value, alive while the program runs.
+    // SAFETY: this CPU's value, alive while the program runs. The program
+    // can be preempted by another thread hitting it on the same CPU: the
+    // count is added atomically; which ones are announced may race.
     unsafe {
-        (*made).made += 1;
+        atomic_add((&raw mut (*made).made).cast(), 1);
         if (*made).second != second {
             (*made).second = second;
             (*made).in_second = 0;

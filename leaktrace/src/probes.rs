@@ -54,6 +54,10 @@ pub enum ProbeError {
     Map(&'static str, String),
 }
 
+/// A map or program leaktrace-common names that the embedded object lacks:
+/// a build that mixed an old eBPF object with new userspace.
+const MISSING: &str = "not in the embedded eBPF object (a stale build: rebuild leaktrace)";
+
 /// `e` and its causes, each said once, and what to do for the causes with a
 /// known fix.
 fn cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -268,10 +272,10 @@ impl Probes {
             TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
         T: LoadProgram,
     {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("eBPF object lacks program {name}"));
+        let program = self.ebpf.program_mut(name).ok_or(ProbeError::Program {
+            program: name,
+            error: MISSING.into(),
+        })?;
         let program: &mut T = program.try_into().map_err(|e| ProbeError::Program {
             program: name,
             error: cause(&e),
@@ -592,9 +596,9 @@ impl Probes {
         let map = self
             .ebpf
             .map(name)
-            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+            .ok_or_else(|| ProbeError::Map(name, MISSING.into()))?;
         let (aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
-            panic!("eBPF map {name} is not a hash map");
+            return Err(ProbeError::Map(name, "not a hash map".into()));
         };
         batch::for_each(data, each).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
@@ -729,7 +733,7 @@ impl Probes {
         let map = self
             .ebpf
             .take_map(maps::EVENTS)
-            .expect("eBPF object lacks EVENTS");
+            .ok_or_else(|| ProbeError::Map(maps::EVENTS, MISSING.into()))?;
         RingBuf::try_from(map).map_err(|e| ProbeError::Map(maps::EVENTS, cause(&e)))
     }
 
@@ -740,7 +744,7 @@ impl Probes {
         let map = self
             .ebpf
             .map(name)
-            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+            .ok_or_else(|| ProbeError::Map(name, MISSING.into()))?;
         T::try_from(map).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
 
@@ -751,7 +755,7 @@ impl Probes {
         let map = self
             .ebpf
             .map_mut(name)
-            .unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+            .ok_or_else(|| ProbeError::Map(name, MISSING.into()))?;
         T::try_from(map).map_err(|e| ProbeError::Map(name, cause(&e)))
     }
 }

@@ -221,6 +221,10 @@ impl Pump {
         let pid = e.tgid;
         // The old image's stacks symbolize with its maps, before they go.
         self.ingest.symbolize(&self.probes, &mut self.procfs);
+        // Before the new image can make goroutines (it is probed, then goes on).
+        if let Err(e) = self.probes.forget_go_creators(&|tgid| tgid == pid) {
+            debug!("PID {pid}: goroutine counts of the old image left: {e}");
+        }
         update_maps(
             &mut self.probes,
             &mut self.unwinder,
@@ -240,9 +244,6 @@ impl Pump {
         }
         self.ingest
             .exec(pid, e.ts_ns, &mut self.probes, &self.procfs);
-        if let Err(e) = self.probes.forget_go_creators(&|tgid| tgid == pid) {
-            debug!("PID {pid}: goroutine counts of the old image left: {e}");
-        }
         self.go_after_exec(pid);
     }
 
