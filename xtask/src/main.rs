@@ -414,9 +414,10 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let workloads: [(&str, &Path, &[&str]); 4] = [
+    let workloads: [(&str, &Path, &[&str]); 5] = [
         ("malloc(64)/free", &c_load, &[]),
         ("open/close", &c_load, &["fds"]),
+        ("1-byte read/write (dd bs=1)", &c_load, &["rw"]),
         ("Go new([64]byte)", &go_load, &["alloc"]),
         ("Go goroutine start/end", &go_load, &["goroutines"]),
     ];
