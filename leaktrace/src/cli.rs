@@ -4,6 +4,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    agent::{
+        self,
+        config::{Config, Flags},
+    },
     output::{Format, Output},
     probes::{Families, Limits},
     report::FailOn,
@@ -95,6 +99,168 @@ pub enum View {
     /// A live full-screen view of what leaks, refreshed every second (keys: ? in the view).
     #[command(long_about = TOP_ABOUT, after_long_help = TOP_EXAMPLES)]
     Top(TraceArgs),
+    /// Node-wide: trace the processes rules select, push profiles to Pyroscope, serve Prometheus metrics.
+    #[command(long_about = AGENT_ABOUT, after_long_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
+}
+
+const AGENT_ABOUT: &str = "\
+Runs until SIGTERM on a node (a Kubernetes DaemonSet, or a host), looks at its \
+processes every --discover-every and traces those the rules select with one \
+set of eBPF programs: the same heap, mmap, descriptor, goroutine and thread \
+accounting as plain leaktrace, for many processes at once.
+
+Rules are ordered; the first whose conditions all hold decides, and a process \
+no rule selects is not traced. Flags add rules: --exclude-namespace and \
+--exclude-comm first, then the --config file's rules, then --namespace, \
+--match-comm, --match-exe and --opt-in. leaktrace itself and pause containers \
+are never traced; processes younger than --min-age wait, and at most \
+--max-targets are traced at once. A process whose attach fails is not tried \
+again (/debug/targets says why).
+
+Each target's series carry the labels node, namespace, pod, container and \
+service_name (the pod annotation pyroscope.io/service_name, else \
+namespace/container, else the command name); a process's container comes from \
+its cgroup. --push-url pushes, every --push-interval, one Pyroscope series per \
+target and profile family (memory, goroutine, descriptors, threads), alloc_* \
+as deltas since the last push; a bounded queue retries with backoff and never \
+holds tracing up. An exited target's last profile is pushed and its state \
+dropped.
+
+HTTP on --listen (loopback by default: the endpoints name every traced \
+process's functions and files): /metrics (Prometheus), /healthz, /readyz, \
+/debug/targets (JSON: every process looked at, and why it is or is not \
+traced), /debug/pprof/leaks?pid=PID (for go tool pprof). See docs/agent.md.";
+
+const AGENT_EXAMPLES: &str = "\
+EXAMPLES:
+    sudo leaktrace agent --match-comm '^redis-server$'
+    sudo leaktrace agent --match-comm '^api$' --push-url http://localhost:4040
+    sudo leaktrace agent --config /etc/leaktrace/config.yaml
+    curl -s localhost:9847/metrics | grep leaktrace_leaking_bytes
+    go tool pprof -top 'http://localhost:9847/debug/pprof/leaks?pid=1234'";
+
+/// `leaktrace agent`'s flags; each has a key of the same name in --config.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// A YAML file with the same settings and ordered rules (docs/agent.md);
+    /// flags win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve HTTP here [default: 127.0.0.1:9847].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// This node's name [default: $NODE_NAME, else the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Trace processes whose command name (comm) matches (repeat for several).
+    #[arg(long = "match-comm", value_name = "REGEX")]
+    pub match_comm: Vec<String>,
+
+    /// Trace processes whose executable's path matches.
+    #[arg(long = "match-exe", value_name = "REGEX")]
+    pub match_exe: Vec<String>,
+
+    /// Never trace processes whose command name matches.
+    #[arg(long = "exclude-comm", value_name = "REGEX")]
+    pub exclude_comm: Vec<String>,
+
+    /// Trace the pods of this Kubernetes namespace.
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// Never trace the pods of this namespace.
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Trace pods annotated leaktrace.io/trace: "true".
+    #[arg(long)]
+    pub opt_in: bool,
+
+    /// Leave processes younger than this alone until they are not [default: 30s].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+
+    /// Trace at most this many processes at once [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_targets: Option<usize>,
+
+    /// Look at the node's processes this often [default: 5s].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub discover_every: Option<Duration>,
+
+    /// Push profiles to this Grafana Pyroscope (e.g. http://pyroscope:4040).
+    /// Basic auth from $LEAKTRACE_PUSH_USER and $LEAKTRACE_PUSH_PASSWORD.
+    #[arg(long, value_name = "URL")]
+    pub push_url: Option<String>,
+
+    /// Push this often [default: 15s].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub push_interval: Option<Duration>,
+
+    /// The tenant pushed to (header X-Scope-OrgID).
+    #[arg(long, value_name = "ID")]
+    pub push_tenant: Option<String>,
+
+    /// Send this file's token as `Authorization: Bearer`.
+    #[arg(long, value_name = "FILE")]
+    pub push_bearer_token_file: Option<PathBuf>,
+
+    /// Read this node's pods through this kubeconfig's current context
+    /// [default: the service account's, when in a pod].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Do not read pods from Kubernetes: process rules only.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub no_kubernetes: bool,
+
+    /// Stop after this long; default: until SIGTERM or Ctrl-C.
+    #[arg(short, long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub probing: Probing,
+}
+
+impl AgentArgs {
+    /// The agent's settings, or a one-line message.
+    pub fn config(self) -> Result<(Config, agent::Probing), String> {
+        let probing = agent::Probing {
+            // The agent follows no forks: the rules select what is traced.
+            families: self.probing.families(false)?,
+            limits: self.probing.limits(),
+            go_sample_rate: self.probing.go_sample_rate(),
+        };
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err("--duration must be longer than zero".into());
+        }
+        let config = Config::new(Flags {
+            config: self.config,
+            listen: self.listen,
+            node: self.node,
+            match_comm: self.match_comm,
+            exclude_comm: self.exclude_comm,
+            match_exe: self.match_exe,
+            namespaces: self.namespaces,
+            exclude_namespaces: self.exclude_namespaces,
+            opt_in: self.opt_in,
+            min_age: self.min_age,
+            max_targets: self.max_targets,
+            discover_every: self.discover_every,
+            push_url: self.push_url,
+            push_interval: self.push_interval,
+            push_tenant: self.push_tenant,
+            push_bearer_token_file: self.push_bearer_token_file,
+            kubeconfig: self.kubeconfig,
+            no_kubernetes: self.no_kubernetes,
+            duration: self.duration,
+        })?;
+        Ok((config, probing))
+    }
 }
 
 const TOP_ABOUT: &str = "\
@@ -161,45 +327,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_duration)]
     pub min_age: Duration,
 
-    /// Do not trace the heap allocator.
-    #[arg(long)]
-    pub no_heap: bool,
-
-    /// Do not trace anonymous mmap/munmap/mremap.
-    #[arg(long)]
-    pub no_mmap: bool,
-
-    /// Do not trace file descriptors and sockets.
-    #[arg(long)]
-    pub no_fds: bool,
-
-    /// Do not trace goroutines (Go targets).
-    #[arg(long)]
-    pub no_goroutines: bool,
-
-    /// Do not trace threads (made by clone with CLONE_THREAD, ended by exit).
-    #[arg(long)]
-    pub no_threads: bool,
-
-    /// Leave a Go target's heap sampling off when it is (runtime.MemProfileRate
-    /// 0: binaries that never call runtime.MemProfile, i.e. without pprof).
-    /// By default leaktrace turns it on through /proc/PID/mem (see
-    /// --go-sample-rate): the target then samples its allocations, a small
-    /// cost, as if it had been built with pprof; nothing else in it reads the
-    /// profile. Without sampling there is no Go heap to report.
-    #[arg(long)]
-    pub no_go_heap_sampling: bool,
-
-    /// The heap sampling rate leaktrace sets where a Go target has sampling
-    /// off: one sample per this many bytes allocated on average (Go's own
-    /// default is 512KiB; finer sampling sees a slow leak sooner). A rate the
-    /// program set itself is never changed: its own profile depends on it.
-    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_sample_rate)]
-    pub go_sample_rate: u64,
-
-    /// Accepted for older scripts: heap sampling is now on by default.
-    #[arg(long, hide = true, conflicts_with = "no_go_heap_sampling")]
-    pub go_heap_sampling: bool,
+    #[command(flatten)]
+    pub probing: Probing,
 
     /// Also trace the processes the targets fork (they inherit the parent's
     /// descriptors and mappings). On by default for -- CMD.
@@ -209,27 +338,6 @@ pub struct TraceArgs {
     /// Do not trace the processes -- CMD forks.
     #[arg(long)]
     pub no_follow_forks: bool,
-
-    /// Outstanding heap allocations the kernel map can hold; beyond it allocations
-    /// are counted as lost and reported.
-    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
-    pub max_allocs: u32,
-
-    /// Distinct stacks the kernel map can hold (about 1 KiB each).
-    #[arg(long, value_name = "N", default_value_t = 1 << 14)]
-    pub max_stacks: u32,
-
-    /// Frames a stack keeps at most, 1 to 127. Deeper stacks keep their
-    /// innermost frames and are counted as truncated by depth.
-    #[arg(long, value_name = "N", default_value_t = leaktrace_common::unwind::DEFAULT_DEPTH,
-          value_parser = clap::value_parser!(u32).range(1..=127))]
-    pub max_depth: u32,
-
-    /// Unwind-table rows the kernel holds for every mapped file together (8
-    /// bytes each; glibc needs ~28,000). Files beyond it are named in a
-    /// warning, and stacks stop in them, counted.
-    #[arg(long, value_name = "N", default_value_t = 1 << 21)]
-    pub max_unwind_rows: u32,
 
     /// Do not stop a target calling _exit to scan which of its heap blocks
     /// are still reachable (see --fail-on). By default a process of a
@@ -271,13 +379,106 @@ pub struct TraceArgs {
     pub command: Vec<OsString>,
 }
 
+/// What is probed and how much the kernel holds: shared by every front end.
+#[derive(Debug, Args)]
+pub struct Probing {
+    /// Do not trace the heap allocator.
+    #[arg(long)]
+    pub no_heap: bool,
+
+    /// Do not trace anonymous mmap/munmap/mremap.
+    #[arg(long)]
+    pub no_mmap: bool,
+
+    /// Do not trace file descriptors and sockets.
+    #[arg(long)]
+    pub no_fds: bool,
+
+    /// Do not trace goroutines (Go targets).
+    #[arg(long)]
+    pub no_goroutines: bool,
+
+    /// Do not trace threads (made by clone with CLONE_THREAD, ended by exit).
+    #[arg(long)]
+    pub no_threads: bool,
+
+    /// Leave a Go target's heap sampling off when it is (runtime.MemProfileRate
+    /// 0: binaries that never call runtime.MemProfile, i.e. without pprof).
+    /// By default leaktrace turns it on through /proc/PID/mem (see
+    /// --go-sample-rate): the target then samples its allocations, a small
+    /// cost, as if it had been built with pprof; nothing else in it reads the
+    /// profile. Without sampling there is no Go heap to report.
+    #[arg(long)]
+    pub no_go_heap_sampling: bool,
+
+    /// The heap sampling rate leaktrace sets where a Go target has sampling
+    /// off: one sample per this many bytes allocated on average (Go's own
+    /// default is 512KiB; finer sampling sees a slow leak sooner). A rate the
+    /// program set itself is never changed: its own profile depends on it.
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_sample_rate)]
+    pub go_sample_rate: u64,
+
+    /// Accepted for older scripts: heap sampling is now on by default.
+    #[arg(long, hide = true, conflicts_with = "no_go_heap_sampling")]
+    pub go_heap_sampling: bool,
+
+    /// Outstanding heap allocations the kernel map can hold; beyond it allocations
+    /// are counted as lost and reported.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_allocs: u32,
+
+    /// Distinct stacks the kernel map can hold (about 1 KiB each).
+    #[arg(long, value_name = "N", default_value_t = 1 << 14)]
+    pub max_stacks: u32,
+
+    /// Frames a stack keeps at most, 1 to 127. Deeper stacks keep their
+    /// innermost frames and are counted as truncated by depth.
+    #[arg(long, value_name = "N", default_value_t = leaktrace_common::unwind::DEFAULT_DEPTH,
+          value_parser = clap::value_parser!(u32).range(1..=127))]
+    pub max_depth: u32,
+
+    /// Unwind-table rows the kernel holds for every mapped file together (8
+    /// bytes each; glibc needs ~28,000). Files beyond it are named in a
+    /// warning, and stacks stop in them, counted.
+    #[arg(long, value_name = "N", default_value_t = 1 << 21)]
+    pub max_unwind_rows: u32,
+}
+
+impl Probing {
+    /// The probe families, or why none would be left.
+    pub fn families(&self, forks: bool) -> Result<Families, String> {
+        if self.no_heap && self.no_mmap && self.no_fds {
+            return Err("--no-heap, --no-mmap and --no-fds together leave nothing to trace".into());
+        }
+        Ok(Families {
+            heap: !self.no_heap,
+            mmap: !self.no_mmap,
+            fds: !self.no_fds,
+            goroutines: !self.no_goroutines,
+            threads: !self.no_threads,
+            forks,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_allocs: self.max_allocs.max(1),
+            max_stacks: self.max_stacks.max(1),
+            max_depth: self.max_depth,
+            max_unwind_rows: self.max_unwind_rows.max(1),
+        }
+    }
+
+    /// The Go heap sampling rate to set where it is off; `None`: left off.
+    pub fn go_sample_rate(&self) -> Option<u64> {
+        (!self.no_go_heap_sampling).then_some(self.go_sample_rate)
+    }
+}
+
 impl TraceArgs {
     pub fn options(self) -> Result<Options, String> {
         if self.pids.is_empty() && self.command.is_empty() {
             return Err("nothing to trace: give --pid PID or -- CMD ARGS…".into());
-        }
-        if self.no_heap && self.no_mmap && self.no_fds {
-            return Err("--no-heap, --no-mmap and --no-fds together leave nothing to trace".into());
         }
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err("--duration must be longer than zero".into());
@@ -291,7 +492,8 @@ impl TraceArgs {
         if self.scan_every.is_some_and(|d| d.is_zero()) {
             return Err("--scan-every must be longer than zero".into());
         }
-        if self.no_heap && (self.scan_every.is_some() || self.fail_on == Some(FailOn::Unreachable))
+        if self.probing.no_heap
+            && (self.scan_every.is_some() || self.fail_on == Some(FailOn::Unreachable))
         {
             return Err("reachability (--scan-every, --fail-on unreachable) needs the heap traced: drop --no-heap".into());
         }
@@ -322,25 +524,14 @@ impl TraceArgs {
             snapshot_every: self.snapshot_every,
             quiet: self.quiet,
             min_age: self.min_age,
-            families: Families {
-                heap: !self.no_heap,
-                mmap: !self.no_mmap,
-                fds: !self.no_fds,
-                goroutines: !self.no_goroutines,
-                threads: !self.no_threads,
-                forks,
-            },
-            go_sample_rate: (!self.no_go_heap_sampling).then_some(self.go_sample_rate),
-            scan_at_exit: !self.no_exit_scan && !self.no_heap,
+            families: self.probing.families(forks)?,
+            go_sample_rate: self.probing.go_sample_rate(),
+            scan_at_exit: !self.no_exit_scan && !self.probing.no_heap,
             scan_every: self.scan_every,
             scan_max_bytes: self.scan_max_bytes,
             fail_on: self.fail_on,
-            limits: Limits {
-                max_allocs: self.max_allocs.max(1),
-                max_stacks: self.max_stacks.max(1),
-                max_depth: self.max_depth,
-                max_unwind_rows: self.max_unwind_rows.max(1),
-            },
+            limits: self.probing.limits(),
+            forget_exited: false,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! → the core's ingest) → `model` → [`report`] with `verdict`s → views
 //! ([`report`] text, JSON, [`pprof`], `flamegraph`, the live [`top`]), written
 //! by `output`. Public: what the command (main.rs) and the tests use.
+pub mod agent;
 mod allocator;
 mod btf;
 pub mod cli;

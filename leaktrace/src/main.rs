@@ -5,7 +5,7 @@ use std::{io::Write, process::ExitCode};
 use anyhow::Context;
 use clap::Parser;
 use leaktrace::{
-    cli::{Cli, View},
+    cli::{AgentArgs, Cli, View},
     report::{self, Report},
     session, top,
 };
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, live) = match cli.view {
         Some(View::Top(args)) => (args, true),
+        Some(View::Agent(args)) => return agent(args),
         None => (cli.trace, false),
     };
     // Log lines would tear the full-screen view: there, only RUST_LOG asks for them.
@@ -41,6 +42,34 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("leaktrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `leaktrace agent`: until SIGTERM.
+fn agent(args: AgentArgs) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_secs()
+        .init();
+    let (config, probing) = match args.config() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("leaktrace agent: {msg} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    // Two workers: the HTTP side answers while the session works.
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(leaktrace::agent::run(config, probing)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("leaktrace agent: error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -111,7 +140,15 @@ fn run_top(mut opts: session::Options) -> anyhow::Result<ExitCode> {
         let (view_quit, quit) = tokio::sync::watch::channel(false);
         let view =
             tokio::task::spawn_blocking(move || top::run(view_reports, view_quit, export_dir));
-        let report = session::run(opts.clone(), Some(session::Live { reports, quit })).await;
+        let report = session::run(
+            opts.clone(),
+            Some(session::Live {
+                reports,
+                quit,
+                requests: None,
+            }),
+        )
+        .await;
         // The pump dropped its sender: the view sees it and restores the terminal.
         let view = view.await.context("the view")?;
         view.context("the terminal")?;

@@ -935,6 +935,11 @@ impl Model {
         kept
     }
 
+    /// Drops the sites an ended process left (see [`Model::end_process`]).
+    pub fn forget_sites(&mut self, tgid: u32) {
+        self.sites.retain(|id, _| id.tgid != tgid);
+    }
+
     /// Gives back the room of tables that ended processes emptied: a burst
     /// of short processes leaves them far larger than what stays.
     pub fn compact(&mut self) {

@@ -44,25 +44,95 @@ fn values(memory: [i64; 4], handle: Option<(usize, i64)>) -> Vec<i64> {
     v
 }
 
+/// Which sample types a profile carries: all of them (a file), or one family
+/// of them (a Pyroscope series holds one family: it tells the profile's type
+/// from its sample types, and a mix would all land under `memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    #[default]
+    All,
+    /// `alloc_*` and `inuse_*` of the heap, mappings and the Go heap.
+    Memory,
+    Goroutines,
+    /// Open descriptors and sockets.
+    Descriptors,
+    Threads,
+}
+
+impl Family {
+    /// The indices of its sample types in [`SAMPLE_TYPES`].
+    fn types(self) -> std::ops::Range<usize> {
+        match self {
+            Family::All => 0..SAMPLE_TYPES.len(),
+            Family::Memory => 0..4,
+            Family::Descriptors => 4..6,
+            Family::Goroutines => 6..7,
+            Family::Threads => 7..8,
+        }
+    }
+
+    pub fn holds(self, kind: Kind) -> bool {
+        match self {
+            Family::All => true,
+            Family::Memory => matches!(kind, Kind::Heap | Kind::Mmap | Kind::GoHeap),
+            Family::Descriptors => matches!(kind, Kind::Fd | Kind::Socket),
+            Family::Goroutines => kind == Kind::Goroutine,
+            Family::Threads => kind == Kind::Thread,
+        }
+    }
+}
+
+/// How a profile is built: its family, and whether its samples carry only
+/// labels of few values (`kind`, `verdict`, `reachability`): a profile store
+/// makes a series of each distinct label set, so no pid, name, path or wait.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shape {
+    pub family: Family,
+    pub few_labels: bool,
+}
+
+impl Shape {
+    /// What `--output x.pb.gz` writes.
+    pub const FILE: Shape = Shape {
+        family: Family::All,
+        few_labels: false,
+    };
+}
+
 /// The gzipped profile of `report`.
 pub fn encode(report: &Report, wall_time_ns: i64) -> std::io::Result<Vec<u8>> {
-    let bytes = build(report, wall_time_ns).encode_to_vec();
+    gzip(&build(report, wall_time_ns, Shape::FILE).encode_to_vec())
+}
+
+pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&bytes)?;
+    gz.write_all(bytes)?;
     gz.finish()
 }
 
-pub fn build(report: &Report, wall_time_ns: i64) -> Profile {
-    let mut b = Builder::default();
+pub fn build(report: &Report, wall_time_ns: i64, shape: Shape) -> Profile {
+    let mut b = Builder {
+        shape,
+        ..Builder::default()
+    };
     b.string(""); // index 0 is always the empty string
-    b.profile.sample_type = SAMPLE_TYPES
+    let types = shape.family.types();
+    b.profile.sample_type = SAMPLE_TYPES[types.clone()]
         .iter()
         .map(|(t, u)| b.value_type(t, u))
         .collect();
-    b.profile.period_type = Some(b.value_type("space", "bytes"));
+    let (period_type, period_unit) = match shape.family {
+        Family::All | Family::Memory => ("space", "bytes"),
+        _ => SAMPLE_TYPES[types.start],
+    };
+    b.profile.period_type = Some(b.value_type(period_type, period_unit));
     // Go puts its sampling rate here; leaktrace counts every allocation.
     b.profile.period = 1;
-    b.profile.default_sample_type = b.string(DEFAULT_SAMPLE_TYPE);
+    let default = match shape.family {
+        Family::All | Family::Memory => DEFAULT_SAMPLE_TYPE,
+        _ => SAMPLE_TYPES[types.start].0,
+    };
+    b.profile.default_sample_type = b.string(default);
     b.profile.time_nanos = wall_time_ns;
     b.profile.duration_nanos = (report.duration_s * 1e9) as i64;
     let comments = comments(report);
@@ -78,7 +148,7 @@ pub fn build(report: &Report, wall_time_ns: i64) -> Profile {
             b.mapping(&report.modules[i], i);
         }
     }
-    for site in &report.sites {
+    for site in report.sites.iter().filter(|s| shape.family.holds(s.kind)) {
         b.sample(report, site);
     }
     b.profile
@@ -101,6 +171,7 @@ fn comments(report: &Report) -> Vec<String> {
 
 #[derive(Default)]
 struct Builder {
+    shape: Shape,
     profile: Profile,
     strings: HashMap<String, i64>,
     functions: HashMap<(String, String), u64>,
@@ -159,12 +230,14 @@ impl Builder {
             .iter()
             .find(|t| t.pid == site.pid)
             .map_or(String::new(), |t| t.comm.clone());
-        let label = vec![
+        let mut label = vec![
             self.label("kind", site.kind.name()),
-            self.label("pid", &site.pid.to_string()),
-            self.label("comm", &comm),
             self.label("verdict", site.verdict.name()),
         ];
+        if !self.shape.few_labels {
+            label.push(self.label("pid", &site.pid.to_string()));
+            label.push(self.label("comm", &comm));
+        }
         let open = site.outstanding_count as i64;
         // Memory in the first four values; a handle's count in its own.
         let value = match site.kind {
@@ -182,16 +255,18 @@ impl Builder {
                 None,
             ),
         };
-        let mut label = label;
-        if let Some(d) = site.details.first() {
-            label.push(self.label("detail", &d.describe()));
-        }
-        // Where most of a goroutine site's goroutines wait: `-tagfocus
-        // waiting=chan.send`.
-        if let Some(w) = site.waiting.first() {
-            label.push(self.label("waiting", &crate::report::waiting_line(w)));
+        if !self.shape.few_labels {
+            if let Some(d) = site.details.first() {
+                label.push(self.label("detail", &d.describe()));
+            }
+            // Where most of a goroutine site's goroutines wait: `-tagfocus
+            // waiting=chan.send`.
+            if let Some(w) = site.waiting.first() {
+                label.push(self.label("waiting", &crate::report::waiting_line(w)));
+            }
         }
         let Some(r) = site.reachability else {
+            let value = self.project(value);
             self.profile.sample.push(Sample {
                 location_id,
                 value,
@@ -222,12 +297,21 @@ impl Builder {
             let (total_count, total_bytes) = totals.take().unwrap_or((0, 0));
             let mut label = label.clone();
             label.push(self.label("reachability", class));
+            let value = values([total_count, total_bytes, count as i64, bytes as i64], None);
             self.profile.sample.push(Sample {
                 location_id: location_id.clone(),
-                value: values([total_count, total_bytes, count as i64, bytes as i64], None),
+                value: self.project(value),
                 label,
             });
         }
+    }
+
+    /// A sample's values of the profile's family.
+    fn project(&self, mut all: Vec<i64>) -> Vec<i64> {
+        let types = self.shape.family.types();
+        all.truncate(types.end);
+        all.drain(..types.start);
+        all
     }
 
     fn location(&mut self, report: &Report, pid: u32, frames: &[&Frame]) -> u64 {
@@ -453,6 +537,7 @@ mod tests {
             version: 2,
             targets: Vec::new(),
             targets_unlisted: 0,
+            events: 0,
             duration_s: 1.0,
             lost: Default::default(),
             stacks: Default::default(),
@@ -477,7 +562,7 @@ mod tests {
             frame("outer", 0x1234, false),
             frame("main", 0x1300, false),
         ]);
-        let p = build(&r, 0);
+        let p = build(&r, 0, Shape::FILE);
         assert_eq!(check(&p), Vec::<String>::new());
         let sample = &p.sample[0];
         assert_eq!(sample.value, vec![5, 300, 2, 100, 0, 0, 0, 0]);
@@ -511,7 +596,7 @@ mod tests {
             at_exit: false,
             ..Default::default()
         });
-        let p = build(&r, 0);
+        let p = build(&r, 0, Shape::FILE);
         assert_eq!(check(&p), Vec::<String>::new());
         let of_42: Vec<(&str, &Vec<i64>)> = p
             .sample
@@ -536,9 +621,48 @@ mod tests {
 
     #[test]
     fn a_lost_stack_still_gets_a_location() {
-        let p = build(&report(Vec::new()), 0);
+        let p = build(&report(Vec::new()), 0, Shape::FILE);
         assert_eq!(check(&p), Vec::<String>::new());
         assert_eq!(p.sample[0].location_id, p.sample[1].location_id);
         assert_eq!(p.location.len(), 1);
+    }
+
+    #[test]
+    fn a_family_profile_has_its_types_and_few_labels() {
+        let mut r = report(vec![frame("main", 0x1300, false)]);
+        r.sites[1].kind = Kind::Socket;
+        r.sites[1].outstanding_count = 3;
+        let few = |family| Shape {
+            family,
+            few_labels: true,
+        };
+        let p = build(&r, 0, few(Family::Memory));
+        assert_eq!(check(&p), Vec::<String>::new());
+        let types: Vec<&str> = p
+            .sample_type
+            .iter()
+            .map(|t| p.string_table[t.r#type as usize].as_str())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "alloc_objects",
+                "alloc_space",
+                "inuse_objects",
+                "inuse_space"
+            ]
+        );
+        assert_eq!(p.sample.len(), 1, "the socket site is not memory");
+        assert_eq!(p.sample[0].value, vec![5, 300, 2, 100]);
+        let keys: Vec<&str> = p.sample[0]
+            .label
+            .iter()
+            .map(|l| p.string_table[l.key as usize].as_str())
+            .collect();
+        assert_eq!(keys, ["kind", "verdict"]);
+        let p = build(&r, 0, few(Family::Descriptors));
+        assert_eq!(p.sample.len(), 1);
+        assert_eq!(p.sample[0].value, vec![0, 3]);
+        assert_eq!(p.string_table[p.default_sample_type as usize], "open_fds");
     }
 }

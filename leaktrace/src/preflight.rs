@@ -8,6 +8,10 @@ pub enum PreflightError {
     )]
     NotPrivileged,
     #[error(
+        "leaktrace lacks {0}: CAP_BPF loads its programs, CAP_PERFMON attaches them, CAP_SYS_ADMIN is what uprobes need on kernels with the CVE-2025-38466 fix (add it to the container's capabilities)"
+    )]
+    MissingCapabilities(String),
+    #[error(
         "this kernel has no BPF support (/sys/fs/bpf or the bpf syscall is missing): leaktrace needs Linux 5.8 or newer"
     )]
     NoBpf,
@@ -22,8 +26,12 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 pub fn check() -> Result<(), PreflightError> {
-    if !privileged() {
+    let missing = missing_capabilities();
+    if missing.len() == CAPABILITIES.len() {
         return Err(PreflightError::NotPrivileged);
+    }
+    if !missing.is_empty() {
+        return Err(PreflightError::MissingCapabilities(missing.join(" and ")));
     }
     if !Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
         return Err(PreflightError::NoBpf);
@@ -34,18 +42,26 @@ pub fn check() -> Result<(), PreflightError> {
     Ok(())
 }
 
-fn privileged() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+const CAPABILITIES: [(u32, &str); 3] = [
+    (CAP_BPF, "CAP_BPF"),
+    (CAP_PERFMON, "CAP_PERFMON"),
+    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+];
+
+/// The capabilities leaktrace needs and has not, by name.
+fn missing_capabilities() -> Vec<&'static str> {
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let v = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(v.trim(), 16).ok()
+        })
         .unwrap_or(0);
-    [CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF]
+    CAPABILITIES
         .iter()
-        .all(|c| effective & (1 << c) != 0)
+        .filter(|(c, _)| effective & (1 << c) == 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 /// The open-files limit leaktrace started with, before [`raise_open_files_limit`].

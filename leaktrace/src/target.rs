@@ -608,12 +608,12 @@ pub fn in_root(pid: u32, path: &Path) -> PathBuf {
 }
 
 pub(crate) struct Stat {
-    comm: String,
-    state: char,
-    start_time: u64,
+    pub comm: String,
+    pub state: char,
+    pub start_time: u64,
 }
 
-fn read_stat(pid: u32) -> Option<Stat> {
+pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

@@ -664,6 +664,7 @@ mod tests {
             version: 2,
             targets: Vec::new(),
             targets_unlisted: 0,
+            events: 0,
             duration_s: 30.0,
             lost: Default::default(),
             stacks: Default::default(),

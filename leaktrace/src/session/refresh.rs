@@ -347,6 +347,18 @@ impl Pump {
     /// symbolized, then their state goes — the core's tables, their memory
     /// map unless their sites need it, the kernel's entries; the report keeps
     /// what they leaked. True when no target is left.
+    /// Ends `pid`'s state; whether some of its sites stay in the report
+    /// (`root`: all of them; see [`Ingest::end`]). None stay when exited
+    /// processes are forgotten.
+    pub(super) fn end_process(&mut self, pid: u32, root: bool) -> bool {
+        let kept = self.ingest.end(pid, root && !self.forget_exited);
+        if self.forget_exited && kept {
+            self.ingest.model.forget_sites(pid);
+            return false;
+        }
+        kept
+    }
+
     pub(super) fn check_exits(&mut self) -> bool {
         let pids = self.targets.exited();
         if pids.is_empty() {
@@ -369,11 +381,13 @@ impl Pump {
             self.confirmations.remove(&pid);
             self.unwinder.remove(&mut self.probes, pid);
             self.go_heap_before.retain(|&(tgid, _), _| tgid != pid);
-            let kept = self.ingest.end(pid, t.root);
+            let kept = self.end_process(pid, t.root);
             if !kept {
                 self.procfs.maps.remove(&pid);
             }
-            self.targets.ended(&t, kept);
+            if !self.forget_exited {
+                self.targets.ended(&t, kept);
+            }
         }
         self.compact_due = true;
         // Their PIDs may be other processes' next.
