@@ -845,3 +845,108 @@ fn bad_agent_settings_are_one_line_and_status_2() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The capabilities deploy/daemonset-least-privilege.yaml adds to the
+/// leaktrace container, as setpriv names them.
+fn least_privilege_capabilities() -> Vec<String> {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset-least-privilege.yaml"),
+    )
+    .unwrap();
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "add:").skip(1);
+    let mut caps = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        match line.strip_prefix("- ") {
+            Some(cap) => caps.push(cap.trim().to_lowercase()),
+            None => break,
+        }
+    }
+    assert!(
+        caps.len() >= 3,
+        "no capability list in the manifest: {caps:?}"
+    );
+    caps
+}
+
+/// `leaktrace agent ARGS` with only capabilities `caps` (bounding and
+/// inheritable sets: root gets no more at exec).
+fn agent_with_capabilities(caps: &[String]) -> Command {
+    let set = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--inh-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg(env!("CARGO_BIN_EXE_leaktrace"))
+        .arg("agent");
+    cmd
+}
+
+#[test]
+fn the_least_privilege_capabilities_trace_another_users_process_and_sys_admin_is_named() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("agent-capabilities");
+    // Another user's process: what a node agent meets.
+    let c = copy_as(&target("demo"), &dir, "ltcap-c");
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    let _nobody = Running(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&c)
+            .arg("120")
+            .spawn()
+            .unwrap(),
+    );
+    let caps = least_privilege_capabilities();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let agent = Running(
+        agent_with_capabilities(&caps)
+            .args([
+                "--listen",
+                &addr,
+                "--min-age",
+                "0s",
+                "--discover-every",
+                "1s",
+            ])
+            .args(["--no-kubernetes", "--match-comm", "^ltcap-c$"])
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap(),
+    );
+    let heap = |text: &str| {
+        metric(
+            text,
+            "leaktrace_outstanding_bytes",
+            &[("service_name", "ltcap-c"), ("kind", "heap")],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || heap(
+            &http_get(&addr, "/metrics", None).1
+        )
+        .is_some_and(|v| v > 0.0)),
+        "with {caps:?} the agent did not trace the target: {}",
+        http_get(&addr, "/debug/targets", None).1
+    );
+    drop(agent);
+
+    let without: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
+    let out = agent_with_capabilities(&without)
+        .args(["--no-kubernetes", "--match-comm", "^ltcap-c$"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+}

@@ -41,7 +41,6 @@ const CAPABILITIES: &[&str] = &[
     "DAC_READ_SEARCH",
     "CHECKPOINT_RESTORE",
     "KILL",
-    "SYS_RESOURCE",
 ];
 
 /// Files in deploy/ that are not Kubernetes objects.

@@ -102,10 +102,17 @@ fn process(pid: u32, pods: Option<&PodIndex>, myself: &Myself, uptime: u64) -> O
         return None;
     }
     let stat = target::read_stat(pid)?;
-    // Kernel threads have no executable.
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let exe = exe.to_string_lossy();
-    let exe = exe.trim_end_matches(" (deleted)").to_string();
+    let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string(),
+        // A kernel thread (no executable), or gone.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        // Another user's, without CAP_SYS_PTRACE: still listed, and the
+        // attempt to trace it, if a rule selects it, says why it fails.
+        Err(e) => format!("[unreadable: {e}]"),
+    };
     let container = containers::container_of_pid(pid).ok().flatten();
     let info = container
         .as_ref()
