@@ -189,14 +189,14 @@ impl Pump {
             .map(|t| t.allocators.clone())
             .unwrap_or_default();
         attach_heap(
-            &mut self.probes,
+            &mut self.node.probes,
             &mut self.ingest.model.lost,
             &target,
             &allocators.allocators,
             &format!("PID {child} (forked by {parent})"),
         );
         if self.scan_at_exit {
-            attach_exit(&mut self.probes, child, allocators.exit.as_ref());
+            attach_exit(&mut self.node.probes, child, allocators.exit.as_ref());
         }
         if let Some(maps) = self.procfs.maps.get(&parent).cloned() {
             self.procfs.maps.insert(child, maps);
@@ -220,14 +220,14 @@ impl Pump {
     pub(super) fn new_image(&mut self, e: &ProcEvent) {
         let pid = e.tgid;
         // The old image's stacks symbolize with its maps, before they go.
-        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        self.ingest.symbolize(&self.node.probes, &mut self.procfs);
         // Before the new image can make goroutines (it is probed, then goes on).
-        if let Err(e) = self.probes.forget_go_creators(&|tgid| tgid == pid) {
+        if let Err(e) = self.node.probes.forget_go_creators(&|tgid| tgid == pid) {
             debug!("PID {pid}: goroutine counts of the old image left: {e}");
         }
         update_maps(
-            &mut self.probes,
-            &mut self.unwinder,
+            &mut self.node.probes,
+            &mut self.node.unwinder,
             &mut self.procfs.maps,
             pid,
         );
@@ -243,7 +243,7 @@ impl Pump {
             super::cont(pid);
         }
         self.ingest
-            .exec(pid, e.ts_ns, &mut self.probes, &self.procfs);
+            .exec(pid, e.ts_ns, &mut self.node.probes, &self.procfs);
         self.go_after_exec(pid);
     }
 
@@ -282,7 +282,7 @@ impl Pump {
             debug!("PID {pid}: entry point not found: not held there");
             return;
         };
-        if let Err(e) = self.probes.attach_entry(pid, &exe, offset) {
+        if let Err(e) = self.node.probes.attach_entry(pid, &exe, offset) {
             debug!("PID {pid}: not held at its entry point: {e}");
         }
     }
@@ -332,7 +332,7 @@ impl Pump {
             .collect();
         let whose = format!("PID {pid}'s new image");
         for alloc in attach_heap(
-            &mut self.probes,
+            &mut self.node.probes,
             &mut self.ingest.model.lost,
             &target,
             &new,
@@ -342,7 +342,7 @@ impl Pump {
             t.allocators.allocators.push(alloc.clone());
         }
         if self.scan_at_exit && found.exit.is_some() && found.exit != t.allocators.exit {
-            attach_exit(&mut self.probes, pid, found.exit.as_ref());
+            attach_exit(&mut self.node.probes, pid, found.exit.as_ref());
             t.allocators.exit = found.exit;
         }
         t.allocators.unsupported = found.unsupported;
@@ -366,8 +366,8 @@ impl Pump {
 
     pub(super) fn refresh_maps_of(&mut self, pid: u32) {
         update_maps(
-            &mut self.probes,
-            &mut self.unwinder,
+            &mut self.node.probes,
+            &mut self.node.unwinder,
             &mut self.procfs.maps,
             pid,
         );
@@ -401,8 +401,8 @@ impl Pump {
                 continue;
             }
             let mut found = allocator::find_loaded(&image);
-            found.allocators.retain(
-                |alloc| match self.probes.attach_allocator(&t.target, alloc) {
+            found.allocators.retain(|alloc| {
+                match self.node.probes.attach_allocator(&t.target, alloc) {
                     Ok(()) => {
                         info!("PID {pid}: probing {} (loaded later)", alloc.describe());
                         true
@@ -411,8 +411,8 @@ impl Pump {
                         warn!("PID {pid}: {} not traced: {e}", alloc.describe());
                         false
                     }
-                },
-            );
+                }
+            });
             t.allocators.extend(found);
         }
     }
@@ -426,15 +426,19 @@ impl Pump {
         let target = Target::existing(pid)?;
         // The unwinder knows the process's code before the first probe fires.
         update_maps(
-            &mut self.probes,
-            &mut self.unwinder,
+            &mut self.node.probes,
+            &mut self.node.unwinder,
             &mut self.procfs.maps,
             pid,
         );
-        let (allocators, go) = attach(&mut self.probes, opts, &target, &target.exe_path(), || {
-            target.allocators()
-        })?;
-        self.probes.add_target(pid)?;
+        let (allocators, go) = attach(
+            &mut self.node.probes,
+            opts,
+            &target,
+            &target.exe_path(),
+            || target.allocators(),
+        )?;
+        self.node.probes.add_target(pid)?;
         info!("tracing PID {pid} ({})", escape::shown(&target.comm));
         if go.is_some() {
             self.ingest.set_go(pid);
@@ -464,22 +468,21 @@ impl Pump {
         let target = launched.target();
         // A script runs its interpreter: that is what allocates.
         let image = target::script_interpreter(&launched.exe).unwrap_or(launched.exe.clone());
-        let (allocators, go) = attach(&mut self.probes, opts, &target, &image, || {
+        let (allocators, go) = attach(&mut self.node.probes, opts, &target, &image, || {
             allocator::find(&image, &preload_from_env(), &allocator::search_library)
         })?;
-        self.probes.add_target(target.pid)?;
+        self.node.probes.add_target(target.pid)?;
         info!("started {} as PID {}", launched.exe.display(), target.pid);
         // A short command reaches `_exit` before the loop runs: it stops
         // there from now on. (Nothing fails between here and the pump, whose
         // `Drop` continues any process left stopped.)
         if opts.scan_at_exit {
-            self.probes.set_pausing(pause::EXIT, true)?;
-            self.pausing = true;
+            self.node.pause_at(pause::EXIT)?;
         }
         let child = launched.release(|pid| {
             update_maps(
-                &mut self.probes,
-                &mut self.unwinder,
+                &mut self.node.probes,
+                &mut self.node.unwinder,
                 &mut self.procfs.maps,
                 pid,
             );
@@ -552,6 +555,7 @@ impl Pump {
         };
         for b in buckets {
             if let Err(e) = self
+                .node
                 .probes
                 .seed_go_before_attach(pid, b.addr, b.in_use as i64)
             {

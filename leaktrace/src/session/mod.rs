@@ -1,41 +1,39 @@
 //! One tracing session: find the targets, attach, pump the kernel's data into
-//! the model, print tables, and produce the final report.
+//! the model, and hand reports to the views (or to the agent, a front end
+//! that also asks for targets while it runs).
 //!
-//! The data flows one way through its modules: `events` types what the ring
-//! buffer holds, `ingest` (the core, behind the two `seams`) turns it into
-//! the site model, `targets` keeps each process from attach to exit,
-//! `attach` and `refresh` are the kernel side's (probes in, totals out),
-//! `scan` reads the targets' memory for reachability, and this module runs
-//! the loop and hands reports to the views.
+//! The data flows one way through its modules: `node` is the node's kernel
+//! side (one set of programs and maps for every target, the ring buffer,
+//! the unwind tables), `events` types what the ring buffer holds, `ingest`
+//! (the core, behind the two `seams`) turns it into the site model,
+//! `targets` keeps each process's own state from attach to exit, `attach`
+//! and `refresh` bring targets in and totals out, `scan` reads the targets'
+//! memory for reachability, and this module runs the loop.
 mod attach;
 mod events;
 mod ingest;
+mod node;
 mod refresh;
 mod scan;
 mod seams;
 mod stacks;
 mod targets;
 
-use std::{collections::HashMap, ffi::OsString, io::Write, os::fd::AsFd, time::Duration};
+use std::{collections::HashMap, ffi::OsString, io::Write, time::Duration};
 
-use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
+use anyhow::Result;
 use leaktrace_common::{StackId, pause};
 use log::{debug, info, warn};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
-use self::{events::Event, ingest::Ingest, seams::Procfs, targets::Targets};
+use self::{events::Event, ingest::Ingest, node::Node, seams::Procfs, targets::Targets};
 use crate::{
     model::Ns,
     output::Output,
     preflight,
-    probes::{Families, Limits, Probes},
+    probes::{Families, Limits},
     reach::Confirmation,
     report::{ModuleMap, Report},
-    unwind::Unwinder,
 };
 
 /// Everything a session needs to know, from the command line.
@@ -109,14 +107,10 @@ async fn next_request(
 pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     preflight::check()?;
     preflight::raise_open_files_limit();
-    let mut probes = Probes::load(opts.limits, opts.families)?;
-    let events = probes.take_events()?;
     let mut pump = Pump {
-        probes,
-        events,
+        node: Node::load(opts.limits, opts.families)?,
         ingest: Ingest::new(opts.min_age.as_nanos() as Ns),
         procfs: Procfs::default(),
-        unwinder: Unwinder::default(),
         targets: Targets::default(),
         go_heap_before: HashMap::new(),
         go_heap_sites_looked: 0,
@@ -125,13 +119,11 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
         scan_at_exit: opts.scan_at_exit,
         scan_max_bytes: opts.scan_max_bytes,
         confirmations: HashMap::new(),
-        pausing: false,
         started: now_ns(),
         ages_at: 0,
         gone: Vec::new(),
         compact_due: false,
         pending: Default::default(),
-        events_read: 0,
         forget_exited: opts.forget_exited,
     };
     for &pid in &opts.pids {
@@ -173,13 +165,11 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How often the live view's ages are recomputed.
 const LIVE_AGES_EVERY: Duration = Duration::from_secs(5);
 
-/// The session's state: the kernel side, the core, the targets.
+/// The session's state: the node's kernel side, the core, the targets.
 struct Pump {
-    probes: Probes,
-    events: RingBuf<MapData>,
+    node: Node,
     ingest: Ingest,
     procfs: Procfs,
-    unwinder: Unwinder,
     targets: Targets,
     /// Go heap profile buckets with objects in use at attach, by (tgid, bucket).
     go_heap_before: HashMap<(u32, u64), GoHeapBefore>,
@@ -193,10 +183,6 @@ struct Pump {
     scan_max_bytes: u64,
     /// Each process's running scans so far (see reach.rs).
     confirmations: HashMap<u32, Confirmation>,
-    /// Whether processes stop themselves for leaktrace (see
-    /// leaktrace-ebpf/src/fork.rs and exit.rs): new ones and new images while
-    /// the heap is traced, exiting ones with the exit scan; until tracing ends.
-    pausing: bool,
     started: Ns,
     /// When ages were last brought up to date.
     ages_at: Ns,
@@ -206,8 +192,6 @@ struct Pump {
     compact_due: bool,
     /// Events of the batch being applied, not yet done with.
     pending: std::collections::VecDeque<Event>,
-    /// Events read from the ring buffer so far.
-    events_read: u64,
     /// See [`Options::forget_exited`].
     forget_exited: bool,
 }
@@ -223,25 +207,12 @@ impl Pump {
     async fn trace(&mut self, opts: &Options, mut live: Option<Live>) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        // Events that cannot wait for the next drain (a process stopped for
-        // its probes, a quarter of the ring full) wake the ring buffer's
-        // descriptor; the others do not.
-        let ring = self
-            .events
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating the ring buffer's descriptor")?;
-        // SAFETY: an OwnedFd is open, and the same, for as long as it is owned.
-        let woken = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("watching the ring buffer")?;
+        let woken = self.node.woken()?;
         if self.heap {
-            self.probes.set_pausing(pause::NEW, true)?;
-            self.pausing = true;
+            self.node.pause_at(pause::NEW)?;
         }
         if self.scan_at_exit {
-            self.probes.set_pausing(pause::EXIT, true)?;
-            self.pausing = true;
+            self.node.pause_at(pause::EXIT)?;
         }
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
@@ -324,7 +295,7 @@ impl Pump {
             Stop::TargetsExited => info!("every target has exited"),
             Stop::Quit => info!("the view was closed"),
         }
-        self.stop_pausing();
+        self.node.stop_pausing();
         self.drain_events();
         if matches!(stop, Stop::Signal(_)) {
             // The final report of a big trace takes seconds: a second signal
@@ -341,22 +312,6 @@ impl Pump {
         self.refresh()?;
         self.sample();
         self.settle()
-    }
-
-    /// No new process or image stops itself from now on; those stopped before
-    /// are in the ring buffer once this returns.
-    fn stop_pausing(&mut self) {
-        if !std::mem::take(&mut self.pausing) {
-            return;
-        }
-        for slot in [pause::NEW, pause::EXIT] {
-            if let Err(e) = self.probes.set_pausing(slot, false) {
-                warn!("{e}");
-            }
-        }
-        // A probe that read the flag before it was cleared finishes its event
-        // within microseconds.
-        std::thread::sleep(Duration::from_millis(20));
     }
 
     /// Once a second at most, after processes ended: the room their state
@@ -391,7 +346,7 @@ impl Pump {
         self.update_ages()?;
         self.read_waiting();
         self.resolve_sockets();
-        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        self.ingest.symbolize(&self.node.probes, &mut self.procfs);
         Ok(())
     }
 
@@ -406,7 +361,7 @@ impl Pump {
             self.read_waiting();
         }
         self.resolve_sockets();
-        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        self.ingest.symbolize(&self.node.probes, &mut self.procfs);
         Ok(self.report())
     }
 
@@ -440,7 +395,7 @@ impl Pump {
         let mut report =
             Report::build(&self.ingest.model, targets, modules, self.started, now_ns());
         report.targets_unlisted = self.targets.unlisted;
-        report.events = self.events_read;
+        report.events = self.node.events_read;
         report
     }
 
@@ -468,14 +423,7 @@ impl Pump {
     /// except for a target that exec'd in this batch: its earlier events belong to
     /// the old image, symbolized with the old maps before they are replaced.
     fn drain_events(&mut self) {
-        let mut batch = Vec::new();
-        while let Some(item) = self.events.next() {
-            self.events_read += 1;
-            match Event::read(&item) {
-                Some(event) => batch.push(event),
-                None => warn!("unknown event of {} bytes ignored", item.len()),
-            }
-        }
+        let batch = self.node.read_events();
         let execs: Vec<u32> = batch
             .iter()
             .filter_map(|e| match e {
@@ -495,18 +443,18 @@ impl Pump {
         self.ingest.flush();
         stale.sort_unstable();
         stale.dedup();
-        self.probes.forget(&stale, false, false);
+        self.node.probes.forget(&stale, false, false);
         if !self.gone.is_empty() {
             let gone = std::mem::take(&mut self.gone);
             for &pid in &gone {
                 self.end_process(pid, false);
                 self.procfs.maps.remove(&pid);
-                self.unwinder.remove(&mut self.probes, pid);
+                self.node.unwinder.remove(&mut self.node.probes, pid);
             }
             self.compact_due = true;
             self.targets.unlisted += gone.len() as u64;
             // Never probed: only the target set and fork maps hold them.
-            self.probes.forget(&gone, false, false);
+            self.node.probes.forget(&gone, false, false);
         }
     }
 }
@@ -529,7 +477,10 @@ impl Pump {
             resume(event);
             return;
         }
-        if self.ingest.apply(event, &self.probes, &mut self.procfs) {
+        if self
+            .ingest
+            .apply(event, &self.node.probes, &mut self.procfs)
+        {
             return;
         }
         match event {
@@ -563,17 +514,13 @@ fn cont(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
 }
 
-/// However the session ends, no process stays stopped waiting for it.
+/// However the session ends, no process stays stopped waiting for it (the
+/// node's side continues those whose events are still unread).
 impl Drop for Pump {
     fn drop(&mut self) {
-        self.stop_pausing();
+        self.node.stop_pausing();
         for event in std::mem::take(&mut self.pending) {
             resume(&event);
-        }
-        while let Some(item) = self.events.next() {
-            if let Some(event) = Event::read(&item) {
-                resume(&event);
-            }
         }
     }
 }

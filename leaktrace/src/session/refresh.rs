@@ -26,12 +26,12 @@ impl Pump {
         self.ingest.recount();
         self.read_go_rates();
         let rates = self.go_rates();
-        let mut entries = self.probes.sites()?;
+        let mut entries = self.node.probes.sites()?;
         let mut before: HashMap<SiteId, f64> = HashMap::new();
         if !self.go_heap_before.is_empty() {
             self.join_go_heap_before();
             // Go heap from before attach: what is left of each bucket's objects.
-            let left = self.probes.go_before_attach()?;
+            let left = self.node.probes.go_before_attach()?;
             for entry in left.iter() {
                 let (key, count) = entry.context("reading the Go heap before attach")?;
                 let Some(b) = self.go_heap_before.get(&(key.tgid, key.addr)) else {
@@ -62,7 +62,7 @@ impl Pump {
         if !self.go_heap_before.is_empty() {
             self.ingest.model.set_go_heap_before(&before);
         }
-        let c = self.probes.counters()?;
+        let c = self.node.probes.counters()?;
         let lost = &mut self.ingest.model.lost;
         lost.allocs_map_full = c[Counter::AllocsFull as usize];
         lost.sites_map_full = c[Counter::SitesFull as usize];
@@ -104,7 +104,7 @@ impl Pump {
             return;
         }
         self.go_heap_sites_looked = go_heap;
-        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        self.ingest.symbolize(&self.node.probes, &mut self.procfs);
         let model = &self.ingest.model;
         let mut since: HashMap<Place, Vec<SiteId>> = HashMap::new();
         for s in model.sites.values().filter(|s| {
@@ -161,7 +161,7 @@ impl Pump {
         for g in go.runtime.ended(pid, &known) {
             self.ingest.end_goroutine(pid, g);
         }
-        let made = match self.probes.go_creators(pid) {
+        let made = match self.node.probes.go_creators(pid) {
             Ok(made) => made,
             Err(e) => {
                 debug!("PID {pid}: goroutines made are not known: {e}");
@@ -191,7 +191,7 @@ impl Pump {
         // Per Go heap site with a cutoff: sampled objects in use made up to
         // it, and in all.
         let mut alive: HashMap<SiteId, [u64; 2]> = HashMap::new();
-        self.probes.each_alloc(|_, info| {
+        self.node.probes.each_alloc(|_, info| {
             let id = SiteId::in_kernel(&info.site);
             if let Some(&cutoff) = cutoffs.get(&id) {
                 let a = alive.entry(id).or_default();
@@ -369,7 +369,7 @@ impl Pump {
         if let Err(e) = self.refresh().and_then(|()| self.update_ages()) {
             warn!("the totals of exited processes may be a second old: {e:#}");
         }
-        self.ingest.symbolize(&self.probes, &mut self.procfs);
+        self.ingest.symbolize(&self.node.probes, &mut self.procfs);
         let (mut probed, mut go) = (false, false);
         for &pid in &pids {
             let Some(t) = self.targets.take(pid) else {
@@ -379,7 +379,7 @@ impl Pump {
             go |= t.go.is_some();
             probed |= !t.allocators.allocators.is_empty();
             self.confirmations.remove(&pid);
-            self.unwinder.remove(&mut self.probes, pid);
+            self.node.unwinder.remove(&mut self.node.probes, pid);
             self.go_heap_before.retain(|&(tgid, _), _| tgid != pid);
             let kept = self.end_process(pid, t.root);
             if !kept {
@@ -391,7 +391,7 @@ impl Pump {
         }
         self.compact_due = true;
         // Their PIDs may be other processes' next.
-        self.probes.forget(&pids, probed || go, go);
+        self.node.probes.forget(&pids, probed || go, go);
         self.targets.is_empty()
     }
 }

@@ -53,7 +53,7 @@ impl Pump {
     /// `None`, `regs` its exiting thread's registers), or running since
     /// `running`, where a block is lost only once scans agree (reach.rs).
     fn scan(&mut self, pid: u32, regs: &[u64], running: Option<Ns>) {
-        let allocs = match self.probes.heap_blocks_of(pid) {
+        let allocs = match self.node.probes.heap_blocks_of(pid) {
             Ok(allocs) => allocs,
             Err(e) => {
                 self.ingest.model.scans.failed += 1;
@@ -71,6 +71,7 @@ impl Pump {
         // Every block known: traced from its exec, none lost for a full map.
         let complete = self.targets.get(pid).is_some_and(|t| t.whole_heap)
             && self
+                .node
                 .probes
                 .counters()
                 .is_ok_and(|c| c[Counter::AllocsFull as usize] == 0);
