@@ -357,7 +357,10 @@ struct Pushed {
 /// A receiver of Pyroscope's Connect push API (`/push.v1.PusherService/Push`):
 /// answers 503 to the first `failing` requests, 200 after, and keeps what it
 /// accepted.
-fn receiver(failing: usize) -> (String, Arc<Mutex<Vec<Pushed>>>, Arc<Mutex<usize>>) {
+/// (address, what it accepted, how many it refused).
+type Receiver = (String, Arc<Mutex<Vec<Pushed>>>, Arc<Mutex<usize>>);
+
+fn receiver(failing: usize) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -425,10 +428,7 @@ fn profile_of(raw: &[u8]) -> leaktrace::pprof::proto::Profile {
     leaktrace::pprof::proto::Profile::decode(&*bytes).expect("a profile.proto")
 }
 
-fn strings<'a>(
-    p: &'a leaktrace::pprof::proto::Profile,
-    ids: impl Iterator<Item = i64>,
-) -> Vec<&'a str> {
+fn strings(p: &leaktrace::pprof::proto::Profile, ids: impl Iterator<Item = i64>) -> Vec<&str> {
     ids.map(|i| p.string_table[i as usize].as_str()).collect()
 }
 

@@ -59,6 +59,7 @@ fn agent(args: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    leaktrace::agent::join_host_cgroup_namespace();
     // Two workers: the HTTP side answers while the session works.
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

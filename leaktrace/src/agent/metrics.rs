@@ -393,3 +393,77 @@ fn own_usage() -> (f64, f64) {
         .map_or(0.0, |pages| pages * page.max(1) as f64);
     (cpu, rss)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        report::fixtures::{report, site, target},
+        verdict::Verdict,
+    };
+
+    #[test]
+    fn processes_with_the_same_labels_are_summed_and_the_text_is_classic() {
+        let mut a = site(Verdict::Leak, 1000, 0.9, "a");
+        a.pid = 7;
+        a.time_to_limit_s = Some(600.0);
+        let mut b = site(Verdict::Stable, 500, 0.9, "b");
+        b.pid = 8;
+        let r = report(vec![target(7, "api"), target(8, "api")], vec![a, b]);
+        let same = Arc::new(Labels {
+            service_name: "api".into(),
+            ..Labels::default()
+        });
+        let labels = HashMap::from([(7, same.clone()), (8, same)]);
+        let decisions = Decisions::default();
+        let health = Health {
+            node: "n",
+            decisions: &decisions,
+            labels: &labels,
+            pushes: vec![(
+                "pyroscope",
+                PushStats {
+                    retries: 3,
+                    ..PushStats::default()
+                },
+            )],
+            sites_left_out: 0,
+        };
+        let text = render(Some(&r), &health, false);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .to_string()
+        };
+        assert!(line("leaktrace_processes{").ends_with(" 2.0"), "{text}");
+        assert!(
+            line("leaktrace_outstanding_bytes{").ends_with(" 1500.0"),
+            "{text}"
+        );
+        assert!(
+            line("leaktrace_leaking_bytes{").ends_with(" 1000.0"),
+            "{text}"
+        );
+        assert!(
+            line("leaktrace_time_to_memory_limit_seconds{").ends_with(" 600.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE leaktrace_allocated_bytes_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE leaktrace_agent_build_info gauge\n"),
+            "{text}"
+        );
+        assert!(line("leaktrace_agent_push_requests_total{").contains("endpoint=\"pyroscope\""));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(!text.contains("pid="), "{text}");
+        let open = render(Some(&r), &health, true);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+}

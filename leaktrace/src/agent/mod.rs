@@ -84,6 +84,33 @@ impl Shared {
     }
 }
 
+/// In a container with its own cgroup namespace (containerd's default on
+/// cgroup v2), other pods' cgroup paths read as `/../../kubepods/…`, which
+/// the memory limits cannot be found from. With the host's PIDs (hostPID),
+/// PID 1's namespace is the host's: the agent joins it, before any thread
+/// starts. Elsewhere it is the agent's own, and nothing changes.
+pub fn join_host_cgroup_namespace() {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/cgroup")).map(|m| m.ino());
+    match (ns("self"), ns("1")) {
+        (Ok(mine), Ok(host)) if mine != host => {}
+        _ => return,
+    }
+    let joined = std::fs::File::open("/proc/1/ns/cgroup").and_then(|f| {
+        // SAFETY: setns on an open namespace descriptor; no memory is shared.
+        match unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWCGROUP) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    match joined {
+        Ok(()) => info!("joined the host's cgroup namespace"),
+        Err(e) => warn!(
+            "staying in this container's cgroup namespace ({e}): pods' memory limits may not be found"
+        ),
+    }
+}
+
 /// The wall clock in nanoseconds, for profiles' timestamps.
 fn wall_ns() -> i64 {
     std::time::SystemTime::now()
@@ -174,7 +201,7 @@ pub async fn run(config: Config, probing: Probing) -> Result<()> {
     if let Some(pusher) = front.pusher.take() {
         let left = tokio::task::spawn_blocking(move || match Arc::try_unwrap(pusher) {
             Ok(pusher) => pusher.shutdown(FLUSH_WITHIN),
-            Err(shared) => shared.stats().queued as usize,
+            Err(shared) => shared.stats().queued,
         })
         .await
         .unwrap_or(0);

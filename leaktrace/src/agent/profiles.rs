@@ -172,3 +172,106 @@ fn series_labels(name: &str, labels: &Labels, node: &str, memory: bool) -> Vec<(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        report::fixtures::{report, site, target},
+        verdict::Verdict,
+    };
+
+    fn labels() -> Labels {
+        Labels {
+            service_name: "shop/api".into(),
+            namespace: "shop".into(),
+            ..Labels::default()
+        }
+    }
+
+    #[test]
+    fn a_profile_keeps_the_largest_sites_within_the_limits_and_counts_the_rest() {
+        let sites = (0..20_000u64)
+            .map(|i| {
+                let mut s = site(Verdict::Stable, 100 + i, 0.5, &format!("f{i}"));
+                s.pid = 7;
+                s
+            })
+            .collect();
+        let r = report(vec![target(7, "api")], sites);
+        let mut profiles = Profiles::default();
+        let series = profiles.of_target(&r, 7, &labels(), "node-a", 0);
+        assert_eq!(series.len(), 1, "memory only");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&*series[0].profile),
+            &mut bytes,
+        )
+        .unwrap();
+        let p = crate::pprof::proto::Profile::decode(&*bytes).unwrap();
+        assert!(p.sample.len() <= MAX_SAMPLES && !p.sample.is_empty());
+        assert!(bytes.len() <= MAX_BYTES);
+        let left_out = 20_000 - p.sample.len() as u64;
+        assert_eq!(profiles.sites_left_out, left_out);
+        let smallest_kept = p.sample.iter().map(|s| s.value[3]).min().unwrap();
+        assert_eq!(smallest_kept as u64, 100 + left_out, "the largest are kept");
+        let comments: Vec<&str> = p
+            .comment
+            .iter()
+            .map(|&c| p.string_table[c as usize].as_str())
+            .collect();
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.contains(&format!("{left_out} sites left out"))),
+            "{comments:?}"
+        );
+        let l: Vec<(&str, &str)> = series[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert!(
+            l.contains(&("__name__", "memory")) && l.contains(&("__delta__", "false")),
+            "{l:?}"
+        );
+        assert!(
+            l.contains(&("namespace", "shop")) && !l.iter().any(|(k, _)| *k == "pod"),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn alloc_values_are_what_was_allocated_since_the_last_push() {
+        let mut s = site(Verdict::Leak, 1000, 0.9, "leaky");
+        s.pid = 7;
+        s.total_bytes = 5000;
+        s.total_count = 5;
+        let mut r = report(vec![target(7, "api")], vec![s]);
+        let mut profiles = Profiles::default();
+        let values = |profiles: &mut Profiles, r: &Report| {
+            let series = profiles.of_target(r, 7, &labels(), "node-a", 0);
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(&*series[0].profile),
+                &mut bytes,
+            )
+            .unwrap();
+            crate::pprof::proto::Profile::decode(&*bytes)
+                .unwrap()
+                .sample[0]
+                .value
+                .clone()
+        };
+        assert_eq!(values(&mut profiles, &r), [5, 5000, 1, 1000]);
+        r.sites[0].total_bytes = 7000;
+        r.sites[0].total_count = 7;
+        assert_eq!(values(&mut profiles, &r), [2, 2000, 1, 1000]);
+        profiles.forget(7);
+        assert_eq!(
+            values(&mut profiles, &r),
+            [7, 7000, 1, 1000],
+            "a new process starts over"
+        );
+    }
+}

@@ -225,10 +225,10 @@ impl Report {
             targets_unlisted: 0,
             duration_s: self.duration_s,
             events: self.events,
-            lost: self.lost.clone(),
-            stacks: self.stacks.clone(),
-            scans: self.scans.clone(),
-            totals: self.totals.clone(),
+            lost: self.lost,
+            stacks: self.stacks,
+            scans: self.scans,
+            totals: self.totals,
             sites: self
                 .sites
                 .iter()
@@ -515,11 +515,12 @@ pub fn seconds(ns: Ns) -> f64 {
     (ns as f64 / 1e9 * 1000.0).round() / 1000.0
 }
 
+/// Reports and sites made up for tests, in one place.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn site(verdict: Verdict, bytes: u64, confidence: f64, function: &str) -> SiteReport {
+    pub fn site(verdict: Verdict, bytes: u64, confidence: f64, function: &str) -> SiteReport {
         SiteReport {
             kind: Kind::Heap,
             pid: 1,
@@ -543,6 +544,43 @@ mod tests {
             frames: Frames::from([Frame::note(function)]),
         }
     }
+
+    /// A live target.
+    pub fn target(pid: u32, comm: &str) -> TargetInfo {
+        TargetInfo {
+            pid,
+            comm: comm.into(),
+            exe: PathBuf::from(format!("/bin/{comm}")),
+            allocators: Vec::new(),
+            unprobed_allocators: Vec::new(),
+            exited: false,
+            exit_code: None,
+            memory_limit: None,
+            fd_limit: None,
+            go: None,
+        }
+    }
+
+    pub fn report(targets: Vec<TargetInfo>, sites: Vec<SiteReport>) -> Report {
+        Report {
+            version: FORMAT_VERSION,
+            targets,
+            targets_unlisted: 0,
+            events: 0,
+            duration_s: 10.0,
+            lost: Lost::default(),
+            stacks: StackWalks::default(),
+            scans: Default::default(),
+            totals: Totals::default(),
+            sites,
+            modules: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::site, *};
 
     #[test]
     fn within_a_verdict_the_biggest_comes_first_and_the_largest_are_always_shown() {
