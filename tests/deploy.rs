@@ -30,6 +30,7 @@ const METRICS: &[&str] = &[
     "leaktrace_agent_cpu_seconds_total",
     "leaktrace_agent_resident_memory_bytes",
     "leaktrace_agent_info",
+    "leaktrace_agent_sites_left_out_total",
 ];
 
 /// What the least-privilege DaemonSet adds to an empty capability set.

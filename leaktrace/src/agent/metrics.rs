@@ -365,7 +365,7 @@ fn agent_health(registry: &mut Registry, report: Option<&Report>, health: &Healt
         rss_family,
     );
     let info = Info::new(node(&[("version", env!("CARGO_PKG_VERSION"))]));
-    registry.register("agent_build", "The agent's version", info);
+    registry.register("agent", "The agent's version", info);
 }
 
 /// The agent's CPU seconds (user and system) and resident bytes.
