@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{c::target, go::go_target, leaktrace, root_or_skip, scratch_dir, wait_until};
+use common::{
+    Killed, c::target, free_port, go::go_target, leaktrace, root_or_skip, scratch_dir, wait_until,
+};
 use prost::Message;
 use serde_json::Value;
 
@@ -83,24 +85,6 @@ impl Drop for Agent {
             self.stop();
         }
     }
-}
-
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One GET; (0, "") when nothing answers.
@@ -192,7 +176,7 @@ fn percent_encode(s: &str) -> String {
 
 /// A real Prometheus server (Debian's package), scraping `target` each second.
 struct Prometheus {
-    _child: Running,
+    _child: Killed,
     addr: String,
 }
 
@@ -219,7 +203,7 @@ impl Prometheus {
             .spawn()
             .expect("prometheus");
         let p = Prometheus {
-            _child: Running(child),
+            _child: Killed(child),
             addr,
         };
         assert!(
@@ -230,6 +214,17 @@ impl Prometheus {
             "Prometheus never got ready"
         );
         p
+    }
+
+    /// Waits until `q` has a series above 0.
+    fn wait_positive(&self, q: &str) {
+        assert!(
+            wait_until(Duration::from_secs(60), || self
+                .query(q)
+                .iter()
+                .any(|(_, v)| *v > 0.0)),
+            "{q} never went above 0 in Prometheus"
+        );
     }
 
     /// An instant query's series: (labels, value).
@@ -267,8 +262,8 @@ fn prometheus_scrapes_targets_series_as_they_come_and_go() {
     let c = copy_as(&target("demo"), &dir, "ltprom-c");
     let go = copy_as(&go_target("leaks"), &dir, "ltprom-go");
     let agent = Agent::start(&["--match-comm", "^ltprom-(c|go)$", "--no-kubernetes"]);
-    let c_target = Running(Command::new(&c).arg("120").spawn().unwrap());
-    let _go_target = Running(
+    let c_target = Killed(Command::new(&c).arg("120").spawn().unwrap());
+    let _go_target = Killed(
         Command::new(&go)
             .arg(&dir)
             .args(["1000", "1s"])
@@ -278,30 +273,12 @@ fn prometheus_scrapes_targets_series_as_they_come_and_go() {
     );
     let prometheus = Prometheus::start(&dir, &agent.addr);
     let c_heap = r#"leaktrace_outstanding_bytes{service_name="ltprom-c",kind="heap"}"#;
-    assert!(
-        wait_until(Duration::from_secs(60), || prometheus
-            .query(c_heap)
-            .iter()
-            .any(|(_, v)| *v > 0.0)),
-        "the C target's heap never showed in Prometheus"
-    );
+    prometheus.wait_positive(c_heap);
     let goroutines = r#"leaktrace_goroutines{service_name="ltprom-go"}"#;
-    assert!(
-        wait_until(Duration::from_secs(60), || prometheus
-            .query(goroutines)
-            .iter()
-            .any(|(_, v)| *v > 0.0)),
-        "the Go target's goroutines never showed in Prometheus"
-    );
+    prometheus.wait_positive(goroutines);
     // The C demo keeps every request's session: a leak, or growing, soon.
     let leaking = r#"leaktrace_leaking_bytes{service_name="ltprom-c"}"#;
-    assert!(
-        wait_until(Duration::from_secs(60), || prometheus
-            .query(leaking)
-            .iter()
-            .any(|(_, v)| *v > 0.0)),
-        "the C target's leak never showed in Prometheus"
-    );
+    prometheus.wait_positive(leaking);
     let series = prometheus.query(c_heap);
     let labels = &series[0].0;
     assert_eq!(labels["job"], "leaktrace");
@@ -461,8 +438,8 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
     let go = copy_as(&go_target("leaks"), &dir, "ltpush-go");
     // Down for the first three requests: the agent retries with backoff.
     let (url, accepted, refused) = receiver(3);
-    let c_target = Running(Command::new(&c).arg("120").spawn().unwrap());
-    let _go_target = Running(
+    let c_target = Killed(Command::new(&c).arg("120").spawn().unwrap());
+    let _go_target = Killed(
         Command::new(&go)
             .arg(&dir)
             .args(["1000", "1s"])
@@ -770,10 +747,10 @@ fn a_target_in_a_pods_container_carries_its_pods_labels() {
         ),
     )
     .unwrap();
-    let in_pod = Running(Command::new(&c).arg("120").spawn().unwrap());
+    let in_pod = Killed(Command::new(&c).arg("120").spawn().unwrap());
     let _cgroup = KubeletCgroup::place(in_pod.0.id(), pod_uid, container_id);
     // The same program outside the pod: no rule selects it.
-    let outside = Running(Command::new(&c).arg("120").spawn().unwrap());
+    let outside = Killed(Command::new(&c).arg("120").spawn().unwrap());
     let agent = Agent::start(&[
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
@@ -898,7 +875,7 @@ fn the_least_privilege_capabilities_trace_another_users_process_and_sys_admin_is
     let mut perms = std::fs::metadata(&dir).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&dir, perms).unwrap();
-    let _nobody = Running(
+    let _nobody = Killed(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&c)
@@ -908,7 +885,7 @@ fn the_least_privilege_capabilities_trace_another_users_process_and_sys_admin_is
     );
     let caps = least_privilege_capabilities();
     let addr = format!("127.0.0.1:{}", free_port());
-    let agent = Running(
+    let agent = Killed(
         agent_with_capabilities(&caps)
             .args([
                 "--listen",
@@ -949,4 +926,73 @@ fn the_least_privilege_capabilities_trace_another_users_process_and_sys_admin_is
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+}
+
+/// leaktrace's resident anonymous memory, in KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn targets_that_come_and_go_leave_nothing_in_the_agent() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("agent-churn");
+    let churn = copy_as(&target("demo"), &dir, "ltchurn");
+    let agent = Agent::start(&[
+        "--match-comm",
+        "^ltchurn$",
+        "--no-kubernetes",
+        "--max-targets",
+        "6",
+    ]);
+    // About 12 alive at a time for 20 s: more than the cap, each 2 s long.
+    let spawn_wave = |n: usize| -> Vec<Killed> {
+        (0..n)
+            .map(|_| Killed(Command::new(&churn).arg("2").spawn().unwrap()))
+            .collect()
+    };
+    let mut over_limit = 0.0f64;
+    let mut traced = 0.0f64;
+    let mut warm = 0;
+    let mut waves = Vec::new();
+    for second in 0..20 {
+        waves.push(spawn_wave(6));
+        if waves.len() > 3 {
+            waves.remove(0); // reaped (they have exited)
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let m = agent.metrics();
+        over_limit = over_limit
+            .max(metric(&m, "leaktrace_agent_targets", &[("state", "over_limit")]).unwrap_or(0.0));
+        traced = traced
+            .max(metric(&m, "leaktrace_agent_targets", &[("state", "traced")]).unwrap_or(0.0));
+        if second == 5 {
+            warm = rss_anon_kib(agent.child.id());
+        }
+    }
+    drop(waves);
+    assert!(
+        traced >= 1.0 && traced <= 6.0,
+        "traced at most --max-targets: {traced}"
+    );
+    assert!(over_limit >= 1.0, "the cap was never reached");
+    // Once they are gone: no series, no target, and memory back near where it was.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = agent.metrics();
+            metric(&m, "leaktrace_processes", &[("service_name", "ltchurn")]).is_none()
+                && metric(&m, "leaktrace_agent_targets", &[("state", "traced")]) == Some(0.0)
+        }),
+        "exited targets stayed:\n{}",
+        agent.metrics()
+    );
+    let end = rss_anon_kib(agent.child.id());
+    assert!(
+        end < warm + 16 * 1024,
+        "the agent grew from {warm} KiB to {end} KiB"
+    );
 }

@@ -8,15 +8,15 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    process::{Command, Stdio},
     sync::mpsc,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use common::{
-    leaktrace,
+    Killed, free_port, leaktrace,
     prod::{
         assert_chain, cargo_release, cc_target, chain_site, chain_sites, function, functions,
         prod_sources, sites, sites_through, stack, stacks, trace_command,
@@ -260,24 +260,6 @@ fn rust_release_leaks_have_their_whole_call_chain() {
     }
 }
 
-/// redis-server, killed however the test ends.
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A RESP command.
 fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
@@ -324,7 +306,7 @@ fn redis_from_debian_has_few_sites_named_after_its_own_functions() {
     }
     let port = free_port();
     let dir = scratch_dir("unwind-redis");
-    let redis = Redis(
+    let redis = Killed(
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])

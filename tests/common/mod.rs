@@ -170,3 +170,22 @@ pub fn gone_or_zombie(pid: u32) -> bool {
         .map_or("", |(_, rest)| rest.trim_start());
     stat.is_empty() || state.starts_with('Z')
 }
+
+/// A process killed (and reaped) however the test ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -580,7 +580,10 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::{fixtures::site, *};
+    use super::{
+        fixtures::{self, site},
+        *,
+    };
 
     #[test]
     fn within_a_verdict_the_biggest_comes_first_and_the_largest_are_always_shown() {
@@ -604,19 +607,7 @@ mod tests {
                 "sure_small_cache"
             ]
         );
-        let report = Report {
-            version: FORMAT_VERSION,
-            targets: Vec::new(),
-            targets_unlisted: 0,
-            events: 0,
-            duration_s: 10.0,
-            lost: Lost::default(),
-            stacks: StackWalks::default(),
-            scans: Default::default(),
-            totals: Totals::default(),
-            sites,
-            modules: Vec::new(),
-        };
+        let report = fixtures::report(Vec::new(), sites);
         // --top 1: the slab is shown anyway, the small cache is not.
         let text = report.final_text(1);
         assert!(text.contains("big_leak"), "{text}");
