@@ -976,7 +976,7 @@ fn targets_that_come_and_go_leave_nothing_in_the_agent() {
     }
     drop(waves);
     assert!(
-        traced >= 1.0 && traced <= 6.0,
+        (1.0..=6.0).contains(&traced),
         "traced at most --max-targets: {traced}"
     );
     assert!(over_limit >= 1.0, "the cap was never reached");
