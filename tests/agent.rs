@@ -325,13 +325,51 @@ fn prometheus_scrapes_targets_series_as_they_come_and_go() {
     assert!(!prometheus.query(goroutines).is_empty());
 }
 
-/// What a Pyroscope receiver got: the request's head and its decoded body.
+/// What a receiver got: the request's head and its decoded body, from
+/// Pyroscope's push or from Parca's WriteRaw (as the same messages).
 struct Pushed {
     head: String,
+    parca: bool,
     request: leaktrace::agent::push::PushRequest,
 }
 
-/// A receiver of Pyroscope's Connect push API (`/push.v1.PusherService/Push`):
+/// Parca's `WriteRawRequest` in its HTTP gateway's JSON, as push messages.
+fn from_parca_json(body: &[u8]) -> leaktrace::agent::push::PushRequest {
+    use base64::Engine;
+    use leaktrace::agent::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+    let v: Value = serde_json::from_slice(body).expect("WriteRawRequest JSON");
+    let series = v["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| RawProfileSeries {
+            labels: s["labels"]["labels"]
+                .as_array()
+                .expect("labels.labels")
+                .iter()
+                .map(|l| LabelPair {
+                    name: l["name"].as_str().unwrap().into(),
+                    value: l["value"].as_str().unwrap().into(),
+                })
+                .collect(),
+            samples: s["samples"]
+                .as_array()
+                .expect("samples")
+                .iter()
+                .map(|r| RawSample {
+                    raw_profile: base64::engine::general_purpose::STANDARD
+                        .decode(r["rawProfile"].as_str().expect("rawProfile"))
+                        .expect("base64"),
+                    id: String::new(),
+                })
+                .collect(),
+        })
+        .collect();
+    PushRequest { series }
+}
+
+/// A receiver of Pyroscope's Connect push API (`/push.v1.PusherService/Push`)
+/// and of Parca's WriteRaw through its gateway (`/api/profiles/writeraw`):
 /// answers 503 to the first `failing` requests, 200 after, and keeps what it
 /// accepted.
 /// (address, what it accepted, how many it refused).
@@ -372,17 +410,25 @@ fn receiver(failing: usize) -> Receiver {
                 continue;
             }
             drop(refused);
-            assert!(
-                head.starts_with("POST /push.v1.PusherService/Push "),
-                "{head}"
-            );
-            let mut raw = Vec::new();
-            flate2::read::GzDecoder::new(&*body)
-                .read_to_end(&mut raw)
-                .expect("a gzipped body");
-            let request =
-                leaktrace::agent::push::PushRequest::decode(&*raw).expect("a PushRequest");
-            keep.lock().unwrap().push(Pushed { head, request });
+            let parca = head.starts_with("POST /api/profiles/writeraw ");
+            let request = if parca {
+                from_parca_json(&body)
+            } else {
+                assert!(
+                    head.starts_with("POST /push.v1.PusherService/Push "),
+                    "{head}"
+                );
+                let mut raw = Vec::new();
+                flate2::read::GzDecoder::new(&*body)
+                    .read_to_end(&mut raw)
+                    .expect("a gzipped body");
+                leaktrace::agent::push::PushRequest::decode(&*raw).expect("a PushRequest")
+            };
+            keep.lock().unwrap().push(Pushed {
+                head,
+                parca,
+                request,
+            });
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
@@ -457,6 +503,8 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
         "2s",
         "--push-tenant",
         "team-a",
+        "--parca-url",
+        &format!("http://{url}"),
     ]);
     // While the receiver fails: retries counted, tracing goes on.
     assert!(
@@ -484,10 +532,10 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
     );
     assert!(retried.unwrap_or(0.0) >= 1.0, "{during}");
 
-    let memory_pushes = |service: &str| -> Vec<leaktrace::pprof::proto::Profile> {
+    let memory_pushes = |service: &str, parca: bool| -> Vec<leaktrace::pprof::proto::Profile> {
         let got = accepted.lock().unwrap();
         let mut out = Vec::new();
-        for p in got.iter() {
+        for p in got.iter().filter(|p| p.parca == parca) {
             for s in &p.request.series {
                 let l = labels_of(s);
                 if l["service_name"] == service && l["__name__"] == "memory" {
@@ -498,13 +546,14 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
         out
     };
     assert!(
-        wait_until(Duration::from_secs(60), || memory_pushes("ltpush-c").len()
+        wait_until(Duration::from_secs(60), || memory_pushes("ltpush-c", false)
+            .len()
             >= 4),
         "fewer than 4 memory profiles of the C target arrived"
     );
     let names: std::collections::BTreeSet<String> = {
         let got = accepted.lock().unwrap();
-        for p in got.iter() {
+        for p in got.iter().filter(|p| !p.parca) {
             assert_eq!(
                 header(&p.head, "content-type"),
                 Some("application/proto"),
@@ -515,6 +564,7 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
             assert_eq!(header(&p.head, "x-scope-orgid"), Some("team-a"));
         }
         got.iter()
+            .filter(|p| !p.parca)
             .flat_map(|p| p.request.series.iter())
             .map(|s| {
                 let l = labels_of(s);
@@ -541,7 +591,7 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
 
     // alloc_* are deltas: what the leaking site allocated since the last push,
     // not all it ever did (which, as it frees nothing, is what it holds).
-    let profiles = memory_pushes("ltpush-c");
+    let profiles = memory_pushes("ltpush-c", false);
     let p = &profiles[profiles.len() - 1];
     let types = strings(p, p.sample_type.iter().map(|t| t.r#type));
     assert_eq!(
@@ -590,6 +640,34 @@ fn profiles_are_pushed_to_pyroscope_per_target_and_family_through_an_outage() {
     std::fs::write(&file, raw).unwrap();
     let top = common::profiles::pprof(&["-top", "-sample_index=inuse_space"], &file);
     assert!(top.contains("remember_session"), "{top}");
+
+    // Parca got the same targets through WriteRaw's JSON gateway: alloc_*
+    // cumulative (at a site that frees nothing, what it holds), and memory
+    // profiles with duration 0, as Go's heap profile.
+    let parca = memory_pushes("ltpush-c", true);
+    assert!(parca.len() >= 2, "{} Parca memory profiles", parca.len());
+    let p = &parca[parca.len() - 1];
+    assert_eq!(p.duration_nanos, 0);
+    let v = through(p, "remember_session");
+    assert!(
+        v[1] >= v[3] && v[3] > 0,
+        "alloc_space {} is not cumulative beside inuse_space {}",
+        v[1],
+        v[3]
+    );
+    {
+        let got = accepted.lock().unwrap();
+        let parca_heads: Vec<&Pushed> = got.iter().filter(|p| p.parca).collect();
+        assert_eq!(
+            header(&parca_heads[0].head, "content-type"),
+            Some("application/json")
+        );
+        let labels = labels_of(&parca_heads[0].request.series[0]);
+        assert!(
+            !labels.contains_key("__delta__") && labels.contains_key("__name__"),
+            "{labels:?}"
+        );
+    }
 
     // An exited target's last profile goes out, then nothing more of it.
     drop(c_target);

@@ -94,6 +94,8 @@ pub struct Cli {
     pub trace: TraceArgs,
 }
 
+// Parsed once, at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum View {
     /// A live full-screen view of what leaks, refreshed every second (keys: ? in the view).
@@ -209,6 +211,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub push_bearer_token_file: Option<PathBuf>,
 
+    /// Also push profiles to this Parca (e.g. http://parca:7070), through its
+    /// HTTP gateway's WriteRaw, every --push-interval.
+    #[arg(long, value_name = "URL")]
+    pub parca_url: Option<String>,
+
     /// Read this node's pods through this kubeconfig's current context
     /// [default: the service account's, when in a pod].
     #[arg(long, value_name = "FILE")]
@@ -255,6 +262,7 @@ impl AgentArgs {
             push_interval: self.push_interval,
             push_tenant: self.push_tenant,
             push_bearer_token_file: self.push_bearer_token_file,
+            parca_url: self.parca_url,
             kubeconfig: self.kubeconfig,
             no_kubernetes: self.no_kubernetes,
             duration: self.duration,

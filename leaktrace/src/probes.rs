@@ -527,16 +527,15 @@ impl Probes {
         Ok(())
     }
 
-    /// Goroutines process `pid` made so far per `go` statement, as (gopc,
-    /// count), all CPUs added up.
-    pub fn go_creators(&self, pid: u32) -> Result<Vec<(u64, u64)>, ProbeError> {
+    /// Goroutines each process made so far per `go` statement, as (gopc,
+    /// count) by tgid, all CPUs added up: one walk of the map for all.
+    pub fn go_creators(&self) -> Result<StdHashMap<u32, Vec<(u64, u64)>>, ProbeError> {
         let map: PerCpuHashMap<&MapData, AllocKey, GoCreator> = self.map(maps::GO_CREATORS)?;
-        let mut made = Vec::new();
+        let mut made: StdHashMap<u32, Vec<(u64, u64)>> = StdHashMap::new();
         for entry in map.iter() {
             let (k, per_cpu) = entry.map_err(|e| ProbeError::Map(maps::GO_CREATORS, cause(&e)))?;
-            if k.tgid == pid {
-                made.push((k.addr, per_cpu.iter().map(|c| c.made).sum()));
-            }
+            let n = per_cpu.iter().map(|c| c.made).sum();
+            made.entry(k.tgid).or_default().push((k.addr, n));
         }
         Ok(made)
     }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use regex::Regex;
 use serde::Deserialize;
 
-use super::push::{Auth, PushConfig};
+use super::push::{Auth, PushConfig, Wire};
 use crate::cli::parse_duration;
 
 /// Where the agent listens unless told otherwise: loopback only (see docs/agent.md).
@@ -22,6 +22,8 @@ pub struct Config {
     pub max_targets: usize,
     pub rules: Vec<Rule>,
     pub push: Option<PushConfig>,
+    /// Parca, beside or instead of Pyroscope (same interval).
+    pub parca: Option<PushConfig>,
     pub push_interval: Duration,
     pub kubernetes: Kubernetes,
     /// Stop after this long (tests, trials); default: until SIGTERM.
@@ -102,6 +104,7 @@ pub struct Flags {
     pub push_interval: Option<Duration>,
     pub push_tenant: Option<String>,
     pub push_bearer_token_file: Option<PathBuf>,
+    pub parca_url: Option<String>,
     pub kubeconfig: Option<PathBuf>,
     pub no_kubernetes: bool,
     pub duration: Option<Duration>,
@@ -120,6 +123,7 @@ struct File {
     #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
     rules: Vec<FileRule>,
     push: Option<FilePush>,
+    parca: Option<FileParca>,
     kubeconfig: Option<PathBuf>,
     kubernetes: Option<bool>,
 }
@@ -151,6 +155,12 @@ struct FilePush {
     interval: Option<String>,
     tenant: Option<String>,
     bearer_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileParca {
+    url: String,
 }
 
 /// A config file is small; a bigger one is a mistake.
@@ -240,6 +250,15 @@ impl Config {
                 Some(config)
             }
         };
+        let parca = match flags.parca_url.or(file.parca.map(|p| p.url)) {
+            None => None,
+            Some(url) => {
+                let mut config = PushConfig::new(url);
+                config.wire = Wire::Parca;
+                config.check().map_err(|e| format!("--parca-url: {e}"))?;
+                Some(config)
+            }
+        };
         let kubernetes = if flags.no_kubernetes || file.kubernetes == Some(false) {
             Kubernetes::None
         } else if let Some(path) = flags.kubeconfig.or(file.kubeconfig) {
@@ -270,6 +289,7 @@ impl Config {
             max_targets,
             rules,
             push,
+            parca,
             push_interval,
             kubernetes,
             duration: flags.duration,

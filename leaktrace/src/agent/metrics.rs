@@ -454,7 +454,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("# TYPE leaktrace_agent_build_info gauge\n"),
+            text.contains("# TYPE leaktrace_agent_info gauge\n"),
             "{text}"
         );
         assert!(line("leaktrace_agent_push_requests_total{").contains("endpoint=\"pyroscope\""));

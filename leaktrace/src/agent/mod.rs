@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::{
     config::Config,
     discover::{Decisions, Labels, Myself, Process, State},
-    profiles::Profiles,
-    push::{Push, Pusher},
+    profiles::{Profiles, Style},
+    push::{Push, Pusher, Watch, Wire},
 };
 use crate::{
     probes::{Families, Limits},
@@ -57,7 +57,8 @@ pub struct View {
 pub struct Shared {
     view: Mutex<View>,
     node: String,
-    pusher: Option<Arc<Pusher>>,
+    /// Each pusher's counters, by endpoint.
+    pushes: Vec<(&'static str, Watch)>,
 }
 
 impl Shared {
@@ -75,9 +76,9 @@ impl Shared {
             decisions: &view.decisions,
             labels: &view.labels,
             pushes: self
-                .pusher
+                .pushes
                 .iter()
-                .map(|p| ("pyroscope", p.stats()))
+                .map(|(endpoint, w)| (*endpoint, w.stats()))
                 .collect(),
             sites_left_out: view.sites_left_out,
         }
@@ -133,18 +134,19 @@ pub async fn run(config: Config, probing: Probing) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot listen there", config.listen))?;
     info!("serving /metrics on http://{}", config.listen);
-    let pusher = config.push.clone().map(|c| {
+    let mut pushers = Vec::new();
+    for c in config.push.iter().chain(&config.parca) {
         info!(
             "pushing profiles to {} every {:?}",
             c.url, config.push_interval
         );
-        Pusher::start(c).map(Arc::new)
-    });
-    let pusher = pusher.transpose().context("starting the push thread")?;
+        let pusher = Pusher::start(c.clone()).context("starting the push thread")?;
+        pushers.push((c.wire, pusher));
+    }
     let shared = Arc::new(Shared {
         view: Mutex::new(View::default()),
         node: config.node.clone(),
-        pusher: pusher.clone(),
+        pushes: pushers.iter().map(|(w, p)| (w.name(), p.watch())).collect(),
     });
     let pods = match &config.kubernetes {
         config::Kubernetes::None => None,
@@ -185,7 +187,7 @@ pub async fn run(config: Config, probing: Probing) -> Result<()> {
     let mut front = Front {
         config,
         shared,
-        pusher,
+        pushers,
         profiles: Profiles::default(),
         requests,
         myself: Myself::new(),
@@ -198,16 +200,17 @@ pub async fn run(config: Config, probing: Probing) -> Result<()> {
     // The last profiles of everything still traced.
     front.push_all(&report);
     server.abort();
-    if let Some(pusher) = front.pusher.take() {
-        let left = tokio::task::spawn_blocking(move || match Arc::try_unwrap(pusher) {
-            Ok(pusher) => pusher.shutdown(FLUSH_WITHIN),
-            Err(shared) => shared.stats().queued,
-        })
-        .await
-        .unwrap_or(0);
-        if left > 0 {
-            warn!("{left} profiles were not pushed before the end");
-        }
+    let pushers = std::mem::take(&mut front.pushers);
+    let left = tokio::task::spawn_blocking(move || {
+        pushers
+            .into_iter()
+            .map(|(_, p)| p.shutdown(FLUSH_WITHIN))
+            .sum::<usize>()
+    })
+    .await
+    .unwrap_or(0);
+    if left > 0 {
+        warn!("{left} profiles were not pushed before the end");
     }
     Ok(())
 }
@@ -216,7 +219,7 @@ pub async fn run(config: Config, probing: Probing) -> Result<()> {
 struct Front {
     config: Config,
     shared: Arc<Shared>,
-    pusher: Option<Arc<Pusher>>,
+    pushers: Vec<(Wire, Pusher)>,
     profiles: Profiles,
     requests: mpsc::Sender<TraceRequest>,
     myself: Myself,
@@ -247,7 +250,7 @@ impl Front {
                     let ready = self.shared.view().report.is_some();
                     self.shared.update(|v| v.ready = ready);
                 }
-                _ = push.tick(), if self.pusher.is_some() => {
+                _ = push.tick(), if !self.pushers.is_empty() => {
                     if let Some(report) = self.previous.clone() {
                         self.push_all(&report);
                     }
@@ -286,20 +289,25 @@ impl Front {
     }
 
     fn push_target(&mut self, report: &Report, pid: u32) {
-        let Some(pusher) = &self.pusher else { return };
         let Some(labels) = self.shared.view().labels.get(&pid).cloned() else {
             return;
         };
-        let series = self
-            .profiles
-            .of_target(report, pid, &labels, &self.config.node, wall_ns());
-        if series.is_empty() {
-            return;
-        }
-        match Push::new(series.into_iter().map(|s| (s.labels, s.profile))) {
-            Ok(push) => pusher.send(push),
-            // The labels are the pod's and the process's: say which, once a push.
-            Err(e) => warn!("PID {pid}: profiles not pushed: {e}"),
+        for (wire, pusher) in &self.pushers {
+            let style = match wire {
+                Wire::Pyroscope => Style::Deltas,
+                Wire::Parca => Style::Cumulative,
+            };
+            let series =
+                self.profiles
+                    .of_target(report, pid, &labels, &self.config.node, wall_ns(), style);
+            if series.is_empty() {
+                continue;
+            }
+            match Push::new(series.into_iter().map(|s| (s.labels, s.profile))) {
+                Ok(push) => pusher.send(push),
+                // The labels are the pod's and the process's: say which.
+                Err(e) => warn!("PID {pid}: profiles not pushed to {}: {e}", wire.name()),
+            }
         }
     }
 

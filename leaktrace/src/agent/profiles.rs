@@ -27,6 +27,17 @@ const FAMILIES: [(Family, &str); 4] = [
     (Family::Threads, "threads"),
 ];
 
+/// How a store wants `alloc_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Pyroscope: what was allocated since the last push (it stores values
+    /// as sent), labelled `__delta__="false"`.
+    Deltas,
+    /// Parca: all allocated so far, and memory profiles with
+    /// `duration_nanos = 0`, as Go's heap profile.
+    Cumulative,
+}
+
 /// One profile to push, with its series labels.
 pub struct Series {
     pub labels: Vec<(String, String)>,
@@ -52,10 +63,11 @@ impl Profiles {
         labels: &Labels,
         node: &str,
         wall_ns: i64,
+        style: Style,
     ) -> Vec<Series> {
         let mut report = report.of_process(pid);
         for site in report.sites.iter_mut() {
-            if !Family::Memory.holds(site.kind) {
+            if style == Style::Cumulative || !Family::Memory.holds(site.kind) {
                 continue;
             }
             let now = (site.total_count, site.total_bytes);
@@ -85,11 +97,15 @@ impl Profiles {
                 ))
             });
             report.sites = of_family;
+            if style == Style::Cumulative && family == Family::Memory {
+                report.duration_s = 0.0;
+            }
             let Some(profile) = self.within_limits(&mut report, family, wall_ns) else {
                 continue;
             };
+            let deltas = style == Style::Deltas && family == Family::Memory;
             out.push(Series {
-                labels: series_labels(name, labels, node, family == Family::Memory),
+                labels: series_labels(name, labels, node, deltas),
                 profile,
             });
         }
@@ -151,7 +167,7 @@ fn site_key(site: &SiteReport) -> u64 {
 }
 
 /// A series' labels: the family's `__name__` and the target's (docs/agent.md).
-fn series_labels(name: &str, labels: &Labels, node: &str, memory: bool) -> Vec<(String, String)> {
+fn series_labels(name: &str, labels: &Labels, node: &str, deltas: bool) -> Vec<(String, String)> {
     let mut out = vec![
         ("__name__".to_string(), name.to_string()),
         ("service_name".to_string(), labels.service_name.clone()),
@@ -166,7 +182,7 @@ fn series_labels(name: &str, labels: &Labels, node: &str, memory: bool) -> Vec<(
             out.push((k.to_string(), v.clone()));
         }
     }
-    if memory {
+    if deltas {
         // alloc_* are deltas since the last push (Grafana Alloy does the same).
         out.push(("__delta__".to_string(), "false".to_string()));
     }
@@ -200,7 +216,7 @@ mod tests {
             .collect();
         let r = report(vec![target(7, "api")], sites);
         let mut profiles = Profiles::default();
-        let series = profiles.of_target(&r, 7, &labels(), "node-a", 0);
+        let series = profiles.of_target(&r, 7, &labels(), "node-a", 0, Style::Deltas);
         assert_eq!(series.len(), 1, "memory only");
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
@@ -250,7 +266,7 @@ mod tests {
         let mut r = report(vec![target(7, "api")], vec![s]);
         let mut profiles = Profiles::default();
         let values = |profiles: &mut Profiles, r: &Report| {
-            let series = profiles.of_target(r, 7, &labels(), "node-a", 0);
+            let series = profiles.of_target(r, 7, &labels(), "node-a", 0, Style::Deltas);
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(
                 &mut flate2::read::GzDecoder::new(&*series[0].profile),

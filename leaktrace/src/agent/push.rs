@@ -20,6 +20,29 @@ use ureq::{Agent, Body};
 
 /// Appended to the configured URL (Connect maps `package.Service/Method` to this path).
 const PUSH_PATH: &str = "/push.v1.PusherService/Push";
+/// Parca's `ProfileStoreService/WriteRaw` through its HTTP/JSON gateway
+/// (gRPC needs HTTP/2, which the client here does not speak).
+const PARCA_PATH: &str = "/api/profiles/writeraw";
+
+/// Which profile store a pusher speaks to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// Grafana Pyroscope: Connect, protobuf `PushRequest`, gzipped.
+    #[default]
+    Pyroscope,
+    /// Parca: `WriteRawRequest` as JSON (profiles in base64).
+    Parca,
+}
+
+impl Wire {
+    /// Its name in logs and in the `endpoint` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::Pyroscope => "pyroscope",
+            Wire::Parca => "parca",
+        }
+    }
+}
 /// Pyroscope's default `max_label_names_per_series`.
 const MAX_LABELS: usize = 30;
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -131,6 +154,7 @@ pub struct PushConfig {
     pub retry_429: bool,
     /// First retry delay, doubled per failure up to 30 s.
     pub backoff_base: Duration,
+    pub wire: Wire,
 }
 
 impl PushConfig {
@@ -144,6 +168,7 @@ impl PushConfig {
             timeout: Duration::from_secs(10),
             retry_429: false,
             backoff_base: Duration::from_secs(1),
+            wire: Wire::Pyroscope,
         }
     }
 
@@ -398,11 +423,20 @@ impl Pusher {
             .user_agent(format!("leaktrace/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let mut headers = vec![
-            ("Content-Type", "application/proto".to_owned()),
-            ("Content-Encoding", "gzip".to_owned()),
-            ("Connect-Protocol-Version", "1".to_owned()),
-        ];
+        let (mut headers, path) = match config.wire {
+            Wire::Pyroscope => (
+                vec![
+                    ("Content-Type", "application/proto".to_owned()),
+                    ("Content-Encoding", "gzip".to_owned()),
+                    ("Connect-Protocol-Version", "1".to_owned()),
+                ],
+                PUSH_PATH,
+            ),
+            Wire::Parca => (
+                vec![("Content-Type", "application/json".to_owned())],
+                PARCA_PATH,
+            ),
+        };
         if let Some(tenant) = &config.tenant {
             headers.push(("X-Scope-OrgID", tenant.clone()));
         }
@@ -412,7 +446,8 @@ impl Pusher {
         let worker = Worker {
             shared: Arc::clone(&shared),
             agent,
-            endpoint: format!("{}{PUSH_PATH}", config.url),
+            endpoint: format!("{}{path}", config.url),
+            wire: config.wire,
             headers,
             timeout: config.timeout,
             max_age: config.max_age,
@@ -436,7 +471,7 @@ impl Pusher {
         if state.queue.len() >= self.capacity {
             state.queue.pop_front();
             bump(&self.shared.counters.dropped_queue_full);
-            log::debug!("pyroscope push queue full: dropped the oldest profile");
+            log::debug!("push queue full: dropped the oldest profile");
         }
         state.queue.push_back(push);
         drop(state);
@@ -444,25 +479,12 @@ impl Pusher {
     }
 
     pub fn stats(&self) -> PushStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Acquire);
-        PushStats {
-            sent_ok: get(&c.sent_ok),
-            retries: get(&c.retries),
-            failed_transport: get(&c.failed_transport),
-            failed_5xx: get(&c.failed_5xx),
-            rejected: get(&c.rejected),
-            expired: get(&c.expired),
-            dropped_queue_full: get(&c.dropped_queue_full),
-            queued: self.shared.lock().queue.len(),
-            bytes_sent: get(&c.bytes_sent),
-            last_error: c
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            last_success_unix: Some(get(&c.last_success_unix)).filter(|&t| t != 0),
-        }
+        self.watch().stats()
+    }
+
+    /// A handle that reads the counters after the pusher is gone.
+    pub fn watch(&self) -> Watch {
+        Watch(Arc::clone(&self.shared))
     }
 
     /// Stops accepting, gives every queued push one attempt until `deadline` has passed,
@@ -495,9 +517,37 @@ impl Pusher {
             // It has returned; join only collects it.
             let _ = handle.join();
         } else {
-            log::warn!("pyroscope push thread still busy at shutdown: left behind");
+            log::warn!("push thread still busy at shutdown: left behind");
         }
         left
+    }
+}
+
+/// Reads a pusher's counters (the metrics), owning none of it.
+#[derive(Clone)]
+pub struct Watch(Arc<Shared>);
+
+impl Watch {
+    pub fn stats(&self) -> PushStats {
+        let c = &self.0.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Acquire);
+        PushStats {
+            sent_ok: get(&c.sent_ok),
+            retries: get(&c.retries),
+            failed_transport: get(&c.failed_transport),
+            failed_5xx: get(&c.failed_5xx),
+            rejected: get(&c.rejected),
+            expired: get(&c.expired),
+            dropped_queue_full: get(&c.dropped_queue_full),
+            queued: self.0.lock().queue.len(),
+            bytes_sent: get(&c.bytes_sent),
+            last_error: c
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            last_success_unix: Some(get(&c.last_success_unix)).filter(|&t| t != 0),
+        }
     }
 }
 
@@ -518,6 +568,7 @@ struct Worker {
     shared: Arc<Shared>,
     agent: Agent,
     endpoint: String,
+    wire: Wire,
     headers: Vec<(&'static str, String)>,
     timeout: Duration,
     max_age: Duration,
@@ -530,7 +581,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         while let Some(push) = self.next() {
-            let body = encode(push.series);
+            let body = encode(self.wire, push.series);
             let unsent = self.deliver(push.created, &body);
             let mut state = self.shared.lock();
             state.in_flight = false;
@@ -572,7 +623,7 @@ impl Worker {
         let max_age = self.max_age;
         let expire = || {
             bump(&shared.counters.expired);
-            log::warn!("pyroscope push: dropped a profile still unsent after {max_age:?}");
+            log::warn!("push: dropped a profile still unsent after {max_age:?}");
         };
         let mut failures = 0;
         loop {
@@ -647,7 +698,7 @@ impl Worker {
                     .map_or(0, |d| d.as_secs());
                 counters.last_success_unix.store(unix, Ordering::Relaxed);
                 if self.failing {
-                    log::info!("pyroscope push works again");
+                    log::info!("{} push works again", self.wire.name());
                     self.failing = false;
                 }
                 bump(&counters.sent_ok);
@@ -660,7 +711,7 @@ impl Worker {
             }
             Outcome::Rejected => {
                 let error = format!("HTTP {status}: {}", snippet(&mut response));
-                log::warn!("pyroscope rejected a push, dropped: {error}");
+                log::warn!("{} rejected a push, dropped: {error}", self.wire.name());
                 shared.set_error(error);
                 bump(&counters.rejected);
                 Outcome::Rejected
@@ -670,9 +721,9 @@ impl Worker {
 
     fn failed(&mut self, error: String) {
         if self.failing {
-            log::debug!("pyroscope push failed, will retry: {error}");
+            log::debug!("{} push failed, will retry: {error}", self.wire.name());
         } else {
-            log::warn!("pyroscope push failed, will retry: {error}");
+            log::warn!("{} push failed, will retry: {error}", self.wire.name());
             self.failing = true;
         }
         self.shared.set_error(error);
@@ -704,12 +755,39 @@ fn snippet(response: &mut Response<Body>) -> String {
         .collect()
 }
 
-fn encode(series: Vec<RawProfileSeries>) -> Vec<u8> {
+fn encode(wire: Wire, series: Vec<RawProfileSeries>) -> Vec<u8> {
+    if wire == Wire::Parca {
+        return parca_json(&series);
+    }
     let proto = prost::Message::encode_to_vec(&PushRequest { series });
     let mut gz = GzEncoder::new(Vec::with_capacity(proto.len() / 2), Compression::default());
     gz.write_all(&proto)
         .and_then(|()| gz.finish())
         .expect("gzip into a Vec cannot fail")
+}
+
+/// `WriteRawRequest{series = 2; normalized = 3}` in the gateway's JSON
+/// (proto3 names; bytes as base64): `RawProfileSeries{LabelSet labels = 1;
+/// repeated RawSample samples = 2}`, `RawSample{bytes raw_profile = 1}`.
+fn parca_json(series: &[RawProfileSeries]) -> Vec<u8> {
+    let series: Vec<serde_json::Value> = series
+        .iter()
+        .map(|s| {
+            let labels: Vec<serde_json::Value> = s
+                .labels
+                .iter()
+                .map(|l| serde_json::json!({ "name": l.name, "value": l.value }))
+                .collect();
+            let samples: Vec<serde_json::Value> = s
+                .samples
+                .iter()
+                .map(|r| serde_json::json!({ "rawProfile": base64(&r.raw_profile) }))
+                .collect();
+            serde_json::json!({ "labels": { "labels": labels }, "samples": samples })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "series": series, "normalized": false }))
+        .unwrap_or_default()
 }
 
 /// base × 2^(failures-1), at most 30 s, then ±20 % so that agents restarted together
@@ -758,20 +836,8 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = byte(0) << 16 | byte(1) << 8 | byte(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 #[cfg(test)]

@@ -145,15 +145,30 @@ impl Pump {
     /// a goroutine end (one probe per goroutine: leaktrace-ebpf/src/go.rs):
     /// its `g` says so, dead or reused by a newer goroutine.
     fn read_goroutines(&mut self) {
-        for pid in self.targets.live_go() {
-            self.read_goroutines_of(pid);
+        let pids = self.targets.live_go();
+        if pids.is_empty() {
+            return;
         }
+        let made = self.go_made();
+        for pid in pids {
+            self.read_goroutines_of(pid, &made);
+        }
+    }
+
+    /// The kernel's counts of goroutines made, by tgid and `go` statement
+    /// (none when they cannot be read: then no goroutine is looked for).
+    pub(super) fn go_made(&self) -> HashMap<u32, Vec<(u64, u64)>> {
+        self.node.probes.go_creators().unwrap_or_else(|e| {
+            debug!("goroutines made are not known: {e}");
+            HashMap::new()
+        })
     }
 
     /// Goroutines of Go target `pid` that ended since the last look, and
     /// those started unannounced (a busy `go` statement announces only some:
     /// leaktrace-ebpf/src/go.rs), found in the runtime's list.
-    pub(super) fn read_goroutines_of(&mut self, pid: u32) {
+    /// `made`: [`Pump::go_made`].
+    pub(super) fn read_goroutines_of(&mut self, pid: u32, made: &HashMap<u32, Vec<(u64, u64)>>) {
         let Some(go) = self.targets.get(pid).and_then(|t| t.go.as_ref()) else {
             return;
         };
@@ -161,20 +176,16 @@ impl Pump {
         for g in go.runtime.ended(pid, &known) {
             self.ingest.end_goroutine(pid, g);
         }
-        let made = match self.node.probes.go_creators(pid) {
-            Ok(made) => made,
-            Err(e) => {
-                debug!("PID {pid}: goroutines made are not known: {e}");
-                return;
-            }
+        let Some(made) = made.get(&pid) else {
+            return;
         };
-        if !self.ingest.goroutines_unannounced(pid, &made) {
+        if !self.ingest.goroutines_unannounced(pid, made) {
             return;
         }
         match go.runtime.goroutines(pid) {
             Ok(live) => self
                 .ingest
-                .goroutines_found(pid, now_ns(), &live, &made, &mut self.procfs),
+                .goroutines_found(pid, now_ns(), &live, made, &mut self.procfs),
             Err(e) => debug!("PID {pid}: goroutines started unannounced are not known: {e}"),
         }
     }

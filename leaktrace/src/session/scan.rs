@@ -20,7 +20,8 @@ impl Pump {
             return; // not stopped: its memory would be torn down under the scan
         }
         // Goroutines that ended since the last read, before they all go.
-        self.read_goroutines_of(e.tgid);
+        let made = self.go_made();
+        self.read_goroutines_of(e.tgid, &made);
         if self
             .targets
             .get(e.tgid)
