@@ -132,6 +132,8 @@ pub async fn run(opts: Options, live: Option<Live>) -> Result<Report> {
     if !opts.command.is_empty() {
         pump.start_command(&opts)?;
     }
+    // The trace (and --duration) starts when the probes are in, not before.
+    pump.started = now_ns();
     // A running Go program's heap sampling is turned on now, not a second later.
     pump.read_go_rates();
     pump.trace(&opts, live).await?;
