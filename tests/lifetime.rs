@@ -31,24 +31,30 @@ fn bpftool(args: &[&str]) -> Value {
 }
 
 /// The entries of the eBPF map `name` that leaktrace `pid` holds (its
-/// descriptors' fdinfo tell their map ids).
+/// descriptors' fdinfo tell their map ids). Two bpftool calls: the wait for
+/// the target set to empty measures leaktrace, not the looking.
 fn kernel_map_entries(pid: u32, name: &str) -> usize {
     let ids = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap();
-    let ids = ids.flatten().filter_map(|e| {
-        let info = std::fs::read_to_string(e.path()).ok()?;
-        let id = info.lines().find_map(|l| l.strip_prefix("map_id:"))?;
-        Some(id.trim().to_string())
-    });
-    for id in ids {
-        let map = bpftool(&["map", "show", "id", &id]);
-        if map["name"] == name {
-            return bpftool(&["map", "dump", "id", &id])
-                .as_array()
-                .unwrap()
-                .len();
-        }
-    }
-    panic!("leaktrace holds no map {name}");
+    let held: Vec<u64> = ids
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            let id = info.lines().find_map(|l| l.strip_prefix("map_id:"))?;
+            id.trim().parse().ok()
+        })
+        .collect();
+    let maps = bpftool(&["map", "show"]);
+    let id = maps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name && held.contains(&m["id"].as_u64().unwrap_or(0)))
+        .unwrap_or_else(|| panic!("leaktrace holds no map {name}"))["id"]
+        .to_string();
+    bpftool(&["map", "dump", "id", &id])
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 /// Waits for `file` to appear (the command's phase is over), then until
@@ -90,7 +96,7 @@ fn five_thousand_short_processes_leave_no_state_behind() {
     // each phase ends with a file and a pause in which the shell alone runs.
     let script = format!(
         "run() {{ i=0; while [ $i -lt $1 ]; do /bin/true; i=$((i+1)); done; }}; \
-         run 1000; sleep 2; run 2000; touch {d}/one; sleep 5; run 2000; touch {d}/two; sleep 5",
+         run 1000; sleep 2; run 2000; touch {d}/one; sleep 5; run 2000; touch {d}/two; sleep 10",
         d = dir.display()
     );
     let mut tracer = leaktrace()

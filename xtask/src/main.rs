@@ -432,6 +432,10 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     // A process leaktrace traces while the load runs untraced beside it: what the
     // syscall tracepoints cost everyone else.
     let mut idle = Command::new("sleep").arg("3600").spawn()?;
+    // The agent finds its target by path: a copy of sleep nothing else runs.
+    let agent_idle = root().join("target/bench-agent-idle");
+    std::fs::copy("/bin/sleep", &agent_idle)?;
+    let mut agent_idle_proc = Command::new(&agent_idle).arg("3600").spawn()?;
     // `env` goes to the load, and to the tracer that starts it.
     let measure_with =
         |variant: Variant, load: &Path, args: &[&str], env: &[(&str, &str)]| -> Result<f64> {
@@ -458,15 +462,18 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
                     std::thread::sleep(std::time::Duration::from_millis(1500));
                     Command::new(load)
                 }
+                Variant::BesideAgent => {
+                    tracer = Some(start_agent(&leaktrace, &agent_idle)?);
+                    Command::new(load)
+                }
             };
             let out = cmd
                 .arg(pairs.to_string())
                 .args(args)
                 .envs(env.iter().copied())
                 .output()?;
-            if let Some(mut t) = tracer {
-                let _ = t.kill();
-                let _ = t.wait();
+            if let Some(t) = tracer {
+                stop(t);
             }
             let text = String::from_utf8_lossy(&out.stdout);
             text.lines()
@@ -538,16 +545,19 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
     redis_bench(&leaktrace, &earlier, baseline, runs)?;
     for (name, load, args) in workloads {
         // Alternate the variants so machine noise hits them alike.
-        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        let variants = [
+            Variant::Plain,
+            Variant::Traced,
+            Variant::Bystander,
+            Variant::BesideAgent,
+        ];
+        let mut times = variants.map(|_| Vec::new());
         for _ in 0..runs {
-            for (i, v) in [Variant::Plain, Variant::Traced, Variant::Bystander]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, v) in variants.into_iter().enumerate() {
                 times[i].push(measure(v, load, args)?);
             }
         }
-        let [p, t, b] = times.map(|mut v| median(&mut v));
+        let [p, t, b, a] = times.map(|mut v| median(&mut v));
         println!("{name}:");
         println!("  untraced:                  {p:9.1} ns/op");
         println!(
@@ -556,15 +566,84 @@ fn bench(pairs: u64, runs: usize, baseline: &str) -> Result<()> {
             t / p
         );
         println!(
-            "  untraced, another traced:  {b:9.1} ns/op  (+{:.1})",
-            b - p
+            "  untraced, another traced:  {b:9.1} ns/op  (+{:.1}, {:+.1}%)",
+            b - p,
+            (b / p - 1.0) * 100.0
+        );
+        println!(
+            "  untraced, beside an agent: {a:9.1} ns/op  (+{:.1}, {:+.1}%)",
+            a - p,
+            (a / p - 1.0) * 100.0
         );
     }
     let _ = idle.kill();
     let _ = idle.wait();
+    let _ = agent_idle_proc.kill();
+    let _ = agent_idle_proc.wait();
     tracer_cpu(&leaktrace)?;
     many_sites(&leaktrace)?;
     heap_scan(&leaktrace)
+}
+
+/// `leaktrace agent` tracing the process running `idle`, once it says so on
+/// /metrics (at most 30 s).
+fn start_agent(leaktrace: &Path, idle: &Path) -> Result<std::process::Child> {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let exe = format!("^{}$", regex_escape(&idle.to_string_lossy()));
+    let agent = Command::new(leaktrace)
+        .args(["agent", "--no-kubernetes", "--min-age", "0s"])
+        .args([
+            "--discover-every",
+            "1s",
+            "--listen",
+            &listen,
+            "--match-exe",
+            &exe,
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let traced = || -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(&listen) else {
+            return false;
+        };
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        s.write_all(request.as_bytes()).is_ok()
+            && s.read_to_string(&mut body).is_ok()
+            && body
+                .lines()
+                .any(|l| l == "leaktrace_agent_targets{state=\"traced\"} 1")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !traced() {
+        if std::time::Instant::now() > deadline {
+            stop(agent);
+            bail!("the agent did not trace {} within 30 s", idle.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(agent)
+}
+
+/// Ends a tracer started by the bench (SIGTERM: the agent detaches and flushes).
+fn stop(mut tracer: std::process::Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGTERM) };
+    let _ = tracer.wait();
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 /// The reachability scan at exit of a 1 GiB heap (262,144 blocks of 4 KiB,
@@ -796,4 +875,6 @@ enum Variant {
     Earlier,
     /// Not traced, while leaktrace traces another process.
     Bystander,
+    /// Not traced, while `leaktrace agent` traces another process.
+    BesideAgent,
 }
