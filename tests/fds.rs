@@ -40,7 +40,7 @@ fn descriptors_and_sockets_per_site_match_the_target() {
     let dir = scratch_dir("fds");
     let d = dir.to_str().unwrap();
     let mut t = Command::new(target("fds"))
-        .args([d, &port.to_string(), "1500", "8000"])
+        .args([d, &port.to_string(), "1500", "15000"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -71,7 +71,11 @@ fn descriptors_and_sockets_per_site_match_the_target() {
         .collect();
     let r = report(&json);
     let sockets = links.iter().filter(|l| l.starts_with("socket:")).count() as u64;
-    assert_eq!(r["totals"]["open_sockets"].as_u64(), Some(sockets));
+    assert_eq!(
+        r["totals"]["open_sockets"].as_u64(),
+        Some(sockets),
+        "{links:?}"
+    );
     assert_eq!(
         r["totals"]["open_fds"].as_u64(),
         Some(links.len() as u64 - sockets),

@@ -74,7 +74,8 @@ pub mod programs {
     pub const IMAGE_EXIT: &str = "image_exit";
     pub const IMAGE_ENTRY: &str = "image_entry";
 
-    // Raw tracepoints, each named after its tracepoint (syscalls.rs, fork.rs).
+    // Tracepoints: sys_enter/sys_exit on each followed call's syscalls:sys_{enter,exit}_NAME
+    // (syscalls.rs), sched_process_fork raw (fork.rs).
     pub const SYS_ENTER: &str = "sys_enter";
     pub const SYS_EXIT: &str = "sys_exit";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";

@@ -56,3 +56,57 @@ pub const PIDFD_OPEN: u32 = 434;
 pub const CLOSE_RANGE: u32 = 436;
 pub const OPENAT2: u32 = 437;
 pub const PIDFD_GETFD: u32 = 438;
+
+/// The calls followed, each with its tracepoints' name (`syscalls:sys_enter_NAME`,
+/// `syscalls:sys_exit_NAME`) and the families that follow it (`0`: always).
+/// Only these are hooked: a call not listed costs untraced processes a bit test.
+pub const FOLLOWED: &[(u32, &str, u32)] = {
+    use crate::{FAMILY_FDS as F, FAMILY_FORKS, FAMILY_MMAP as M, FAMILY_THREADS as T};
+    const P: u32 = FAMILY_FORKS | T;
+    &[
+        (MMAP, "mmap", M),
+        (MUNMAP, "munmap", M),
+        (MREMAP, "mremap", M),
+        (CLONE, "clone", P),
+        (FORK, "fork", P),
+        (VFORK, "vfork", P),
+        (CLONE3, "clone3", P),
+        // A new image needs its probes, whatever is followed.
+        (EXECVE, "execve", 0),
+        (EXECVEAT, "execveat", 0),
+        (EXIT, "exit", T),
+        (OPEN, "open", F),
+        (CLOSE, "close", F),
+        (PIPE, "pipe", F),
+        (DUP, "dup", F),
+        (DUP2, "dup2", F),
+        (SOCKET, "socket", F),
+        (ACCEPT, "accept", F),
+        (SOCKETPAIR, "socketpair", F),
+        (FCNTL, "fcntl", F),
+        (CREAT, "creat", F),
+        (EPOLL_CREATE, "epoll_create", F),
+        (INOTIFY_INIT, "inotify_init", F),
+        (OPENAT, "openat", F),
+        (SIGNALFD, "signalfd", F),
+        (TIMERFD_CREATE, "timerfd_create", F),
+        (EVENTFD, "eventfd", F),
+        (ACCEPT4, "accept4", F),
+        (SIGNALFD4, "signalfd4", F),
+        (EVENTFD2, "eventfd2", F),
+        (EPOLL_CREATE1, "epoll_create1", F),
+        (DUP3, "dup3", F),
+        (PIPE2, "pipe2", F),
+        (INOTIFY_INIT1, "inotify_init1", F),
+        (PERF_EVENT_OPEN, "perf_event_open", F),
+        (FANOTIFY_INIT, "fanotify_init", F),
+        (OPEN_BY_HANDLE_AT, "open_by_handle_at", F),
+        (MEMFD_CREATE, "memfd_create", F),
+        (USERFAULTFD, "userfaultfd", F),
+        (IO_URING_SETUP, "io_uring_setup", F),
+        (PIDFD_OPEN, "pidfd_open", F),
+        (CLOSE_RANGE, "close_range", F),
+        (OPENAT2, "openat2", F),
+        (PIDFD_GETFD, "pidfd_getfd", F),
+    ]
+};

@@ -1,11 +1,17 @@
-//! Raw `sys_enter`/`sys_exit` tracepoints: one pair for every syscall family.
+//! `syscalls:sys_enter_*`/`sys_exit_*` tracepoints: one program each for
+//! entry and exit, attached to the calls the families follow only.
 //!
-//! Raw tracepoints need no tracefs and hand us the user registers, which the
-//! families need (arguments at entry, the user stack pointer at exit). Anything
-//! not from a target process leaves after one map lookup.
+//! Not the raw `sys_enter`/`sys_exit`: those run a program on every syscall
+//! of every process on the node (+48 % on a `dd bs=1`, untraced); a call
+//! nobody follows costs a bit test here (docs/performance.md). The families
+//! need the user registers (arguments at entry, the user stack pointer at
+//! exit): `bpf_task_pt_regs` hands them. Anything not from a target process
+//! leaves after one map lookup.
 use aya_ebpf::{
-    bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use leaktrace_common::{
     Counter, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS, SyscallArgs, syscalls as sys,
@@ -28,14 +34,18 @@ fn families() -> u32 {
     unsafe { core::ptr::read_volatile(&FAMILIES) }
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+/// Where the syscall tracepoints' records hold the call's number (an `int`;
+/// the events' `format` files), and the exit's return value (a `long`).
+const NR_AT: usize = 8;
+const RET_AT: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
-    // The kernel takes the number as an `int`: anything wider is no call followed.
-    let Ok(nr) = u32::try_from(ctx.arg::<u64>(1)) else {
+    let Some(nr) = call_nr(&ctx) else {
         return 0;
     };
     let families = families();
@@ -54,7 +64,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if !is_mmap && !is_fd && !is_fork && !is_exec {
         return 0;
     }
-    let Some(regs) = user_regs(&ctx) else {
+    let Some(regs) = user_regs() else {
         return 0;
     };
     let args = SyscallArgs {
@@ -83,13 +93,16 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> i32 {
     let (tgid, tid) = current_tgid_tid();
     if TARGETS.get_ptr(tgid).is_none() {
         return 0;
     }
-    let ret: i64 = ctx.arg(1);
+    // SAFETY: the record of a syscall exit tracepoint has its `long ret` there.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET_AT) }) else {
+        return 0;
+    };
     let Some(args) = take(&SYSCALLS, tid) else {
         // A new process's first return (from fork, with 0) has no entry.
         if ret == 0 && tid == tgid && families() & FAMILY_FORKS != 0 {
@@ -101,7 +114,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if (-4095..0).contains(&ret) {
         return 0;
     }
-    let Some(regs) = user_regs(&ctx) else {
+    let Some(regs) = user_regs() else {
         return 0;
     };
     if fd::is_exec(args.nr) {
@@ -122,9 +135,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The call's number: negative ones (no call) are none followed.
 #[inline(always)]
-fn user_regs(ctx: &RawTracePointContext) -> Option<pt_regs> {
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: arg 0 of sys_enter/sys_exit is the task's saved user registers.
+fn call_nr(ctx: &TracePointContext) -> Option<u32> {
+    // SAFETY: every syscall tracepoint's record has its `int __syscall_nr` there.
+    let nr = unsafe { ctx.read_at::<i32>(NR_AT) }.ok()?;
+    u32::try_from(nr).ok()
+}
+
+/// The calling thread's saved user registers.
+#[inline(always)]
+fn user_regs() -> Option<pt_regs> {
+    // SAFETY: the current task is valid for the whole program; its pt_regs
+    // are the user registers saved at syscall entry.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    // SAFETY: a kernel pointer, read through the helper that checks it.
     unsafe { bpf_probe_read_kernel(regs) }.ok()
 }

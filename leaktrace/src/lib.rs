@@ -18,7 +18,7 @@ mod model;
 mod output;
 mod placement;
 pub mod pprof;
-mod preflight;
+pub mod preflight;
 mod probes;
 mod procmaps;
 mod reach;

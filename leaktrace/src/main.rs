@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp(None)
         .init();
+    leaktrace::preflight::mount_tracefs();
     let opts = match args.options() {
         Ok(opts) => opts,
         Err(msg) => {
@@ -60,6 +61,7 @@ fn agent(args: AgentArgs) -> ExitCode {
         }
     };
     leaktrace::agent::join_host_cgroup_namespace();
+    leaktrace::preflight::mount_tracefs();
     // Two workers: the HTTP side answers while the session works.
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

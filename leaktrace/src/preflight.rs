@@ -102,3 +102,81 @@ pub fn raise_open_files_limit() {
 pub fn open_files_limit_at_start() -> Option<libc::rlimit> {
     STARTED_WITH.get().copied()
 }
+
+/// Where the syscall tracepoints are found.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// leaktrace's caller's mount namespace, when leaktrace left it for one of
+/// its own (see [`mount_tracefs`]): a command it starts goes back to it.
+static CALLERS_MOUNTS: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// The syscall tracepoints are attached through tracefs. Where it is not
+/// mounted (minimal hosts, containers), leaktrace mounts it in a mount
+/// namespace of its own, which the host's mounts still reach: nothing is left
+/// mounted behind it. Call it before any thread starts (a process with
+/// threads cannot change its mount namespace); failing, it says so and the
+/// attach fails later with the fix.
+pub fn mount_tracefs() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let listed = |p: &str| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+    if listed(TRACEFS) || listed("/sys/kernel/debug/tracing") {
+        return;
+    }
+    let callers = match std::fs::File::open("/proc/self/ns/mnt") {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => {
+            log::debug!("tracefs is not mounted, and /proc/self/ns/mnt cannot be opened: {e}");
+            return;
+        }
+    };
+    let ok = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: no thread yet; constant C strings; no data argument.
+    let mounted = unsafe {
+        ok(libc::unshare(libc::CLONE_NEWNS))
+            .and_then(|()| {
+                // Mounts made here propagate nowhere; the host's still come in.
+                ok(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))
+            })
+            .and_then(|()| {
+                ok(libc::mount(
+                    c"tracefs".as_ptr(),
+                    c"/sys/kernel/tracing".as_ptr(),
+                    c"tracefs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))
+            })
+    };
+    match mounted {
+        Ok(()) => {
+            log::debug!("tracefs mounted in a mount namespace of leaktrace's own");
+            let _ = CALLERS_MOUNTS.set(callers);
+        }
+        Err(e) => {
+            log::debug!(
+                "tracefs is not mounted at {TRACEFS} and leaktrace could not mount it: {e}"
+            );
+            // Back where the caller was, if it left.
+            // SAFETY: setns on an open namespace descriptor.
+            unsafe { libc::setns(callers.as_raw_fd(), libc::CLONE_NEWNS) };
+        }
+    }
+}
+
+/// The caller's mount namespace, if leaktrace is in one of its own.
+pub fn callers_mounts() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    CALLERS_MOUNTS.get().map(|f| f.as_raw_fd())
+}

@@ -8,14 +8,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        ProbeKind, RawTracePoint, UProbe,
+        ProbeKind, RawTracePoint, TracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, FAMILY_FDS, FAMILY_FORKS, FAMILY_MMAP, FAMILY_THREADS,
-    GoCreator, GoLayout, SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs,
+    GoCreator, GoLayout, SiteKey, SiteKind, SiteStats, StackId, globals, maps, programs, syscalls,
     unwind::{MAX_FRAMES, PageIndex, ProcMappings, StackTrace, UnwindRow},
 };
 
@@ -50,6 +51,10 @@ pub enum ProbeError {
     },
     #[error("cannot attach the {0} tracepoint: {1}")]
     Tracepoint(&'static str, String),
+    #[error(
+        "cannot attach the syscalls:{0} tracepoint: {1} (is tracefs mounted? `mount -t tracefs nodev /sys/kernel/tracing`)"
+    )]
+    Syscall(String, String),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
 }
@@ -152,8 +157,10 @@ pub struct Probes {
     /// Each process's uprobes (program, link), removed when leaktrace ends:
     /// not before, see [`Drop for Probes`](#impl-Drop-for-Probes).
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
-    /// The syscall and fork tracepoints (program, link).
+    /// The fork tracepoint (program, link).
     tracepoints: Vec<(&'static str, RawTracePointLinkId)>,
+    /// The syscall tracepoints (program, link): two per call followed.
+    syscalls: Vec<(&'static str, TracePointLinkId)>,
 }
 
 /// The compiled eBPF object, embedded at build time.
@@ -191,14 +198,25 @@ impl Probes {
             step_costs: None,
             links: StdHashMap::new(),
             tracepoints: Vec::new(),
+            syscalls: Vec::new(),
         };
-        // Exec is followed whatever the families: a new image needs its probes.
-        // Each program is named after its tracepoint.
-        let mut tracepoints = vec![programs::SYS_ENTER, programs::SYS_EXIT];
-        if task_tgid != 0 {
-            tracepoints.push(programs::SCHED_PROCESS_FORK);
+        let mut syscall_links = Vec::new();
+        for (program, phase) in [(programs::SYS_ENTER, "enter"), (programs::SYS_EXIT, "exit")] {
+            let prog: &mut TracePoint = probes.program(program)?;
+            let followed = syscalls::FOLLOWED
+                .iter()
+                .filter(|&&(_, _, by)| by == 0 || by & bits != 0);
+            for &(_, name, _) in followed {
+                let event = format!("sys_{phase}_{name}");
+                let link = prog
+                    .attach("syscalls", &event)
+                    .map_err(|e| ProbeError::Syscall(event, cause(&e)))?;
+                syscall_links.push((program, link));
+            }
         }
-        for tracepoint in tracepoints {
+        probes.syscalls = syscall_links;
+        if task_tgid != 0 {
+            let tracepoint = programs::SCHED_PROCESS_FORK;
             let prog: &mut RawTracePoint = probes.program(tracepoint)?;
             let link = prog
                 .attach(tracepoint)
@@ -763,8 +781,8 @@ impl Probes {
 /// holding a lock every perf-event uprobe attachment also takes. Removed while
 /// tracing, a child's probes held up the next child's attachment (and that
 /// child, stopped meanwhile) by seconds; so they stay until the end, where
-/// those of live processes go first, then the rest: at once when few, else
-/// by a process left to it.
+/// those of live processes go first, then the rest, with the syscall
+/// tracepoints, by a process left to it (`leaktrace-rm`).
 impl Drop for Probes {
     fn drop(&mut self) {
         let (live, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
@@ -779,23 +797,24 @@ impl Drop for Probes {
                 let _ = tracepoint.detach(link);
             }
         }
+        let uprobes_took = started.elapsed();
         let gone = self.take_links(gone.into_iter().flat_map(|(_, ids)| ids).collect());
+        // The syscall tracepoints' removals each wait out a grace period of
+        // the kernel's, in turn (3.5 s for all here): they and the uprobes
+        // of exited processes, which cannot fire, go after leaktrace exits.
+        remove_after_exit();
+        let syscalls: Vec<_> = std::mem::take(&mut self.syscalls)
+            .into_iter()
+            .filter_map(|(name, id)| self.program::<TracePoint>(name).ok()?.take_link(id).ok())
+            .collect();
+        drop(syscalls);
         log::debug!(
-            "{n} uprobes of live processes removed in {:.2?}; {} of exited ones left",
-            started.elapsed(),
+            "{n} uprobes of live processes removed in {uprobes_took:.2?}; the syscall tracepoints and {} uprobes of exited processes go after leaktrace exits",
             gone.len()
         );
-        if gone.len() > REMOVED_BY_LEAKTRACE {
-            remove_after_exit();
-        }
         drop(gone);
     }
 }
-
-/// Uprobes of exited processes leaktrace removes itself before it exits, at
-/// most (~0.1 s each); beyond, a process of its own (`leaktrace-rm`) does,
-/// after it exits. Those probes cannot fire: their processes are gone.
-const REMOVED_BY_LEAKTRACE: usize = 64;
 
 /// Forks a process that holds every descriptor leaktrace has until leaktrace
 /// exits, then closes them (the last reference: the slow removals happen
@@ -805,14 +824,30 @@ fn remove_after_exit() {
     let Ok((wait, hold)) = std::io::pipe() else {
         return;
     };
+    // It keeps the kernel objects alone (programs, maps, links, perf events:
+    // anonymous inodes): no file, and no pipe a reader waits on to end
+    // (stdout and stderr of whoever started leaktrace).
+    let others: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| !l.to_string_lossy().starts_with("anon_inode:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd != std::os::fd::AsRawFd::as_raw_fd(&wait))
+        .collect();
     // SAFETY: the child makes only async-signal-safe system calls (setsid,
-    // prctl, close, read, close_range, _exit) and touches no memory of Rust's.
+    // prctl, close, read, close_range, _exit) and reads only memory prepared before the fork.
     unsafe {
         match libc::fork() {
             0 => {
                 libc::setsid();
                 libc::prctl(libc::PR_SET_NAME, c"leaktrace-rm".as_ptr());
-                libc::close(std::os::fd::AsRawFd::as_raw_fd(&hold));
+                for &fd in &others {
+                    libc::close(fd);
+                }
                 let mut byte = 0u8;
                 // EOF: leaktrace has exited (or dropped its end).
                 libc::read(
@@ -835,6 +870,12 @@ pub trait LoadProgram {
 }
 
 impl LoadProgram for UProbe {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadProgram for TracePoint {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
         self.load()
     }

@@ -299,8 +299,9 @@ impl Launched {
         // The command gets the open-files limit leaktrace was started with,
         // not the one it raised for itself.
         let nofile = crate::preflight::open_files_limit_at_start();
+        let mounts = crate::preflight::callers_mounts();
         // SAFETY: between fork and exec the child only calls async-signal-safe
-        // functions (read, close, setrlimit, setgroups, setgid, setuid, prctl,
+        // functions (read, close, setns, setrlimit, setgroups, setgid, setuid, prctl,
         // getppid, ptrace, execv, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -317,6 +318,12 @@ impl Launched {
                     libc::_exit(127);
                 }
                 libc::close(fd);
+                // The command sees the mounts leaktrace's caller sees.
+                if let Some(ns) = mounts
+                    && libc::setns(ns, libc::CLONE_NEWNS) != 0
+                {
+                    libc::_exit(126);
+                }
                 if let Some(limit) = &nofile {
                     libc::setrlimit(libc::RLIMIT_NOFILE, limit);
                 }
