@@ -944,10 +944,11 @@ mod tests {
         let in_sections = |pick: &dyn Fn(&str) -> bool| -> Vec<&Symbol> {
             symbols.iter().filter(|s| pick(&s.section)).collect()
         };
-        // Programs: the functions in program sections ("uprobe", "raw_tp/…"),
+        // Programs: the functions in program sections ("uprobe", "tracepoint", "raw_tp/…"),
         // not the helpers in .text. Every one has its constant, and back.
         let is_program_section = |section: &str| {
-            ["uprobe", "uretprobe"].contains(&section) || section.starts_with("raw_tp/")
+            ["uprobe", "uretprobe", "tracepoint"].contains(&section)
+                || section.starts_with("raw_tp/")
         };
         let programs_found = in_sections(&is_program_section);
         let found: Vec<&str> = programs_found.iter().map(|s| s.name.as_str()).collect();
