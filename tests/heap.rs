@@ -115,8 +115,8 @@ fn several_running_pids() {
     if !root_or_skip() {
         return;
     }
-    let mut a = spawn_waiting(1500, 8000);
-    let mut b = spawn_waiting(1500, 8000);
+    let mut a = spawn_waiting(1500, 16000);
+    let mut b = spawn_waiting(1500, 16000);
     // Both have exec'd the target and mapped the C library leaktrace probes.
     for child in [&a, &b] {
         assert!(

@@ -826,8 +826,11 @@ fn remove_after_exit() {
     };
     // It keeps the kernel objects alone (programs, maps, links, perf events:
     // anonymous inodes): no file, and no pipe a reader waits on to end
-    // (stdout and stderr of whoever started leaktrace).
-    let others: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")
+    // (stdout and stderr of whoever started leaktrace). Its own end of the
+    // pipe and the standard three go even when /proc cannot be listed (at
+    // the open-files limit).
+    let hold_fd = std::os::fd::AsRawFd::as_raw_fd(&hold);
+    let listed = std::fs::read_dir("/proc/self/fd")
         .into_iter()
         .flatten()
         .flatten()
@@ -835,9 +838,11 @@ fn remove_after_exit() {
             std::fs::read_link(e.path())
                 .is_ok_and(|l| !l.to_string_lossy().starts_with("anon_inode:"))
         })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd != std::os::fd::AsRawFd::as_raw_fd(&wait))
-        .collect();
+        .filter_map(|e| e.file_name().to_str()?.parse().ok());
+    let mut others: Vec<libc::c_int> = [0, 1, 2, hold_fd].into_iter().chain(listed).collect();
+    others.sort_unstable();
+    others.dedup();
+    others.retain(|&fd| fd != std::os::fd::AsRawFd::as_raw_fd(&wait));
     // SAFETY: the child makes only async-signal-safe system calls (setsid,
     // prctl, close, read, close_range, _exit) and reads only memory prepared before the fork.
     unsafe {

@@ -300,8 +300,13 @@ impl Launched {
         // not the one it raised for itself.
         let nofile = crate::preflight::open_files_limit_at_start();
         let mounts = crate::preflight::callers_mounts();
+        // Entering a mount namespace moves to its root: the command goes back
+        // to the directory it was started in, by its path there.
+        let cwd = mounts
+            .and_then(|_| std::env::current_dir().ok())
+            .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
         // SAFETY: between fork and exec the child only calls async-signal-safe
-        // functions (read, close, setns, setrlimit, setgroups, setgid, setuid, prctl,
+        // functions (read, close, setns, chdir, setrlimit, setgroups, setgid, setuid, prctl,
         // getppid, ptrace, execv, _exit) on memory prepared before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -320,7 +325,8 @@ impl Launched {
                 libc::close(fd);
                 // The command sees the mounts leaktrace's caller sees.
                 if let Some(ns) = mounts
-                    && libc::setns(ns, libc::CLONE_NEWNS) != 0
+                    && (libc::setns(ns, libc::CLONE_NEWNS) != 0
+                        || cwd.as_ref().is_some_and(|d| libc::chdir(d.as_ptr()) != 0))
                 {
                     libc::_exit(126);
                 }
